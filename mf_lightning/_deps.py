@@ -1,0 +1,46 @@
+"""The one place that imports mace-torch and e3nn, in the order they need.
+
+Two traps, measured on torch 2.13 with mace-torch 0.3.16 / e3nn 0.4.4:
+
+* e3nn 0.4.4 loads its Wigner constants with a bare ``torch.load`` at import time, which the
+  torch>=2.6 default ``weights_only=True`` refuses. ``import mace`` sets
+  ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` first, which makes that load pass. So mace must be
+  imported before e3nn, and every module of this package gets both through here.
+* That variable then stays set for the whole process, so *any* later ``torch.load`` without an
+  explicit ``weights_only=`` would silently unpickle (i.e. run code from the file). Once e3nn's
+  constants are in memory we restore the variable to what it was before, and every load in this
+  package also passes ``weights_only`` explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+
+_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+_before = os.environ.get(_ENV)
+
+import warnings  # noqa: E402
+
+import mace  # noqa: E402  (sets _ENV; must precede e3nn)
+
+with warnings.catch_warnings():
+    # torch warns that _ENV forces weights_only=False for e3nn's own constants file: expected.
+    warnings.filterwarnings("ignore", message="Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    import e3nn.o3  # noqa: E402,F401  (loads its constants while _ENV is set)
+import mace.modules  # noqa: E402,F401
+import mace.calculators.mace  # noqa: E402,F401  (sets _ENV again at its own import)
+
+if _before is None:
+    os.environ.pop(_ENV, None)
+else:
+    os.environ[_ENV] = _before
+
+# e3nn/mace build their modules through torch.jit.script, which torch 2.13 reports as deprecated
+# and whose type checker complains about e3nn's codegen; harmless, and printed for every block.
+warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated")
+warnings.filterwarnings("ignore", message=r"The TorchScript type system doesn't support instance-level annotations")
+
+from e3nn import o3  # noqa: E402
+from mace import modules as mace_modules  # noqa: E402
+
+__all__ = ["o3", "mace_modules"]

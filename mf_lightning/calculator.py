@@ -1,0 +1,136 @@
+"""ASE calculator for field-aware MACE models.
+
+Properties (ASE units: eV, eV/A, eV/A^3; response properties in our internal units):
+
+* ``energy``, ``free_energy``: the electric enthalpy F(R, E) at the current field, eV
+* ``forces``: -dF/dR (including the field term), eV/A
+* ``stress``: Voigt 6, eV/A^3 (periodic cells only)
+* ``polarisation``: P, e/A^2 (3,)
+* ``becs``: Born effective charges Z*, e, (n_atoms, 3, 3), ``becs[k, i, j] = d(Omega P_i)/dR_kj``
+* ``polarisability``: alpha, e/(V A), (3, 3)
+
+Asking for energy/forces/stress also returns P from the same backward pass (it costs almost
+nothing); Z* and alpha need second derivatives and are computed only when asked for.
+The field may be a constant 3-vector (V/A), changed between calls with :meth:`set_field`, or a
+function ``f(t) -> 3-vector`` of the time ``calc.time`` (fs), which an MD driver advances.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from mf_lightning.data import keys
+from mf_lightning.data.graphs import atoms_to_graph, collate
+from mf_lightning.model.field_mace import FieldMACE, resolve_dtype
+from mf_lightning.model.io import load_model
+
+FieldLike = Union[Sequence[float], np.ndarray, Callable[[float], Sequence[float]]]
+
+
+class MACEFieldCalculator(Calculator):
+    implemented_properties = [
+        "energy", "free_energy", "forces", "stress",
+        keys.POLARISATION, keys.BECS, keys.POLARISABILITY,
+    ]
+
+    def __init__(
+        self,
+        model: Union[str, FieldMACE],
+        device: str = "cpu",
+        dtype: str = "float64",
+        electric_field: FieldLike = (0.0, 0.0, 0.0),
+        head: Optional[str] = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.torch_dtype = resolve_dtype(dtype)
+        if isinstance(model, FieldMACE):
+            # the module is used as given (moved/cast in place only if it differs)
+            self.model = model.to(device=device, dtype=self.torch_dtype).eval()
+        else:
+            self.model = load_model(model, device=device, dtype=dtype)
+        self.device = device
+        heads = self.model.heads
+        if head is not None and head not in heads:
+            raise ValueError(f"head {head!r} not in the model's heads {heads}")
+        self.head = head or heads[-1]
+        self.time = 0.0  # fs; read by a time-dependent field
+        self._field = None
+        self._field_used: Optional[np.ndarray] = None  # the field of the cached results
+        self.set_field(electric_field)
+
+    # ------------------------------------------------------------------ field
+    def set_field(self, electric_field: FieldLike) -> None:
+        """Set a constant field (V/A) or a function of time ``f(t_fs)``; clears cached results."""
+        if not callable(electric_field):
+            electric_field = self._as_field(electric_field)
+        self._field = electric_field
+        self.results = {}
+
+    @staticmethod
+    def _as_field(value) -> np.ndarray:
+        field = np.asarray(value, dtype=float).reshape(-1)
+        if field.shape != (3,) or not np.all(np.isfinite(field)):
+            raise ValueError(f"electric field must be 3 finite numbers in V/A, got {value!r}")
+        return field
+
+    def field_now(self) -> np.ndarray:
+        """The field (V/A) at the calculator's current ``time``."""
+        return self._as_field(self._field(self.time)) if callable(self._field) else self._field
+
+    def check_state(self, atoms, tol=1e-15):
+        changes = super().check_state(atoms, tol)
+        used = self._field_used
+        if self.results and used is not None and not np.array_equal(used, self.field_now()):
+            changes = list(changes) + ["electric_field"]
+        return changes
+
+    # ------------------------------------------------------------------ compute
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        want = {keys.ENERGY, keys.FORCES, keys.POLARISATION}
+        periodic = bool(np.all(self.atoms.pbc)) and abs(self.atoms.get_volume()) > 1e-12
+        if periodic:
+            want.add(keys.STRESS)
+        elif set(properties) & {"stress", *keys.RESPONSE_PROPERTIES}:
+            raise ValueError("stress, P, Z* and alpha need a periodic structure with a non-singular cell")
+        else:
+            want.discard(keys.POLARISATION)
+        if set(properties) & {keys.BECS, keys.POLARISABILITY}:
+            want |= {keys.BECS, keys.POLARISABILITY}
+        field = self.field_now()
+        graph = atoms_to_graph(
+            self.atoms, self.model.atomic_numbers, self.model.r_max, heads=self.model.heads,
+            head=self.head, electric_field=field, source="MACEFieldCalculator",
+        )
+        batch = collate([graph], dtype=self.torch_dtype, device=self.device)
+        out = self.model(batch, properties=sorted(want))
+
+        def np_(key):
+            return out[key].detach().cpu().numpy().astype(float)
+
+        energy = float(np_(keys.ENERGY)[0])
+        self.results = {"energy": energy, "free_energy": energy, "forces": np_(keys.FORCES)}
+        self._field_used = field.copy()
+        if keys.STRESS in out:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(np_(keys.STRESS)[0])
+        if keys.POLARISATION in out:
+            self.results[keys.POLARISATION] = np_(keys.POLARISATION)[0]
+        if keys.BECS in out:
+            self.results[keys.BECS] = np_(keys.BECS)
+            self.results[keys.POLARISABILITY] = np_(keys.POLARISABILITY)[0]
+
+    # convenience accessors, as ASE's get_dipole_moment etc.
+    def get_polarisation(self, atoms=None) -> np.ndarray:
+        return self.get_property(keys.POLARISATION, atoms)
+
+    def get_becs(self, atoms=None) -> np.ndarray:
+        return self.get_property(keys.BECS, atoms)
+
+    def get_polarisability(self, atoms=None) -> np.ndarray:
+        return self.get_property(keys.POLARISABILITY, atoms)

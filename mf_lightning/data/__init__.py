@@ -1,0 +1,1 @@
+"""Data: key names, conversion of structures to graphs (later: loaders, units, audit)."""

@@ -1,0 +1,176 @@
+"""How a uniform electric field enters MACE's equivariant node features.
+
+The field E (V/A, one 3-vector per structure) is an l=1, odd-parity irrep (``1x1o``). Each form
+below is a residual that is *bilinear* in (features, E), so it vanishes identically at E = 0:
+an upgraded MACE checkpoint keeps its zero-field energies and forces exactly, whatever the
+coupling weights are.
+
+Forms (the ablation axis ``model.coupling.form``):
+
+``none``
+    Plain MACE. F does not depend on E, so P, Z* and alpha are identically zero.
+
+``residual_tp`` (the paper's)
+    After the product block of a coupled layer,
+    ``h~ = h + W(h (x) E)``: a channel-wise Clebsch-Gordan product of the selected irreps of h
+    with E, then an irrep-wise linear map W mixing channels back into h's irreps. Readouts and
+    later layers see h~. Because h~ is linear in E at that layer, the field reaches the energy
+    with E-powers > 1 only through later layers; and because MACE's last layer keeps only
+    scalars (``0e (x) 1o`` has no ``0e`` output), that layer cannot be coupled this way.
+
+``basis_tp`` (ours; the richer variant)
+    The same residual, applied to the many-body atomic basis A (the interaction block's output)
+    *before* the symmetric contraction: ``A~ = A + W(A (x) E)``. The product block then raises
+    A~ to powers up to the correlation order nu, so a single layer already carries E-dependence
+    up to E^nu (genuine nonlinear, environment-dependent polarisability from one layer, in the
+    spirit of Allegro-pol where the field is an input of the many-body features), and it works on
+    every layer including the last, whose A still has all L <= max_ell even though its output is
+    scalar-only. Cost: one extra channel-wise TP on A per coupled layer.
+
+Which L orders take part is configurable: ``l_in`` (L's of the features entering the product with
+E) and ``l_out`` (L's of the product that are added back). ``init`` is ``zeros`` (W = 0: an
+upgraded foundation model starts exactly at its zero-field behaviour for *all* E) or ``random``
+(e3nn's default init scaled by ``init_scale``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional, Sequence
+
+import torch
+
+from mf_lightning._deps import o3
+from mace.modules.irreps_tools import reshape_irreps, tp_out_irreps_with_instructions
+
+FIELD_IRREPS = o3.Irreps("1x1o")
+COUPLING_FORMS = ("none", "residual_tp", "basis_tp")
+INIT_MODES = ("zeros", "random")
+
+
+def field_to_irrep(field: torch.Tensor) -> torch.Tensor:
+    """Cartesian field (..., 3) -> e3nn's ``1o`` basis, in the same convention as MACE's edge
+    spherical harmonics (e3nn orders l=1 as (y, z, x)). Linear and norm-preserving."""
+    return o3.spherical_harmonics(1, field, normalize=False, normalization="component") / math.sqrt(3.0)
+
+
+def _selected(irreps: o3.Irreps, ls: Optional[Iterable[int]]) -> list[int]:
+    keep = None if ls is None else {int(l) for l in ls}
+    return [i for i, (_, ir) in enumerate(irreps) if keep is None or ir.l in keep]
+
+
+class FieldTensorProduct(torch.nn.Module):
+    """``x -> W(x[l_in] (x) E)[l_out]``: the bilinear residual shared by every form.
+
+    Channel-wise ('uvu') Clebsch-Gordan product of the selected irreps of x with the field, then
+    an irrep-wise e3nn ``Linear`` back to ``irreps`` (channels mix, irreps do not).
+    """
+
+    def __init__(
+        self,
+        irreps: o3.Irreps,
+        l_in: Optional[Sequence[int]] = None,
+        l_out: Optional[Sequence[int]] = None,
+        init: str = "zeros",
+        init_scale: float = 1e-2,
+        where: str = "",
+    ):
+        super().__init__()
+        if init not in INIT_MODES:
+            raise ValueError(f"coupling init must be one of {INIT_MODES}, got {init!r}")
+        irreps = o3.Irreps(irreps)
+        self.irreps = irreps
+        self.in_idx = _selected(irreps, l_in)
+        irreps_in = o3.Irreps([irreps[i] for i in self.in_idx])
+        target = o3.Irreps([irreps[i] for i in _selected(irreps, l_out)])
+        irreps_mid, instructions = tp_out_irreps_with_instructions(irreps_in, FIELD_IRREPS, target)
+        if len(instructions) == 0:
+            raise ValueError(
+                f"field coupling {where}: features {irreps} restricted to l_in={l_in} give no "
+                f"product with the field (1x1o) into l_out={l_out}. Parity and |l1-l2|<=l<=l1+l2 "
+                "rule it out (e.g. MACE's last layer is scalar-only: use form 'basis_tp' there, "
+                "or do not couple that layer)."
+            )
+        # Weights live in the linear map W, not in the product (has_weight=False).
+        instructions = [(i, j, k, "uvu", False) for i, j, k, _, _ in instructions]
+        self.tp = o3.TensorProduct(irreps_in, FIELD_IRREPS, irreps_mid, instructions)
+        self.linear = o3.Linear(irreps_mid, irreps, internal_weights=True, shared_weights=True)
+        with torch.no_grad():
+            if init == "zeros":
+                self.linear.weight.zero_()
+            else:
+                self.linear.weight.mul_(init_scale)
+        slices = irreps.slices()
+        self._full = len(self.in_idx) == len(irreps)
+        self.register_buffer(
+            "in_columns",
+            torch.cat([torch.arange(slices[i].start, slices[i].stop) for i in self.in_idx]),
+            persistent=False,
+        )
+
+    def forward(self, x: torch.Tensor, field_irrep: torch.Tensor) -> torch.Tensor:
+        x_in = x if self._full else x.index_select(-1, self.in_columns)
+        return self.linear(self.tp(x_in, field_irrep))
+
+
+class FieldCoupling(torch.nn.Module):
+    """Base class: one coupling block for one interaction layer.
+
+    ``stage`` says where ``FieldMACE`` calls it: ``"features"`` (node features after the
+    product block, flat e3nn layout) or ``"basis"`` (the atomic basis A before the product,
+    MACE's ``[n_nodes, channels, sum(2L+1)]`` layout).
+    """
+
+    stage: str = "features"
+    form: str = ""
+
+    def forward(self, x: torch.Tensor, field_irrep: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class ResidualTPCoupling(FieldCoupling):
+    """The paper's coupling, after the product block: ``h~ = h + W(h (x) E)``."""
+
+    stage = "features"
+    form = "residual_tp"
+
+    def __init__(self, irreps: o3.Irreps, **kwargs):
+        super().__init__()
+        self.residual = FieldTensorProduct(irreps, **kwargs)
+
+    def forward(self, x: torch.Tensor, field_irrep: torch.Tensor) -> torch.Tensor:
+        return x + self.residual(x, field_irrep)
+
+
+class BasisTPCoupling(FieldCoupling):
+    """Field into the atomic basis before the symmetric contraction: ``A~ = A + W(A (x) E)``."""
+
+    stage = "basis"
+    form = "basis_tp"
+
+    def __init__(self, irreps: o3.Irreps, **kwargs):
+        super().__init__()
+        irreps = o3.Irreps(irreps)
+        self.residual = FieldTensorProduct(irreps, **kwargs)
+        self.to_channels = reshape_irreps(irreps)  # flat -> [n, mul, dim], as MACE's interaction
+        self._blocks = [(mul, ir.dim) for mul, ir in irreps]
+
+    def _flatten(self, a: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``reshape_irreps``: [n, mul, sum(dim)] -> flat e3nn [n, sum(mul*dim)]."""
+        out, ix = [], 0
+        for mul, dim in self._blocks:
+            out.append(a[:, :, ix : ix + dim].reshape(a.shape[0], mul * dim))
+            ix += dim
+        return torch.cat(out, dim=-1)
+
+    def forward(self, x: torch.Tensor, field_irrep: torch.Tensor) -> torch.Tensor:
+        return x + self.to_channels(self.residual(self._flatten(x), field_irrep))
+
+
+_FORMS = {"residual_tp": ResidualTPCoupling, "basis_tp": BasisTPCoupling}
+
+
+def make_coupling(form: str, irreps: o3.Irreps, **kwargs) -> FieldCoupling:
+    if form not in _FORMS:
+        raise ValueError(f"unknown coupling form {form!r}; choose from {COUPLING_FORMS}")
+    return _FORMS[form](irreps, **kwargs)

@@ -1,0 +1,250 @@
+"""FieldMACE: a mace-torch model whose node features feel a uniform electric field.
+
+``FieldMACE`` *holds* an unmodified mace-torch ``ScaleShiftMACE`` (its embedding, radial basis,
+interaction, product, readout, scale-shift and multi-head blocks, with their weights) and adds
+one :class:`~mf_lightning.model.coupling.FieldCoupling` per coupled layer. Its forward pass walks
+the backbone's blocks in MACE's order and calls the coupling at the configured stage, so at
+E = 0 it computes exactly what the backbone computes (``from_mace`` keeps every weight).
+
+The scalar output is the electric enthalpy F(R, E); forces, stress, P, Z* and alpha are its
+derivatives (:mod:`mf_lightning.model.observables`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import torch
+
+from mf_lightning._deps import mace_modules, o3
+from mace.modules.utils import prepare_graph
+from mace.tools.scatter import scatter_sum
+
+from mf_lightning.data import keys
+from mf_lightning.utils import DTYPES, default_dtype, resolve_dtype  # noqa: F401  (re-exported)
+from mf_lightning.model import coupling as cpl
+from mf_lightning.model.observables import compute_observables, needs
+
+class FieldMACE(torch.nn.Module):
+    """Field-aware MACE. Build with :func:`build_model`, :meth:`from_mace` or :func:`load_model`.
+
+    Args:
+        backbone: a mace-torch ``ScaleShiftMACE`` (plain ``MACE`` models are converted by
+            :meth:`from_mace` to a ScaleShiftMACE with scale 1 and shift 0, which computes the
+            same energy).
+        backbone_config: the backbone's constructor arguments in JSON-able form (what
+            :func:`mf_lightning.model.io.save` writes so the model can be rebuilt without pickle).
+        form: coupling form, one of :data:`~mf_lightning.model.coupling.COUPLING_FORMS`.
+        layers: indices of interaction layers that couple; ``None`` = every layer the form can
+            couple (``residual_tp``: all but a scalar-only last layer, as in the paper;
+            ``basis_tp``: all).
+        l_in, l_out: L orders of the features entering the product with E, and of the product
+            added back (``None`` = all).
+        init: ``"zeros"`` or ``"random"``; ``init_scale`` scales the random init.
+    """
+
+    def __init__(
+        self,
+        backbone: torch.nn.Module,
+        backbone_config: Dict[str, Any],
+        form: str = "residual_tp",
+        layers: Optional[Sequence[int]] = None,
+        l_in: Optional[Sequence[int]] = None,
+        l_out: Optional[Sequence[int]] = None,
+        init: str = "zeros",
+        init_scale: float = 1e-2,
+    ):
+        super().__init__()
+        if form not in cpl.COUPLING_FORMS:
+            raise ValueError(f"unknown coupling form {form!r}; choose from {cpl.COUPLING_FORMS}")
+        if not hasattr(backbone, "scale_shift"):
+            raise TypeError("FieldMACE needs a ScaleShiftMACE backbone; use FieldMACE.from_mace")
+        self.backbone = backbone
+        self.backbone_config = backbone_config
+        n_layers = len(backbone.interactions)
+        self.couplings = torch.nn.ModuleDict()
+        if form != "none":
+            chosen = self._default_layers(form, l_in, l_out) if layers is None else list(layers)
+            for t in chosen:
+                if not 0 <= int(t) < n_layers:
+                    raise ValueError(f"coupling layer {t} out of range: the model has {n_layers} layers")
+                self.couplings[str(int(t))] = cpl.make_coupling(
+                    form, self._stage_irreps(form, int(t)), l_in=l_in, l_out=l_out,
+                    init=init, init_scale=init_scale, where=f"layer {t} ({form})",
+                )
+        self.coupling_config = {
+            "form": form,
+            "layers": sorted(int(t) for t in self.couplings.keys()),
+            "l_in": None if l_in is None else [int(l) for l in l_in],
+            "l_out": None if l_out is None else [int(l) for l in l_out],
+            "init": init,
+            "init_scale": float(init_scale),
+        }
+
+    # ------------------------------------------------------------------ structure
+    def _stage_irreps(self, form: str, t: int) -> o3.Irreps:
+        stage = {"residual_tp": "features", "basis_tp": "basis"}[form]
+        if stage == "features":
+            return o3.Irreps(str(self.backbone.products[t].linear.irreps_out))
+        return o3.Irreps(str(self.backbone.interactions[t].target_irreps))
+
+    def _default_layers(self, form, l_in, l_out) -> List[int]:
+        layers = []
+        for t in range(len(self.backbone.interactions)):
+            try:
+                cpl.make_coupling(form, self._stage_irreps(form, t), l_in=l_in, l_out=l_out)
+                layers.append(t)
+            except ValueError:
+                continue
+        if not layers:
+            raise ValueError(f"coupling form {form!r} with l_in={l_in}, l_out={l_out} can couple no layer")
+        return layers
+
+    @property
+    def atomic_numbers(self) -> List[int]:
+        return [int(z) for z in self.backbone.atomic_numbers]
+
+    @property
+    def r_max(self) -> float:
+        return float(self.backbone.r_max)
+
+    @property
+    def heads(self) -> List[str]:
+        return list(self.backbone.heads)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backbone.atomic_energies_fn.atomic_energies.dtype
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        data: Dict[str, torch.Tensor],
+        properties: Iterable[str] = (keys.ENERGY, keys.FORCES),
+        training: bool = False,
+        batched_response: bool = False,
+    ) -> Dict[str, torch.Tensor]:
+        """Electric enthalpy and the requested derivatives for a batch (mace-torch dict).
+
+        The field is ``data[keys.ELECTRIC_FIELD]`` (n_graphs, 3) in V/A, zero if absent.
+        Only the derivatives that ``properties`` need are built.
+        """
+        properties = tuple(properties)
+        need = needs(properties)
+        data = dict(data)  # prepare_graph rewrites positions/shifts; keep the caller's batch intact
+        n_graphs = int(data[keys.PTR].numel() - 1)
+        pos = data[keys.POSITIONS]
+        field = data.get(keys.ELECTRIC_FIELD)
+        if field is None:
+            field = torch.zeros(n_graphs, 3, dtype=pos.dtype, device=pos.device)
+        field = field.reshape(n_graphs, 3).to(pos.dtype)
+        if need["field"] and not field.requires_grad:
+            field = field.detach().clone().requires_grad_(True)
+        ctx = prepare_graph(data, compute_displacement=need["strain"])
+        energy = self._enthalpy(data, ctx, field)
+        volume = torch.linalg.det(ctx.cell.view(-1, 3, 3)).abs()
+        if (need["field"] or need["strain"]) and not bool((volume > 0).all()):
+            bad = torch.nonzero(volume <= 0).flatten().tolist()
+            raise ValueError(
+                f"structures {bad} of the batch have a zero-volume cell: stress, P, Z* and alpha "
+                "need a periodic structure with a non-singular cell"
+            )
+        out = {keys.ENERGY: energy, keys.VOLUME: volume}
+        out.update(
+            compute_observables(
+                energy, ctx.positions, ctx.displacement, field, volume,
+                properties=[p for p in properties if p != keys.ENERGY],
+                training=training, batched=batched_response,
+            )
+        )
+        return out
+
+    def _enthalpy(self, data, ctx, field: torch.Tensor) -> torch.Tensor:
+        """F(R, E) per structure: ScaleShiftMACE's energy with the coupling inserted."""
+        bb = self.backbone
+        num_graphs = ctx.num_graphs
+        batch = data[keys.BATCH]
+        arange = ctx.num_atoms_arange.to(torch.int64)
+        node_heads = ctx.node_heads.to(torch.int64)
+        node_attrs = data[keys.NODE_ATTRS]
+        field_irrep = cpl.field_to_irrep(field)[batch]  # per node, e3nn 1o basis
+
+        node_e0 = bb.atomic_energies_fn(node_attrs)[arange, node_heads]
+        e0 = scatter_sum(src=node_e0, index=batch, dim=0, dim_size=num_graphs).to(ctx.vectors.dtype)
+        node_feats = bb.node_embedding(node_attrs)
+        edge_attrs = bb.spherical_harmonics(ctx.vectors)
+        edge_feats, cutoff = bb.radial_embedding(ctx.lengths, node_attrs, data[keys.EDGE_INDEX], bb.atomic_numbers)
+        if hasattr(bb, "pair_repulsion"):
+            pair_node_energy = bb.pair_repulsion_fn(ctx.lengths, node_attrs, data[keys.EDGE_INDEX], bb.atomic_numbers)
+        else:
+            pair_node_energy = torch.zeros_like(node_e0)
+        if hasattr(bb, "joint_embedding"):
+            feats = {name: data[name] for name in bb.embedding_specs}
+            node_feats = node_feats + bb.joint_embedding(batch, feats)
+            if hasattr(bb, "embedding_readout"):
+                emb_e = bb.embedding_readout(node_feats, node_heads)[arange, node_heads].squeeze(-1)
+                e0 = e0 + scatter_sum(src=torch.atleast_1d(emb_e), index=batch, dim=0, dim_size=num_graphs)
+
+        node_feats_list = []
+        for t, (interaction, product) in enumerate(zip(bb.interactions, bb.products)):
+            coupling = self.couplings[str(t)] if str(t) in self.couplings else None
+            node_feats, sc = interaction(
+                node_attrs=node_attrs, node_feats=node_feats, edge_attrs=edge_attrs,
+                edge_feats=edge_feats, edge_index=data[keys.EDGE_INDEX], cutoff=cutoff,
+                first_layer=(t == 0),
+            )
+            if coupling is not None and coupling.stage == "basis":
+                node_feats = coupling(node_feats, field_irrep)
+            node_feats = product(node_feats=node_feats, sc=sc, node_attrs=node_attrs)
+            if coupling is not None and coupling.stage == "features":
+                node_feats = coupling(node_feats, field_irrep)
+            node_feats_list.append(node_feats)
+
+        node_es_list = [pair_node_energy]
+        for t, readout in enumerate(bb.readouts):
+            feat_idx = -1 if len(bb.readouts) == 1 else t
+            node_es_list.append(readout(node_feats_list[feat_idx], node_heads)[arange, node_heads])
+        node_inter_es = bb.scale_shift(torch.sum(torch.stack(node_es_list, dim=0), dim=0), node_heads)
+        inter_e = scatter_sum(node_inter_es, batch, dim=-1, dim_size=num_graphs)
+        return e0 + inter_e
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_mace(
+        cls,
+        model_or_path,
+        form: str = "residual_tp",
+        layers: Optional[Sequence[int]] = None,
+        l_in: Optional[Sequence[int]] = None,
+        l_out: Optional[Sequence[int]] = None,
+        init: str = "zeros",
+        init_scale: float = 1e-2,
+        allow_pickle: bool = False,
+        dtype: Optional[str] = None,
+    ) -> "FieldMACE":
+        """Upgrade a mace-torch ``MACE``/``ScaleShiftMACE`` (single- or multi-head).
+
+        Every weight is kept (the source module is deep-copied, not rebuilt), so at E = 0 the
+        result reproduces the source's energies, forces and stresses. ``model_or_path`` may be a
+        module or a mace ``.model`` file; loading such a file unpickles it, which runs code from
+        the file, so it is refused unless ``allow_pickle=True``.
+        """
+        from mf_lightning.model.io import backbone_config_of, load_mace_pickle
+
+        if isinstance(model_or_path, torch.nn.Module):
+            source = model_or_path
+        else:
+            source = load_mace_pickle(model_or_path, allow_pickle=allow_pickle)
+        backbone, config = backbone_config_of(source)
+        if dtype is not None:
+            backbone = backbone.to(resolve_dtype(dtype))
+        with default_dtype(backbone.atomic_energies_fn.atomic_energies.dtype):
+            model = cls(backbone, config, form=form, layers=layers, l_in=l_in, l_out=l_out,
+                        init=init, init_scale=init_scale)
+        return model.to(backbone.atomic_energies_fn.atomic_energies.dtype)
+
+    def save(self, path) -> None:
+        """Write a weights-only file (state dict + JSON-able config); see :func:`load_model`."""
+        from mf_lightning.model.io import save_model
+
+        save_model(self, path)

@@ -1,0 +1,222 @@
+"""Saving and loading models without pickle.
+
+Our model files hold only tensors and plain Python values (a state dict and a JSON-able
+config) and are read with ``torch.load(weights_only=True)``: opening one cannot run code. A
+mace-torch ``.model`` file, by contrast, is a pickled module, and unpickling runs code stored in
+it; :func:`load_mace_pickle` therefore refuses unless the caller opts in with
+``allow_pickle=True``. Files are written atomically (temporary file in the same folder, fsync,
+rename), so a crash during a save leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import numpy as np
+import torch
+
+from mf_lightning._deps import mace_modules, o3
+from mace.modules.models import MACE, ScaleShiftMACE
+from mace.modules.blocks import ScaleShiftBlock
+from mace.tools.scripts_utils import extract_config_mace_model
+
+FORMAT = "mf-lightning/field-mace"
+FORMAT_VERSION = 1
+
+
+class ModelFileError(RuntimeError):
+    """A model file is missing, truncated, corrupted, or not of a kind we may load."""
+
+
+# ---------------------------------------------------------------- backbone config <-> JSON
+_CLASS_KEYS = {
+    "interaction_cls": mace_modules.interaction_classes,
+    "interaction_cls_first": mace_modules.interaction_classes,
+    "readout_cls": mace_modules.readout_classes,
+}
+_IRREPS_KEYS = ("hidden_irreps", "MLP_irreps", "edge_irreps")
+
+
+def _plain(value):
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value
+
+
+def config_to_json(config: Dict[str, Any]) -> Dict[str, Any]:
+    """mace-torch constructor kwargs -> plain values (no classes, functions or arrays)."""
+    out = {}
+    for k, v in config.items():
+        if k in _CLASS_KEYS:
+            v = v.__name__
+        elif k in _IRREPS_KEYS:
+            v = None if v is None else str(o3.Irreps(v))
+        elif k == "gate":
+            names = [n for n, f in mace_modules.gate_dict.items() if f is v]
+            if not names:
+                raise ValueError(f"readout gate {v!r} is not one of mace's gates {list(mace_modules.gate_dict)}")
+            v = names[0]
+        elif k == "cueq_config":
+            v = None  # the e3nn code path; cuEquivariance is a run-time choice, not a weight
+        elif k == "distance_transform":
+            v = "None" if v is None else v
+        out[k] = _plain(v)
+    return out
+
+
+def config_from_json(config: Dict[str, Any]) -> Dict[str, Any]:
+    """Inverse of :func:`config_to_json`: kwargs for ``ScaleShiftMACE(**kwargs)``."""
+    out = dict(config)
+    for k, table in _CLASS_KEYS.items():
+        if k in out:
+            out[k] = table[out[k]]
+    for k in _IRREPS_KEYS:
+        if out.get(k) is not None:
+            out[k] = o3.Irreps(out[k])
+    out["gate"] = mace_modules.gate_dict[out.get("gate", "None")]
+    for k in ("atomic_energies", "atomic_inter_scale", "atomic_inter_shift"):
+        out[k] = np.asarray(out[k], dtype=float)
+    return out
+
+
+def backbone_config_of(source: torch.nn.Module) -> Tuple[ScaleShiftMACE, Dict[str, Any]]:
+    """A private ScaleShiftMACE copy of ``source`` (every weight kept) and its JSON config.
+
+    A plain ``MACE`` sums E0 + pair + readouts; ``ScaleShiftMACE`` with scale 1 and shift 0
+    computes the same, so a plain model is upgraded by giving its deep copy that identity
+    scale-shift block (the only thing ``ScaleShiftMACE.__init__`` adds to ``MACE``).
+    """
+    if type(source) is ScaleShiftMACE:
+        backbone = copy.deepcopy(source)
+    elif type(source) is MACE:
+        backbone = copy.deepcopy(source)
+        n_heads = len(getattr(source, "heads", ["Default"]))
+        dtype = source.atomic_energies_fn.atomic_energies.dtype
+        scale_shift = ScaleShiftBlock(scale=np.ones(n_heads), shift=np.zeros(n_heads))
+        backbone.__class__ = ScaleShiftMACE
+        backbone.scale_shift = scale_shift.to(dtype)
+    else:
+        raise TypeError(
+            f"from_mace takes a mace-torch MACE or ScaleShiftMACE, got {type(source).__name__}"
+        )
+    config = extract_config_mace_model(backbone)
+    if "error" in config:
+        raise TypeError(config["error"])
+    # extract_config_mace_model reads use_reduced_cg from the model; make sure the flag that
+    # decides the product basis (default True in the class, False in mace's CLI) survives.
+    config["use_reduced_cg"] = bool(getattr(source, "use_reduced_cg", False))
+    config["keep_last_layer_irreps"] = _keeps_last_layer_irreps(source)
+    return backbone, config_to_json(config)
+
+
+def _keeps_last_layer_irreps(model) -> bool:
+    if len(model.products) < 2:
+        return False
+    last = o3.Irreps(str(model.products[-1].linear.irreps_out))
+    return any(ir.l > 0 for _, ir in last)
+
+
+def build_backbone(config_json: Dict[str, Any], dtype: torch.dtype) -> ScaleShiftMACE:
+    from mf_lightning.model.field_mace import default_dtype
+
+    with default_dtype(dtype):
+        return ScaleShiftMACE(**config_from_json(config_json)).to(dtype)
+
+
+# ---------------------------------------------------------------- files
+def atomic_torch_save(obj, path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_model(model, path) -> None:
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "backbone_config": model.backbone_config,
+        "coupling": model.coupling_config,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    atomic_torch_save(payload, path)
+
+
+def _weights_only_load(path: Path):
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelFileError(
+            f"{path}: not a weights-only file (it needs unpickling of Python objects, which can run "
+            "code). If it is a mace-torch .model file you trust, upgrade it with "
+            "FieldMACE.from_mace(path, allow_pickle=True)."
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ModelFileError(f"{path}: truncated or corrupted model file ({type(exc).__name__}: {exc})") from exc
+
+
+def load_model(path, device: str = "cpu", dtype=None):
+    """Load a model written by :meth:`FieldMACE.save` (``weights_only=True``; no code runs)."""
+    from mf_lightning.model.field_mace import FieldMACE, default_dtype, resolve_dtype
+
+    path = Path(path)
+    payload = _weights_only_load(path)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not an mf-lightning model file (format key {FORMAT!r} missing)")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelFileError(f"{path}: written by a newer mf-lightning (format {payload['format_version']})")
+    saved_dtype = resolve_dtype(payload["dtype"])
+    backbone = build_backbone(payload["backbone_config"], saved_dtype)
+    with default_dtype(saved_dtype):
+        model = FieldMACE(backbone, payload["backbone_config"], **payload["coupling"])
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise ModelFileError(f"{path}: weights do not match the stored architecture: {exc}") from exc
+    model = model.to(device=device, dtype=resolve_dtype(dtype) if dtype is not None else saved_dtype)
+    return model.eval()
+
+
+def load_mace_pickle(path, allow_pickle: bool = False) -> torch.nn.Module:
+    """Load a pickled mace-torch ``.model`` file, only with an explicit opt-in."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    if not allow_pickle:
+        raise ModelFileError(
+            f"{path}: a mace-torch .model file is a pickled Python module; loading it executes code "
+            "stored in the file. Pass allow_pickle=True (config: model.allow_pickle=true) only for "
+            "files from a source you trust."
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise ModelFileError(f"{path}: could not load mace model ({type(exc).__name__}: {exc})") from exc
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        raise ModelFileError(f"{path}: this is already an mf-lightning model; use mf_lightning.load_model")
+    if not isinstance(obj, torch.nn.Module):
+        raise ModelFileError(f"{path}: holds a {type(obj).__name__}, not a mace-torch model")
+    return obj

@@ -1,0 +1,12 @@
+"""Physical constants and unit conversions (internal units: eV, A, e, V; SPEC section 1)."""
+
+from __future__ import annotations
+
+from ase import units as _u
+
+# Vacuum permittivity in e/(V A): eps0 = 8.8541878128e-12 F/m = C/(V m);
+# divided by e (C) and by 1e10 A/m -> 0.0055263 e/(V A).
+EPS0_E_PER_V_A = 8.8541878128e-12 / _u._e / 1e10
+
+# Polarisation: 1 e/A^2 = 1.602176634e-19 C / 1e-16 cm^2 = 1602.18 uC/cm^2.
+E_PER_A2_TO_UC_PER_CM2 = _u._e * 1e6 / 1e-16

@@ -1,0 +1,50 @@
+"""Shared fixtures. This file sits at the rootdir so pytest (in importlib mode, see
+pyproject.toml) imports *our* tests, never the ``tests`` package the mace-torch wheel installs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Two torch threads are faster on an idle 2-core machine but 9-14x slower when anything else
+# runs beside them; tests are many small ops, so one thread is the stable choice.
+torch.set_num_threads(int(os.environ.get("MF_TEST_THREADS", "1")))
+
+import ase.io  # noqa: E402
+
+import mf_lightning  # noqa: E402,F401  (import order: mace before e3nn)
+from mf_lightning.data.graphs import atoms_to_graph, collate  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MF_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+def shared_file(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.is_file():
+        pytest.fail(f"shared data file {path} is missing (set MF_DATA_DIR or put ../shared/data beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sio2_atoms():
+    return ase.io.read(shared_file("md", "SiO2.xyz"), index=0)
+
+
+@pytest.fixture(scope="session")
+def batio3_atoms():
+    return ase.io.read(shared_file("md", "BaTiO3.xyz"), index=0)
+
+
+@pytest.fixture(scope="session")
+def dielectric_atoms():
+    """A small MP-Dielectric entry (6-atom Th compound, the file's first frame)."""
+    return ase.io.read(shared_file("mp_dielectric", "dielectric-valid.xyz"), index=0)
+
+
+@pytest.fixture(scope="session")
+def structures(sio2_atoms, batio3_atoms, dielectric_atoms):
+    return {"SiO2": sio2_atoms, "BaTiO3": batio3_atoms, "dielectric": dielectric_atoms}

@@ -126,11 +126,19 @@ class MACEFieldCalculator(Calculator):
             self.results[keys.POLARISABILITY] = np_(keys.POLARISABILITY)[0]
 
     # convenience accessors, as ASE's get_dipole_moment etc.
+    def _get(self, name, atoms):
+        if atoms is None and self.atoms is None:
+            raise ValueError(f"get_{name}: pass the Atoms (the calculator has not computed any yet)")
+        return self.get_property(name, atoms)
+
     def get_polarisation(self, atoms=None) -> np.ndarray:
-        return self.get_property(keys.POLARISATION, atoms)
+        """P (e/A^2), shape (3,)."""
+        return self._get(keys.POLARISATION, atoms)
 
     def get_becs(self, atoms=None) -> np.ndarray:
-        return self.get_property(keys.BECS, atoms)
+        """Z* (e), shape (n_atoms, 3, 3), ``[k, i, j] = d(Omega P_i)/dR_kj``."""
+        return self._get(keys.BECS, atoms)
 
     def get_polarisability(self, atoms=None) -> np.ndarray:
-        return self.get_property(keys.POLARISABILITY, atoms)
+        """alpha (e/(V A)), shape (3, 3)."""
+        return self._get(keys.POLARISABILITY, atoms)

@@ -49,8 +49,10 @@ INIT_MODES = ("zeros", "random")
 
 
 def field_to_irrep(field: torch.Tensor) -> torch.Tensor:
-    """Cartesian field (..., 3) -> e3nn's ``1o`` basis, in the same convention as MACE's edge
-    spherical harmonics (e3nn orders l=1 as (y, z, x)). Linear and norm-preserving."""
+    """Cartesian field (..., 3) -> the ``1o`` basis of MACE's edge spherical harmonics.
+
+    Taking it from e3nn's own l=1 harmonic (linear for l=1) keeps E in whatever component order
+    and sign convention the node features use, rather than assuming one. Norm-preserving."""
     return o3.spherical_harmonics(1, field, normalize=False, normalization="component") / math.sqrt(3.0)
 
 

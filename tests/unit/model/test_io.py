@@ -1,0 +1,109 @@
+"""Model files: weights-only round trip, atomic writes, clear errors on bad files."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+import mf_lightning
+from mf_lightning.data import keys
+from mf_lightning.model import io
+from mf_lightning.model.io import ModelFileError
+from tests.helpers import batch_of, elements_of, tiny_model
+
+PROPS = (keys.ENERGY, keys.FORCES, keys.POLARISATION, keys.BECS, keys.POLARISABILITY)
+
+
+@pytest.mark.parametrize("form,extra", [
+    ("none", {}),
+    ("residual_tp", {"l_in": [1], "l_out": [0]}),
+    ("basis_tp", {"layers": [1]}),
+])
+def test_save_load_round_trip(tmp_path, dielectric_atoms, form, extra):
+    model = tiny_model(elements_of(dielectric_atoms), form=form, **extra)
+    path = tmp_path / "m.pt"
+    model.save(path)
+    raw = torch.load(path, weights_only=True)  # must load without unpickling anything
+    assert raw["format"] == io.FORMAT and raw["coupling"]["form"] == form
+    back = mf_lightning.load_model(path)
+    assert back.coupling_config == model.coupling_config
+    batch = batch_of(model, [dielectric_atoms], [(0.01, 0.02, 0.03)])
+    a, b = model(batch, properties=PROPS), back(batch, properties=PROPS)
+    for k in PROPS:
+        torch.testing.assert_close(b[k].detach(), a[k].detach(), rtol=0, atol=0)
+
+
+def test_load_in_other_dtype(tmp_path, dielectric_atoms):
+    model = tiny_model(elements_of(dielectric_atoms))
+    model.save(tmp_path / "m.pt")
+    back = mf_lightning.load_model(tmp_path / "m.pt", dtype="float32")
+    assert back.dtype == torch.float32
+
+
+def test_save_is_atomic(tmp_path, dielectric_atoms, monkeypatch):
+    """A crash in the middle of a save leaves the previous file intact and no temp file."""
+    model = tiny_model(elements_of(dielectric_atoms))
+    path = tmp_path / "m.pt"
+    model.save(path)
+    before = path.read_bytes()
+
+    def dying_save(obj, fh, *a, **k):
+        fh.write(b"partial garbage")
+        raise KeyboardInterrupt("killed during save")
+
+    monkeypatch.setattr(io.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        model.save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_truncated_and_corrupted_files(tmp_path, dielectric_atoms):
+    model = tiny_model(elements_of(dielectric_atoms))
+    good = tmp_path / "m.pt"
+    model.save(good)
+    data = good.read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="trunc.pt: truncated or corrupted"):
+        mf_lightning.load_model(tmp_path / "trunc.pt")
+    (tmp_path / "noise.pt").write_bytes(b"\x00not a zip" * 10)
+    with pytest.raises(ModelFileError, match="noise.pt"):
+        mf_lightning.load_model(tmp_path / "noise.pt")
+    with pytest.raises(ModelFileError, match="no such model file"):
+        mf_lightning.load_model(tmp_path / "missing.pt")
+
+
+def test_pickled_module_is_refused_by_load_model(tmp_path, dielectric_atoms):
+    """A file that needs unpickling (e.g. a whole module) is never executed by load_model."""
+    model = tiny_model(elements_of(dielectric_atoms))
+    torch.save(model, tmp_path / "pickled.pt")
+    with pytest.raises(ModelFileError, match="not a weights-only file"):
+        mf_lightning.load_model(tmp_path / "pickled.pt")
+
+
+def test_foreign_or_mismatched_payload(tmp_path, dielectric_atoms):
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(ModelFileError, match="not an mf-lightning model file"):
+        mf_lightning.load_model(tmp_path / "foreign.pt")
+    model = tiny_model(elements_of(dielectric_atoms))
+    model.save(tmp_path / "m.pt")
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    payload["state_dict"].pop(next(iter(payload["state_dict"])))
+    torch.save(payload, tmp_path / "broken.pt")
+    with pytest.raises(ModelFileError, match="do not match"):
+        mf_lightning.load_model(tmp_path / "broken.pt")
+
+
+def test_import_leaves_weights_only_default_intact(tmp_path):
+    """Importing mace sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD; our import restores it, so a bare
+    torch.load of a pickle payload is refused again (torch's safe default)."""
+    import os
+
+    assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") is None
+    from fractions import Fraction  # any class outside torch's weights-only allowlist
+
+    torch.save({"x": Fraction(1, 3)}, tmp_path / "evil.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(tmp_path / "evil.pt")

@@ -1,0 +1,97 @@
+"""ASE calculator: properties, units and sign conventions against ASE, field handling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+
+from mf_lightning.calculator import MACEFieldCalculator
+from mf_lightning.data import keys
+from mf_lightning.data.graphs import UnknownElementError
+from tests.helpers import batch_of, elements_of, tiny_model
+
+FIELD = np.array([0.02, -0.01, 0.04])
+
+
+@pytest.fixture(scope="module")
+def model(dielectric_atoms, sio2_atoms):
+    return tiny_model(elements_of(dielectric_atoms, sio2_atoms), form="basis_tp")
+
+
+def test_properties_match_the_model(model, dielectric_atoms):
+    atoms = dielectric_atoms.copy()
+    atoms.calc = MACEFieldCalculator(model, electric_field=FIELD)
+    ref = model(batch_of(model, [atoms], [FIELD]),
+                properties=(keys.ENERGY, keys.FORCES, keys.STRESS, keys.POLARISATION, keys.BECS, keys.POLARISABILITY))
+    assert atoms.get_potential_energy() == pytest.approx(ref[keys.ENERGY].item(), rel=1e-12)
+    assert atoms.get_potential_energy(force_consistent=True) == atoms.get_potential_energy()
+    np.testing.assert_allclose(atoms.get_forces(), ref[keys.FORCES].detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(atoms.calc.get_polarisation(), ref[keys.POLARISATION][0].detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(atoms.calc.get_becs(), ref[keys.BECS].detach().numpy(), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(atoms.calc.get_polarisability(), ref[keys.POLARISABILITY][0].detach().numpy(), rtol=1e-10)
+    assert atoms.calc.get_becs().shape == (len(atoms), 3, 3)
+
+
+def test_stress_convention_matches_ase_numerical_stress(model, dielectric_atoms):
+    atoms = dielectric_atoms.copy()
+    calc = MACEFieldCalculator(model, electric_field=FIELD)
+    atoms.calc = calc
+    np.testing.assert_allclose(atoms.get_stress(), calculate_numerical_stress(atoms, eps=1e-5),
+                               rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(atoms.get_forces(), calculate_numerical_forces(atoms, eps=1e-5),
+                               rtol=1e-5, atol=1e-8)
+
+
+def test_changing_the_field_invalidates_results(model, dielectric_atoms):
+    atoms = dielectric_atoms.copy()
+    calc = MACEFieldCalculator(model)
+    atoms.calc = calc
+    e0 = atoms.get_potential_energy()
+    calc.set_field(FIELD)
+    e1 = atoms.get_potential_energy()
+    assert e1 != e0
+    calc.set_field((0, 0, 0))
+    assert atoms.get_potential_energy() == pytest.approx(e0, rel=1e-13)
+
+
+def test_time_dependent_field(model, dielectric_atoms):
+    atoms = dielectric_atoms.copy()
+    calc = MACEFieldCalculator(model, electric_field=lambda t: FIELD * np.sin(2 * np.pi * t / 100.0))
+    atoms.calc = calc
+    p0 = calc.get_polarisation(atoms).copy()  # t = 0: zero field
+    calc.time = 25.0  # quarter period: full field
+    p1 = calc.get_polarisation(atoms)
+    assert not np.allclose(p0, p1)
+    fixed = MACEFieldCalculator(model, electric_field=FIELD)
+    np.testing.assert_allclose(p1, fixed.get_polarisation(atoms), rtol=1e-12)
+
+
+def test_load_from_path(tmp_path, model, dielectric_atoms):
+    model.save(tmp_path / "m.pt")
+    atoms = dielectric_atoms.copy()
+    atoms.calc = MACEFieldCalculator(str(tmp_path / "m.pt"), electric_field=FIELD)
+    ref = dielectric_atoms.copy()
+    ref.calc = MACEFieldCalculator(model, electric_field=FIELD)
+    assert atoms.get_potential_energy() == pytest.approx(ref.get_potential_energy(), rel=1e-13)
+
+
+def test_non_periodic_structure(model):
+    molecule = Atoms("SiO2", positions=[[0, 0, 0], [1.6, 0, 0], [-1.6, 0, 0]])
+    molecule.calc = MACEFieldCalculator(model)
+    assert np.isfinite(molecule.get_potential_energy())
+    assert molecule.get_forces().shape == (3, 3)
+    with pytest.raises(ValueError, match="periodic"):
+        molecule.calc.get_polarisation(molecule)
+
+
+def test_bad_field_and_unknown_element(model, dielectric_atoms):
+    with pytest.raises(ValueError, match="3 finite numbers"):
+        MACEFieldCalculator(model, electric_field=(0, np.nan, 0))
+    with pytest.raises(ValueError, match="3 finite numbers"):
+        MACEFieldCalculator(model, electric_field=(0, 1))
+    gold = Atoms("Au", cell=np.eye(3) * 4, pbc=True)
+    gold.calc = MACEFieldCalculator(model)
+    with pytest.raises(UnknownElementError, match="Au not in the model's element table"):
+        gold.get_potential_energy()

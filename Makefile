@@ -36,7 +36,7 @@ train: venv
 # matbench 0.6 pins packages that do not install on Python 3.11: install it without its pins,
 # beside current versions of what it imports (needed only for the matbench evaluation).
 matbench: venv
-	$(PY) -m pip install -q "matminer>=0.9" "scikit-learn>=1.3" "monty>=2024.1"
+	$(PY) -m pip install -q -e ".[test,matbench]"
 	$(PY) -m pip install -q --no-deps matbench==0.6
 
 clean:

@@ -1,0 +1,12 @@
+"""Lightning DataModules, one per data source, on a shared base."""
+
+from datamodules.base import FieldDataModule
+from datamodules.sources import (
+    FerroelectricPathsDataModule,
+    MDTrajectoryDataModule,
+    MPDielectricDataModule,
+    ReplayDataModule,
+)
+
+__all__ = ["FieldDataModule", "MPDielectricDataModule", "FerroelectricPathsDataModule",
+           "MDTrajectoryDataModule", "ReplayDataModule"]

@@ -1,0 +1,174 @@
+"""The shared base of every data source: read once (labels in internal units), build graphs
+once (disk cache), split without leakage, write the split manifest, serve batches.
+
+Subclasses say only what differs: how structures group for splitting (``group_of``), whether the
+split is by group or contiguous in time, and any ordering or metadata of their source.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from mf_lightning.data.dataset import GraphCache, cache_key, file_sha256, record_to_graph
+from mf_lightning.data.reader import Record, iter_frames, read_records
+from mf_lightning.data.root import resolve_file
+from mf_lightning.data.splits import contiguous_split, group_split, write_manifest
+from mace.tools.torch_geometric.dataloader import DataLoader
+
+
+class FieldDataModule(pl.LightningDataModule):
+    """Args (all in ``conf/data/*.yaml``):
+        file: data file (relative to the data root, or a path). test_file: optional held-out
+            file used as the test split directly (then ``test_fraction`` is ignored).
+        labels: ``{quantity: {key, unit}}``; electric_field: ``{key, unit}`` or ``{value}``.
+        atomic_numbers: the model's element table (default: the elements in the files); a
+            structure with another element is an error naming file and frame.
+        r_max: graph cutoff (A). heads / head: the model's heads and this source's head.
+        val_fraction, test_fraction, seed: the split. batch_size, eval_batch_size, num_workers.
+        cache_dir: graph cache (None: no cache). output_dir: where the split manifest goes.
+    """
+
+    split_mode = "group"  # "group" | "contiguous"
+    meta_keys: Sequence[str] = ()
+    default_name = "data"
+
+    def __init__(
+        self,
+        file: str,
+        labels: Mapping[str, Any],
+        electric_field: Optional[Mapping[str, Any]] = None,
+        root: Optional[str] = None,
+        test_file: Optional[str] = None,
+        atomic_numbers: Optional[Sequence[int]] = None,
+        r_max: float = 5.0,
+        heads: Optional[Sequence[str]] = None,
+        head: Optional[str] = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        seed: int = 0,
+        batch_size: int = 4,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        cache_dir: Optional[str] = None,
+        output_dir: Optional[str] = None,
+        name: Optional[str] = None,
+    ):
+        super().__init__()
+        self.name = name or self.default_name
+        self.file, self.test_file, self.root = file, test_file, root
+        self.labels = {k: dict(v) for k, v in (labels or {}).items() if v is not None}
+        self.electric_field = dict(electric_field) if electric_field else None
+        self.atomic_numbers = None if atomic_numbers is None else [int(z) for z in atomic_numbers]
+        self.r_max = float(r_max)
+        self.heads = list(heads) if heads else ["Default"]
+        self.head = head or self.heads[-1]
+        self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, int(seed)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+        self.cache = GraphCache(cache_dir)
+        self.output_dir = output_dir
+        self.datasets: Dict[str, List] = {}
+        self.meta: Dict[str, List[Dict[str, Any]]] = {}
+        self.manifest: Optional[dict] = None
+
+    # ------------------------------------------------------------------ per-source hooks
+    def group_of(self, record: Record) -> str:
+        """The unit no split may cut (default: the structure itself)."""
+        return record.id
+
+    def annotate(self, records: List[Record]) -> None:
+        """Add per-record metadata (e.g. position along a path) before graphs are built."""
+
+    # ------------------------------------------------------------------ building
+    def _settings(self) -> Dict[str, Any]:
+        return {"r_max": self.r_max, "z": self.atomic_numbers, "heads": self.heads, "head": self.head,
+                "labels": self.labels, "field": self.electric_field, "meta": list(self.meta_keys),
+                "source": type(self).__name__}
+
+    def _records(self, path: Path) -> List[Record]:
+        records = read_records(path, self.labels, self.electric_field, meta_keys=tuple(self.meta_keys))
+        self.annotate(records)
+        return records
+
+    def load_file(self, path: Path):
+        """Graphs and per-structure metadata for one file, from the cache when possible."""
+        key = cache_key(path, **self._settings())
+        graphs = self.cache.load(key)
+        if graphs is not None:
+            return graphs, self.cache.last_info["meta"]
+        records = self._records(path)
+        graphs = [record_to_graph(r, self.atomic_numbers, self.r_max, self.heads, self.head) for r in records]
+        meta = [{"id": r.id, "frame": r.frame, "group": self.group_of(r),
+                 "formula": r.atoms.get_chemical_formula(mode="reduce"), **_plain(r.meta)} for r in records]
+        self.cache.store(key, graphs, {"meta": meta, "file": str(path)})
+        return graphs, meta
+
+    def _element_table(self, paths: List[Path]) -> List[int]:
+        """Elements present in the files; cached beside the graphs (reading every frame of a
+        large file just to learn its elements would defeat the graph cache)."""
+        z = set()
+        for p in paths:
+            key = cache_key(p, kind="elements")
+            found = self.cache.load_json(key)
+            if found is None:
+                found = sorted({int(x) for _, atoms in iter_frames(p) for x in atoms.get_atomic_numbers()})
+                self.cache.store_json(key, found)
+            z.update(found)
+        return sorted(z)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.datasets:
+            return
+        path = resolve_file(self.file, self.root)
+        test_path = resolve_file(self.test_file, self.root) if self.test_file else None
+        if self.atomic_numbers is None:
+            self.atomic_numbers = self._element_table([p for p in (path, test_path) if p])
+        graphs, meta = self.load_file(path)
+        test_fraction = 0.0 if test_path else self.test_fraction
+        if self.split_mode == "contiguous":
+            idx = contiguous_split(len(graphs), self.val_fraction, test_fraction)
+        else:
+            idx = group_split([m["group"] for m in meta], self.val_fraction, test_fraction, self.seed)
+        self.datasets = {s: [graphs[i] for i in ids] for s, ids in idx.items()}
+        self.meta = {s: [meta[i] for i in ids] for s, ids in idx.items()}
+        files = {"train": str(path), "val": str(path), "test": str(path)}
+        if test_path:
+            test_graphs, test_meta = self.load_file(test_path)
+            self.datasets["test"], self.meta["test"] = test_graphs, test_meta
+            files["test"] = str(test_path)
+        self.manifest = {
+            "source": type(self).__name__, "name": self.name, "split_mode": self.split_mode,
+            "seed": self.seed, "val_fraction": self.val_fraction, "test_fraction": test_fraction,
+            "files": files, "sha256": {s: file_sha256(f) for s, f in files.items()},
+            "ids": {s: [m["id"] for m in self.meta[s]] for s in self.meta},
+            "groups": {s: sorted({str(m["group"]) for m in self.meta[s]}) for s in self.meta},
+        }
+        if self.output_dir:
+            write_manifest(Path(self.output_dir) / "splits" / f"{self.name}.json", self.manifest)
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.datasets[split], batch_size=self.batch_size if shuffle else self.eval_batch_size,
+                          shuffle=shuffle, drop_last=False, num_workers=self.num_workers, generator=generator)
+
+    def train_dataloader(self):
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader("test", shuffle=False)
+
+
+def _plain(meta: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in meta.items()}
+
+

@@ -1,0 +1,124 @@
+"""Labelled graphs, built once and cached on disk.
+
+Every graph carries *every* task's label slot (``ref_<task>``) and a per-structure weight
+(``weight_<task>``): a label the structure lacks is zeros with weight 0, so batches mixing
+dielectric (Z*, alpha), ferroelectric (P) and replay (E, F, S) structures collate, and a missing
+label contributes exactly nothing to its loss term (never a NaN).
+
+The cache key is the SHA-256 of the file's bytes plus everything that shapes a graph (cutoff,
+element table, heads, label and field specs, format version): a changed file or setting gives a
+new key, so stale graphs are never reused. Cache files hold only tensors and plain values and
+are read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+import mf_lightning._deps  # noqa: F401
+from mace.tools.torch_geometric.data import Data
+
+from mf_lightning.data import keys
+from mf_lightning.data.graphs import atoms_to_graph
+from mf_lightning.data.reader import Record
+from mf_lightning.data.units import SHAPES
+from mf_lightning.model.io import atomic_torch_save
+
+TASKS = ("energy", "forces", "stress", "polarisation", "becs", "polarisability")
+CACHE_FORMAT = 1
+
+
+def ref_key(task: str) -> str:
+    return f"ref_{task}"
+
+
+def weight_key(task: str) -> str:
+    return f"weight_{task}"
+
+
+def record_to_graph(record: Record, atomic_numbers: Sequence[int], r_max: float,
+                    heads: Sequence[str], head: str) -> Data:
+    """A labelled graph: mace's AtomicData fields plus ``ref_*``/``weight_*`` for every task."""
+    g = atoms_to_graph(record.atoms, atomic_numbers, r_max, heads=heads, head=head,
+                       electric_field=record.electric_field, source=record.id)
+    d = {k: v for k, v in g.to_dict().items() if v is not None}
+    n = len(record.atoms)
+    d["num_nodes"] = n  # batching offsets edge_index by it; a plain Data cannot infer it
+    for task in TASKS:
+        shape, per_atom = SHAPES[task]
+        lead = (n,) if per_atom else (1,)
+        value = record.labels.get(task)
+        if value is None:
+            d[ref_key(task)] = torch.zeros(lead + shape, dtype=torch.float64)
+            d[weight_key(task)] = torch.zeros(1, dtype=torch.float64)
+        else:
+            d[ref_key(task)] = torch.as_tensor(np.asarray(value), dtype=torch.float64).reshape(lead + shape)
+            d[weight_key(task)] = torch.ones(1, dtype=torch.float64)
+    return Data(**d)
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_key(path, **settings: Any) -> str:
+    blob = json.dumps({"file": file_sha256(path), "format": CACHE_FORMAT, **settings}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+class GraphCache:
+    """``<cache_dir>/<key>.pt``: a list of graph dicts. ``hits``/``misses`` count uses."""
+
+    def __init__(self, cache_dir: Optional[str]):
+        self.dir = Path(cache_dir) if cache_dir else None
+        self.hits = 0
+        self.misses = 0
+        self.last_info: Dict[str, Any] = {}
+
+    def load(self, key: str) -> Optional[List[Data]]:
+        if self.dir is None:
+            return None
+        path = self.dir / f"{key}.pt"
+        if not path.is_file():
+            return None
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt, never trusted
+            return None
+        self.hits += 1
+        self.last_info = payload["info"]
+        return [Data(**d) for d in payload["graphs"]]
+
+    def store(self, key: str, graphs: List[Data], info: Dict[str, Any]) -> None:
+        self.misses += 1
+        if self.dir is None:
+            return
+        payload = {"format": CACHE_FORMAT, "info": info,
+                   "graphs": [{**g.to_dict(), "num_nodes": g.num_nodes} for g in graphs]}
+        atomic_torch_save(payload, self.dir / f"{key}.pt")
+
+    def load_json(self, key: str):
+        if self.dir is None or not (self.dir / f"{key}.json").is_file():
+            return None
+        try:
+            return json.loads((self.dir / f"{key}.json").read_text())
+        except ValueError:
+            return None
+
+    def store_json(self, key: str, value) -> None:
+        if self.dir is None:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".{key}.json.tmp"
+        tmp.write_text(json.dumps(value))
+        tmp.replace(self.dir / f"{key}.json")

@@ -1,0 +1,115 @@
+"""Finding the data: ``data.root`` resolves, in order, to
+
+1. an explicit path (config ``data.root`` or a file path given directly),
+2. ``$MF_DATA_DIR``,
+3. ``../shared/data`` beside the repository, if it exists,
+4. a download of the paper's public files into a user cache (``$MF_CACHE_DIR`` or
+   ``~/.cache/mf-lightning/data``), each checked against its SHA-256.
+
+Nothing downloads at import time; :func:`resolve_file` downloads only when a registered file is
+missing everywhere else and ``allow_download`` is true.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_PAPER = "https://raw.githubusercontent.com/mdi-group/2025-04-mace-field"
+
+# relative path under the data root -> (url, sha256). The hashes are those of the copies the
+# project was developed on (../shared/data); a changed upstream file fails the check rather than
+# being trusted. The MD sets (BaTiO3, alpha-quartz) have no registered public URL: give their path.
+PUBLIC_FILES = {
+    "mp_dielectric/dielectric-valid.xyz": (
+        f"{_PAPER}/c26ef89c0c189cc3b18c55ffbc4609834efd7545/scripts/Dielectrics/dielectric-valid.xyz",
+        "546d8a4a398d0d0a0d267dbfccdc97a64dc6f47aa46c6c8f7fe096351bb93045",
+    ),
+    "mp_ferroelectric/ferroelectric-valid.xyz": (
+        f"{_PAPER}/5f97d941a436186a8b2a7d57062e8503b7c397a7/scripts/Ferroelectrics/ferroelectric-valid.xyz",
+        "ea86ec27c9e16d872f6b86620c23c45a4922f60c12bd209b4ee6109a3f520c11",
+    ),
+}
+
+
+class DataNotFoundError(FileNotFoundError):
+    pass
+
+
+def user_cache_dir() -> Path:
+    return Path(os.environ.get("MF_CACHE_DIR", Path.home() / ".cache" / "mf-lightning")) / "data"
+
+
+def candidate_roots(root: Optional[str] = None) -> list[Path]:
+    roots = []
+    if root:
+        roots.append(Path(root).expanduser())
+    if os.environ.get("MF_DATA_DIR"):
+        roots.append(Path(os.environ["MF_DATA_DIR"]).expanduser())
+    shared = REPO_ROOT.parent / "shared" / "data"
+    if shared.is_dir():
+        roots.append(shared)
+    roots.append(user_cache_dir())
+    return roots
+
+
+def sha256_of(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(url: str, dest: Path, sha256: str, timeout: float = 60.0) -> Path:
+    """Download to a temporary file, check SHA-256, then move into place."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
+            shutil.copyfileobj(resp, out)
+        got = sha256_of(tmp)
+        if got != sha256:
+            raise DataNotFoundError(f"{url}: SHA-256 mismatch (got {got}, expected {sha256}); file not used")
+        os.replace(tmp, dest)
+        return dest
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def resolve_file(name: str, root: Optional[str] = None, allow_download: bool = True) -> Path:
+    """Absolute path of a data file: ``name`` itself if it exists, else ``<root>/name`` for the
+    first root (see module doc) that has it, else a checked download of a registered file."""
+    direct = Path(name).expanduser()
+    if direct.is_absolute() or direct.is_file():
+        if direct.is_file():
+            return direct.resolve()
+        raise DataNotFoundError(f"{direct}: no such data file")
+    roots = candidate_roots(root)
+    for r in roots:
+        if (r / name).is_file():
+            return (r / name).resolve()
+    looked = ", ".join(str(r) for r in roots)
+    if name in PUBLIC_FILES and allow_download:
+        url, sha = PUBLIC_FILES[name]
+        dest = user_cache_dir() / name
+        try:
+            return download(url, dest, sha)
+        except DataNotFoundError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - network errors of every kind
+            raise DataNotFoundError(
+                f"data file {name!r} not found under {looked}, and downloading it from {url} failed "
+                f"({type(exc).__name__}: {exc}). Put the file at {dest} or under $MF_DATA_DIR/{name}."
+            ) from exc
+    raise DataNotFoundError(
+        f"data file {name!r} not found under {looked}. Set data.root or $MF_DATA_DIR to the folder "
+        f"that holds it, or give its full path."
+    )

@@ -14,11 +14,16 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from mf_lightning.data.dataset import GraphCache, cache_key, file_sha256, record_to_graph
-from mf_lightning.data.reader import Record, iter_frames, read_records
+import logging
+
+from mf_lightning.data.audit import structure_checks
+from mf_lightning.data.dataset import GraphCache, cache_key, file_sha256, record_to_graph, ref_key, weight_key
+from mf_lightning.data.reader import Record, iter_frames, read_records, reduced_formula
 from mf_lightning.data.root import resolve_file
 from mf_lightning.data.splits import contiguous_split, group_split, write_manifest
 from mace.tools.torch_geometric.dataloader import DataLoader
+
+log = logging.getLogger(__name__)
 
 
 class FieldDataModule(pl.LightningDataModule):
@@ -31,6 +36,9 @@ class FieldDataModule(pl.LightningDataModule):
         r_max: graph cutoff (A). heads / head: the model's heads and this source's head.
         val_fraction, test_fraction, seed: the split. batch_size, eval_batch_size, num_workers.
         cache_dir: graph cache (None: no cache). output_dir: where the split manifest goes.
+        drop_flagged: drop training structures whose labels fail the audit's single-structure
+            checks (Z* acoustic sum rule, alpha symmetry/positivity); the count of flagged
+            structures is in the manifest either way.
     """
 
     split_mode = "group"  # "group" | "contiguous"
@@ -56,6 +64,7 @@ class FieldDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         cache_dir: Optional[str] = None,
         output_dir: Optional[str] = None,
+        drop_flagged: bool = False,
         name: Optional[str] = None,
     ):
         super().__init__()
@@ -73,6 +82,7 @@ class FieldDataModule(pl.LightningDataModule):
         self.num_workers = int(num_workers)
         self.cache = GraphCache(cache_dir)
         self.output_dir = output_dir
+        self.drop_flagged = bool(drop_flagged)
         self.datasets: Dict[str, List] = {}
         self.meta: Dict[str, List[Dict[str, Any]]] = {}
         self.manifest: Optional[dict] = None
@@ -105,7 +115,7 @@ class FieldDataModule(pl.LightningDataModule):
         records = self._records(path)
         graphs = [record_to_graph(r, self.atomic_numbers, self.r_max, self.heads, self.head) for r in records]
         meta = [{"id": r.id, "frame": r.frame, "group": self.group_of(r),
-                 "formula": r.atoms.get_chemical_formula(mode="reduce"), **_plain(r.meta)} for r in records]
+                 "formula": reduced_formula(r.atoms), **_plain(r.meta)} for r in records]
         self.cache.store(key, graphs, {"meta": meta, "file": str(path)})
         return graphs, meta
 
@@ -142,13 +152,23 @@ class FieldDataModule(pl.LightningDataModule):
             test_graphs, test_meta = self.load_file(test_path)
             self.datasets["test"], self.meta["test"] = test_graphs, test_meta
             files["test"] = str(test_path)
+        flagged = [i for i, g in enumerate(self.datasets["train"]) if flags_of(g)]
+        flagged_ids = [self.meta["train"][i]["id"] for i in flagged]
+        if self.drop_flagged and flagged:
+            keep = sorted(set(range(len(self.datasets["train"]))) - set(flagged))
+            self.datasets["train"] = [self.datasets["train"][i] for i in keep]
+            self.meta["train"] = [self.meta["train"][i] for i in keep]
         self.manifest = {
             "source": type(self).__name__, "name": self.name, "split_mode": self.split_mode,
             "seed": self.seed, "val_fraction": self.val_fraction, "test_fraction": test_fraction,
             "files": files, "sha256": {s: file_sha256(f) for s, f in files.items()},
             "ids": {s: [m["id"] for m in self.meta[s]] for s in self.meta},
             "groups": {s: sorted({str(m["group"]) for m in self.meta[s]}) for s in self.meta},
+            "audit": {"flagged_in_train": flagged_ids, "dropped": self.drop_flagged},
         }
+        if flagged_ids:
+            log.info("%s: %d training structures fail the label audit (%s)", self.name, len(flagged_ids),
+                     "dropped" if self.drop_flagged else "kept; data.drop_flagged=true drops them")
         if self.output_dir:
             write_manifest(Path(self.output_dir) / "splits" / f"{self.name}.json", self.manifest)
 
@@ -166,6 +186,13 @@ class FieldDataModule(pl.LightningDataModule):
 
     def test_dataloader(self):
         return self._loader("test", shuffle=False)
+
+
+def flags_of(graph) -> List[str]:
+    """Audit flags of one labelled graph (its labels that exist)."""
+    becs = graph[ref_key("becs")].numpy() if float(graph[weight_key("becs")]) > 0 else None
+    alpha = graph[ref_key("polarisability")][0].numpy() if float(graph[weight_key("polarisability")]) > 0 else None
+    return structure_checks(becs, alpha)[1]
 
 
 def _plain(meta: Dict[str, Any]) -> Dict[str, Any]:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import List
 
-import numpy as np
-
 from datamodules.base import FieldDataModule
-from mf_lightning.data.reader import Record
+from mf_lightning.data.polarisation import path_coordinates
+from mf_lightning.data.reader import Record, reduced_formula
 
 
 class MPDielectricDataModule(FieldDataModule):
@@ -20,7 +19,7 @@ class MPDielectricDataModule(FieldDataModule):
     default_name = "mp_dielectric"
 
     def group_of(self, record: Record) -> str:
-        return record.atoms.get_chemical_formula(mode="reduce")
+        return reduced_formula(record.atoms)
 
 
 class FerroelectricPathsDataModule(FieldDataModule):
@@ -45,28 +44,6 @@ class FerroelectricPathsDataModule(FieldDataModule):
         for members in by_path.values():
             for r, s in zip(members, path_coordinates(members)):
                 r.meta["path_position"] = float(s)
-
-
-def path_coordinates(members: List[Record]) -> np.ndarray:
-    """Interpolation coordinate of each frame of one path, in [0, 1] (0 = least polar end)."""
-    if len(members) == 1:
-        return np.zeros(1)
-    ref = members[0].atoms.get_scaled_positions(wrap=False)
-    disp = []
-    for r in members:
-        d = r.atoms.get_scaled_positions(wrap=False) - ref
-        d -= np.round(d)  # minimum image in fractional space
-        cell_change = r.atoms.get_cell().array - members[0].atoms.get_cell().array
-        disp.append(np.concatenate([d.ravel(), cell_change.ravel()]))
-    disp = np.array(disp)
-    centred = disp - disp.mean(0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    s = centred @ vt[0]
-    p_norm = np.array([np.linalg.norm(r.labels.get("polarisation", np.zeros(3))) for r in members])
-    if np.ptp(p_norm) > 0 and np.ptp(s) > 0 and np.corrcoef(s, p_norm)[0, 1] < 0:
-        s = -s  # orient non-polar -> polar
-    span = np.ptp(s)
-    return (s - s.min()) / span if span > 0 else np.zeros(len(members))
 
 
 class MDTrajectoryDataModule(FieldDataModule):

@@ -52,6 +52,11 @@ class Record:
         return f"{Path(self.file).name}:{self.frame}"
 
 
+def reduced_formula(atoms) -> str:
+    """Empirical formula, e.g. 'GeSe' for Ge4Se4 (ASE's mode='reduce' only groups symbols)."""
+    return str(atoms.symbols.formula.reduce()[0])
+
+
 def parse_label_spec(spec: Optional[Mapping[str, Any]]) -> Dict[str, Dict[str, str]]:
     """Validate ``{quantity: {key, unit}}`` (unknown quantities / units are errors)."""
     out = {}

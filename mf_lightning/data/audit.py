@@ -1,0 +1,199 @@
+"""Label audit: find reference labels that break physics before a model is trained on them.
+
+Per structure:
+
+* ``asr_violation`` (e): max_ij |sum_k Z*_k,ij| of the reference Born charges (the acoustic sum
+  rule says 0). Flagged above ``asr_tol`` (default 0.1 e: DFPT's own ASR error is ~0.01 e).
+* ``alpha_asymmetry``: max |alpha - alpha^T| / max |alpha|; flagged above ``asym_tol`` (1e-2).
+* ``alpha_min_eig`` (e/(V A)): smallest eigenvalue of the symmetrised alpha; flagged if < 0
+  (a negative electronic susceptibility is unphysical: eps_inf < 1 along that direction).
+* ``p_off_branch`` (quanta): for frames of a distortion path, ordered along the path, how far
+  the label sits from the branch continued from the previous frame, in polarisation quanta
+  Q_k = e a_k / Omega; flagged above 0.5.
+* ``duplicate_of``: the same structure (species, cell and fractional positions to 1e-3) in
+  another file or another split.
+
+``python -m mf_lightning.data.audit FILE... --data CONFIG`` writes ``audit.csv`` and
+``audit.md``. DataModules can drop flagged structures from training (``drop_flagged``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from mf_lightning.data.polarisation import fold_onto, path_coordinates
+from mf_lightning.data.reader import Record, read_records, reduced_formula
+
+ASR_TOL = 0.1
+ASYM_TOL = 1e-2
+
+# label specs per known file layout (the same keys as conf/data/*.yaml)
+KNOWN_LABELS = {
+    "REF_becs": ("becs", "e"),
+    "born_charge": ("becs", "e"),
+    "REF_polarisation": ("polarisation", "e/A^2"),
+}
+
+
+def structure_fingerprint(atoms, decimals: int = 3) -> str:
+    frac = np.round(atoms.get_scaled_positions(wrap=True) % 1.0, decimals) % 1.0
+    rows = sorted(zip(atoms.get_atomic_numbers().tolist(), map(tuple, frac.tolist())))
+    blob = repr((np.round(atoms.cell.cellpar(), decimals).tolist(), rows))
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def structure_checks(becs: Optional[np.ndarray], alpha: Optional[np.ndarray],
+                     asr_tol: float = ASR_TOL, asym_tol: float = ASYM_TOL) -> tuple[Dict, List[str]]:
+    """The single-structure checks (ASR of Z*, symmetry and positivity of alpha)."""
+    values, flags = {}, []
+    if becs is not None:
+        values["asr_violation"] = float(np.abs(np.asarray(becs).sum(0)).max())
+        if values["asr_violation"] > asr_tol:
+            flags.append("asr")
+    if alpha is not None:
+        a = np.asarray(alpha)
+        values["alpha_asymmetry"] = float(np.abs(a - a.T).max() / max(np.abs(a).max(), 1e-300))
+        values["alpha_min_eig"] = float(np.linalg.eigvalsh(0.5 * (a + a.T)).min())
+        if values["alpha_asymmetry"] > asym_tol:
+            flags.append("alpha_asymmetric")
+        if values["alpha_min_eig"] < 0:
+            flags.append("alpha_negative")
+    return values, flags
+
+
+def audit_records(records: Sequence[Record], group_key: str = "polar_mpid",
+                  asr_tol: float = ASR_TOL, asym_tol: float = ASYM_TOL) -> List[Dict]:
+    rows = []
+    for r in records:
+        row = {"file": Path(r.file).name, "frame": r.frame, "id": r.id,
+               "formula": reduced_formula(r.atoms),
+               "asr_violation": np.nan, "alpha_asymmetry": np.nan, "alpha_min_eig": np.nan,
+               "p_off_branch": np.nan, "duplicate_of": "", "flags": []}
+        values, flags = structure_checks(r.labels.get("becs"), r.labels.get("polarisability"), asr_tol, asym_tol)
+        row.update(values)
+        row["flags"].extend(flags)
+        rows.append(row)
+    _audit_paths(records, rows, group_key)
+    _audit_duplicates(records, rows)
+    for row in rows:
+        row["flags"] = ";".join(row["flags"])
+    return rows
+
+
+def _audit_paths(records, rows, group_key) -> None:
+    paths = defaultdict(list)
+    for i, r in enumerate(records):
+        if "polarisation" in r.labels and group_key in r.meta:
+            paths[(r.file, r.meta[group_key])].append(i)
+    for members in paths.values():
+        coords = path_coordinates([records[i] for i in members])
+        ordered = [members[j] for j in np.argsort(coords, kind="stable")]
+        branch = records[ordered[0]].labels["polarisation"]
+        rows[ordered[0]]["p_off_branch"] = 0.0
+        for i in ordered[1:]:
+            r = records[i]
+            folded, x = fold_onto(r.labels["polarisation"], branch, r.atoms.get_cell().array)
+            off = float(np.abs(x).max())  # quanta between the label and the branch so far
+            rows[i]["p_off_branch"] = off
+            if off > 0.5:
+                rows[i]["flags"].append("p_branch")
+            branch = folded
+
+
+def _audit_duplicates(records, rows) -> None:
+    seen: Dict[str, int] = {}
+    for i, r in enumerate(records):
+        fp = structure_fingerprint(r.atoms)
+        if fp in seen:
+            j = seen[fp]
+            rows[i]["duplicate_of"] = records[j].id
+            if records[j].file != r.file or r.meta.get("split", "") != records[j].meta.get("split", ""):
+                rows[i]["flags"].append("duplicate")
+        else:
+            seen[fp] = i
+
+
+def summary_markdown(rows: List[Dict], title: str = "Label audit") -> str:
+    n = len(rows)
+    counts = defaultdict(int)
+    for row in rows:
+        for f in filter(None, row["flags"].split(";")):
+            counts[f] += 1
+    lines = [f"## {title}", "", f"{n} structures audited; "
+             f"{sum(1 for r in rows if r['flags'])} flagged.", "",
+             "| check | flagged | worst value | worst structure |", "|---|---|---|---|"]
+    for flag, col in [("asr", "asr_violation"), ("alpha_asymmetric", "alpha_asymmetry"),
+                      ("alpha_negative", "alpha_min_eig"), ("p_branch", "p_off_branch"),
+                      ("duplicate", None)]:
+        if col is None:
+            lines.append(f"| {flag} | {counts[flag]} | - | - |")
+            continue
+        vals = [(r[col], r) for r in rows if np.isfinite(r[col])]
+        if not vals:
+            lines.append(f"| {flag} | {counts[flag]} | (no such label) | - |")
+            continue
+        worst = min(vals, key=lambda t: t[0]) if col == "alpha_min_eig" else max(vals, key=lambda t: t[0])
+        lines.append(f"| {flag} | {counts[flag]} | {worst[0]:.4g} | {worst[1]['id']} ({worst[1]['formula']}) |")
+    flagged = [r for r in rows if r["flags"]]
+    if flagged:
+        lines += ["", "Flagged structures (first 20):", ""]
+        lines += [f"- {r['id']} {r['formula']}: {r['flags']}" for r in flagged[:20]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(rows: List[Dict], out_dir, title: str = "Label audit") -> tuple[Path, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out_dir / "audit.csv", out_dir / "audit.md"
+    fields = ["file", "frame", "id", "formula", "asr_violation", "alpha_asymmetry", "alpha_min_eig",
+              "p_off_branch", "duplicate_of", "flags"]
+    with open(csv_path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r[k] for k in fields})
+    md_path.write_text(summary_markdown(rows, title))
+    return csv_path, md_path
+
+
+def _labels_for(path: Path, polarisability_unit: Optional[str]) -> Dict:
+    """Audit labels present in a file under the known key names."""
+    import ase.io
+
+    atoms = ase.io.read(path, index=0)
+    found = set(atoms.info) | set(atoms.arrays) | set(getattr(atoms.calc, "results", {}) or {})
+    labels = {q: {"key": k, "unit": u} for k, (q, u) in KNOWN_LABELS.items() if k in found}
+    for key, unit in [("REF_polarisability", polarisability_unit or "chi/4pi"), ("polarizability", "e*A^2/V")]:
+        if key in found:
+            labels["polarisability"] = {"key": key, "unit": unit}
+    return labels
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mf_lightning.data.audit", description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="+", help="extxyz files to audit (duplicates are checked across them)")
+    parser.add_argument("--out", default="audit", help="output folder for audit.csv and audit.md")
+    parser.add_argument("--polarisability-unit", default=None,
+                        help="unit of REF_polarisability (default chi/4pi, as in MP-Dielectric; BaTiO3 uses e/(V*A))")
+    parser.add_argument("--asr-tol", type=float, default=ASR_TOL)
+    args = parser.parse_args(argv)
+    records = []
+    for f in args.files:
+        path = Path(f)
+        records += read_records(path, _labels_for(path, args.polarisability_unit), meta_keys=("polar_mpid",))
+    rows = audit_records(records, asr_tol=args.asr_tol)
+    csv_path, md_path = write_report(rows, args.out, title="Label audit: " + ", ".join(Path(f).name for f in args.files))
+    print(md_path.read_text())
+    print(f"wrote {csv_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

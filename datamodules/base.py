@@ -92,8 +92,10 @@ class FieldDataModule(pl.LightningDataModule):
         """The unit no split may cut (default: the structure itself)."""
         return record.id
 
-    def annotate(self, records: List[Record]) -> None:
-        """Add per-record metadata (e.g. position along a path) before graphs are built."""
+    def annotate(self, records: List[Record]) -> List[Record]:
+        """Add per-record metadata (e.g. position along a path) and/or reorder the records
+        before graphs are built."""
+        return records
 
     # ------------------------------------------------------------------ building
     def _settings(self) -> Dict[str, Any]:
@@ -103,8 +105,7 @@ class FieldDataModule(pl.LightningDataModule):
 
     def _records(self, path: Path) -> List[Record]:
         records = read_records(path, self.labels, self.electric_field, meta_keys=tuple(self.meta_keys))
-        self.annotate(records)
-        return records
+        return self.annotate(records)
 
     def load_file(self, path: Path):
         """Graphs and per-structure metadata for one file, from the cache when possible."""

@@ -25,7 +25,8 @@ class MPDielectricDataModule(FieldDataModule):
 class FerroelectricPathsDataModule(FieldDataModule):
     """Smidt et al. non-polar -> polar distortion paths (Berry-phase P, already on a branch).
 
-    All frames of one path (``polar_mpid``) share a split. Frames are ordered along their path
+    All frames of one path (``polar_mpid``) share a split, and sit together in it. Frames are
+    ordered along their path
     by the interpolation coordinate: fractional coordinates (minimum image, relative to the
     path's first frame) projected on the path's principal direction, oriented so that |P| grows
     towards the polar end. The coordinate is stored as ``path_position`` (0 = non-polar end).
@@ -37,13 +38,17 @@ class FerroelectricPathsDataModule(FieldDataModule):
     def group_of(self, record: Record) -> str:
         return str(record.meta.get("polar_mpid", record.id))
 
-    def annotate(self, records: List[Record]) -> None:
+    def annotate(self, records: List[Record]) -> List[Record]:
+        """Paths in order of first appearance, each path's frames ordered non-polar -> polar."""
         by_path = {}
         for r in records:
             by_path.setdefault(self.group_of(r), []).append(r)
+        ordered = []
         for members in by_path.values():
             for r, s in zip(members, path_coordinates(members)):
                 r.meta["path_position"] = float(s)
+            ordered += sorted(members, key=lambda r: r.meta["path_position"])
+        return ordered
 
 
 class MDTrajectoryDataModule(FieldDataModule):

@@ -126,6 +126,8 @@ def iter_frames(path) -> Iterator[tuple[int, Any]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, None, None, "no such file")
+    if path.stat().st_size == 0:
+        raise DataError(path, None, None, "no structures in file (empty)")
     frame = 0
     it = ase.io.iread(str(path), index=":")
     while True:

@@ -1,0 +1,123 @@
+"""Finding data (no network in tests) and the label audit."""
+
+from __future__ import annotations
+
+import io
+import urllib.error
+
+import pytest
+
+from mf_lightning.data import audit, root
+from mf_lightning.data.reader import read_records
+from tests.conftest import SHARED_DATA
+
+
+def test_resolution_order(tmp_path, monkeypatch):
+    explicit, env = tmp_path / "explicit", tmp_path / "env"
+    for d in (explicit, env):
+        (d / "md").mkdir(parents=True)
+        (d / "md" / "SiO2.xyz").write_text("x")
+    monkeypatch.setenv("MF_DATA_DIR", str(env))
+    assert root.resolve_file("md/SiO2.xyz", str(explicit)) == (explicit / "md" / "SiO2.xyz").resolve()
+    assert root.resolve_file("md/SiO2.xyz") == (env / "md" / "SiO2.xyz").resolve()
+    monkeypatch.delenv("MF_DATA_DIR")
+    assert root.resolve_file("md/SiO2.xyz") == (SHARED_DATA / "md" / "SiO2.xyz").resolve()
+    direct = tmp_path / "any.xyz"
+    direct.write_text("x")
+    assert root.resolve_file(str(direct)) == direct.resolve()
+
+
+def _no_shared(monkeypatch, tmp_path):
+    monkeypatch.delenv("MF_DATA_DIR", raising=False)
+    monkeypatch.setenv("MF_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(root, "REPO_ROOT", tmp_path / "nowhere" / "repo")
+
+
+def test_offline_download_failure_says_url_and_where(monkeypatch, tmp_path):
+    _no_shared(monkeypatch, tmp_path)
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(root.urllib.request, "urlopen", offline)
+    name = "mp_dielectric/dielectric-valid.xyz"
+    with pytest.raises(root.DataNotFoundError) as info:
+        root.resolve_file(name)
+    msg = str(info.value)
+    assert root.PUBLIC_FILES[name][0] in msg and str(tmp_path / "cache" / "data" / name) in msg
+    with pytest.raises(root.DataNotFoundError, match="not found under"):
+        root.resolve_file("md/not-registered.xyz")
+
+
+def test_checksum_mismatch_keeps_nothing(monkeypatch, tmp_path):
+    _no_shared(monkeypatch, tmp_path)
+    monkeypatch.setattr(root.urllib.request, "urlopen", lambda *a, **k: io.BytesIO(b"tampered"))
+    name = "mp_ferroelectric/ferroelectric-valid.xyz"
+    with pytest.raises(root.DataNotFoundError, match="SHA-256 mismatch"):
+        root.resolve_file(name)
+    assert not any((tmp_path / "cache").rglob("*.xyz")) and not any((tmp_path / "cache").rglob("*.part"))
+
+
+def test_checked_download_succeeds(monkeypatch, tmp_path):
+    _no_shared(monkeypatch, tmp_path)
+    name = "mp_ferroelectric/ferroelectric-valid.xyz"
+    payload = (SHARED_DATA / name).read_bytes()
+    monkeypatch.setattr(root.urllib.request, "urlopen", lambda *a, **k: io.BytesIO(payload))
+    path = root.resolve_file(name)
+    assert path.read_bytes() == payload and path.is_relative_to(tmp_path / "cache")
+
+
+def test_audit_flags_known_asr_violations(tmp_path):
+    path = SHARED_DATA / "mp_dielectric" / "dielectric-valid.xyz"
+    records = read_records(path, audit._labels_for(path, None))
+    rows = audit.audit_records(records)
+    by_id = {r["id"]: r for r in rows}
+    gese = by_id["dielectric-valid.xyz:41"]
+    assert gese["formula"] == "GeSe" and gese["asr_violation"] == pytest.approx(0.79, abs=0.01)
+    assert "asr" in gese["flags"]
+    flagged = [r for r in rows if "asr" in r["flags"]]
+    assert 10 < len(flagged) < 60  # a few percent of the file, not everything
+    assert all(r["alpha_min_eig"] > 0 for r in rows)
+
+
+def test_audit_cli_and_cross_file_duplicates(tmp_path, capsys):
+    src = SHARED_DATA / "md" / "SiO2.xyz"
+    copy = tmp_path / "again.xyz"
+    copy.write_bytes(src.read_bytes())
+    assert audit.main([str(src), str(copy), "--out", str(tmp_path / "out")]) == 0
+    csv_text = (tmp_path / "out" / "audit.csv").read_text()
+    md = (tmp_path / "out" / "audit.md").read_text()
+    assert "| duplicate | 201 |" in md
+    assert "again.xyz,0,again.xyz:0,SiO2" in csv_text and "SiO2.xyz:0" in csv_text
+
+
+def test_audit_flags_a_branch_jump(tmp_path):
+    """A path frame shifted by one whole quantum is flagged; folding puts it back."""
+    import numpy as np
+    from ase.io import read, write
+
+    from mf_lightning.data.polarisation import fold_onto, path_coordinates, polarisation_quanta
+
+    spec = {"polarisation": {"key": "REF_polarisation", "unit": "e/A^2"}}
+    frames = read(SHARED_DATA / "mp_ferroelectric" / "ferroelectric-valid.xyz", index=":")
+    ids = sorted({f.info["polar_mpid"] for f in frames})
+    for path_id in ids:  # a clean path of >= 3 frames
+        members = [f for f in frames if f.info["polar_mpid"] == path_id]
+        if len(members) < 3:
+            continue
+        write(tmp_path / "path.xyz", members)
+        records = read_records(tmp_path / "path.xyz", spec, meta_keys=("polar_mpid",))
+        if not any(r["flags"] for r in audit.audit_records(records)):
+            break
+    polar_end = int(np.argmax(path_coordinates(records)))
+    Q = polarisation_quanta(members[polar_end].cell.array)
+    members[polar_end].info["REF_polarisation"] = members[polar_end].info["REF_polarisation"] + Q[:, 2]
+    write(tmp_path / "path.xyz", members)
+    shifted = read_records(tmp_path / "path.xyz", spec, meta_keys=("polar_mpid",))
+    rows = audit.audit_records(shifted)
+    assert "p_branch" in rows[polar_end]["flags"]
+    assert rows[polar_end]["p_off_branch"] > 0.5
+    folded, x = fold_onto(shifted[polar_end].labels["polarisation"], records[polar_end].labels["polarisation"],
+                          shifted[polar_end].atoms.cell.array)
+    np.testing.assert_allclose(x, [0, 0, 1], atol=1e-9)
+    np.testing.assert_allclose(folded, records[polar_end].labels["polarisation"], atol=1e-12)

@@ -27,6 +27,7 @@ from mace.tools.torch_geometric.data import Data
 from mf_lightning.data import keys
 from mf_lightning.data.graphs import atoms_to_graph
 from mf_lightning.data.reader import Record
+from mf_lightning.data.root import sha256_of as file_sha256
 from mf_lightning.data.units import SHAPES
 from mf_lightning.model.io import atomic_torch_save
 
@@ -61,14 +62,6 @@ def record_to_graph(record: Record, atomic_numbers: Sequence[int], r_max: float,
             d[ref_key(task)] = torch.as_tensor(np.asarray(value), dtype=torch.float64).reshape(lead + shape)
             d[weight_key(task)] = torch.ones(1, dtype=torch.float64)
     return Data(**d)
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def cache_key(path, **settings: Any) -> str:

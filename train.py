@@ -1,8 +1,8 @@
-"""Training entry point (Hydra): ``python train.py [overrides]``.
+"""Training entry point (Hydra): ``python train.py experiment=<name> [overrides]``.
 
-The training loop arrives with the training issue. Until then this composes the same config,
-builds the model it describes and prints the response of alpha-quartz, so `make train` shows
-the whole stack (config -> model -> P, Z*, alpha) working.
+Only puts things in order; see :mod:`mf_lightning.training`. Returns the validation metric
+named by ``optimized_metric`` (for sweepers). ``demo.only=true`` instead prints the response
+of the configured, untrained model for one structure.
 """
 
 from __future__ import annotations
@@ -17,10 +17,15 @@ from omegaconf import DictConfig  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    from mf_lightning.cli.demo import response_demo
+def main(cfg: DictConfig):
+    if cfg.demo.only:
+        from mf_lightning.cli.demo import response_demo
 
-    response_demo(cfg)
+        response_demo(cfg)
+        return None
+    from mf_lightning.training import train
+
+    return train(cfg)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Lightning DataModules, one per data source, on a shared base."""
 
 from datamodules.base import FieldDataModule
+from datamodules.multi import MultiSourceDataModule
 from datamodules.sources import (
     FerroelectricPathsDataModule,
     MDTrajectoryDataModule,
@@ -9,4 +10,4 @@ from datamodules.sources import (
 )
 
 __all__ = ["FieldDataModule", "MPDielectricDataModule", "FerroelectricPathsDataModule",
-           "MDTrajectoryDataModule", "ReplayDataModule"]
+           "MDTrajectoryDataModule", "ReplayDataModule", "MultiSourceDataModule"]

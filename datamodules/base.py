@@ -120,6 +120,11 @@ class FieldDataModule(pl.LightningDataModule):
         self.cache.store(key, graphs, {"meta": meta, "file": str(path)})
         return graphs, meta
 
+    def elements(self) -> List[int]:
+        """Elements of this source's files (without building graphs)."""
+        paths = [resolve_file(self.file, self.root)] + ([resolve_file(self.test_file, self.root)] if self.test_file else [])
+        return self._element_table(paths)
+
     def _element_table(self, paths: List[Path]) -> List[int]:
         """Elements present in the files; cached beside the graphs (reading every frame of a
         large file just to learn its elements would defeat the graph cache)."""

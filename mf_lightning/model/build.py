@@ -35,10 +35,10 @@ def build_model(
     gate: str = "silu",
     interaction: str = "RealAgnosticResidualInteractionBlock",
     interaction_first: str = "RealAgnosticResidualInteractionBlock",
-    avg_num_neighbors: float = 10.0,
+    avg_num_neighbors: Optional[float] = 10.0,
     atomic_energies: Optional[Union[Sequence[float], Mapping[int, float]]] = None,
-    atomic_inter_scale: float = 1.0,
-    atomic_inter_shift: float = 0.0,
+    atomic_inter_scale: Optional[float] = 1.0,
+    atomic_inter_shift: Optional[float] = 0.0,
     heads: Optional[Sequence[str]] = None,
     use_reduced_cg: bool = False,
     pair_repulsion: bool = False,
@@ -54,6 +54,10 @@ def build_model(
     ``coupling``: ``form``, ``layers``, ``l_in``, ``l_out``, ``init``, ``init_scale`` as in
     :class:`FieldMACE` (default: ``residual_tp`` on every couplable layer, small random init).
     """
+    # None means "not known yet" (train.py fills them from the data); use neutral values here
+    avg_num_neighbors = 10.0 if avg_num_neighbors is None else avg_num_neighbors
+    atomic_inter_scale = 1.0 if atomic_inter_scale is None else atomic_inter_scale
+    atomic_inter_shift = 0.0 if atomic_inter_shift is None else atomic_inter_shift
     torch_dtype = resolve_dtype(dtype)
     z = [int(x) for x in atomic_numbers]
     if len(set(z)) != len(z) or not z:

@@ -1,0 +1,87 @@
+"""Several data sources trained together (e.g. dielectric + ferroelectric + replay heads).
+
+One element table for all sources (the model has one), the training sets concatenated and
+shuffled with a generator derived from ``seed`` and the epoch (so a resumed run draws the same
+batches), and one validation / test loader per source, named, so metrics read
+``val/<source>/<quantity>_rmse``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import ConcatDataset
+
+from datamodules.base import FieldDataModule
+from mace.tools.torch_geometric.dataloader import DataLoader
+
+
+class EpochSeededSampler(torch.utils.data.Sampler):
+    """A permutation drawn from (seed, epoch): deterministic, and resumable from the epoch."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class MultiSourceDataModule(pl.LightningDataModule):
+    def __init__(self, sources: Mapping[str, FieldDataModule], batch_size: int = 4, seed: int = 0,
+                 atomic_numbers: Optional[List[int]] = None, num_workers: int = 0):
+        super().__init__()
+        self.sources: Dict[str, FieldDataModule] = dict(sources)
+        for name, src in self.sources.items():
+            src.name = name
+        self.batch_size, self.seed, self.num_workers = int(batch_size), int(seed), int(num_workers)
+        self.atomic_numbers = atomic_numbers
+        self.sampler: Optional[EpochSeededSampler] = None
+
+    @property
+    def names(self) -> List[str]:
+        return list(self.sources)
+
+    @property
+    def heads(self) -> List[str]:
+        heads = []
+        for src in self.sources.values():
+            if src.head not in heads:
+                heads.append(src.head)
+        return heads
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.atomic_numbers is None:
+            table = set()
+            for src in self.sources.values():
+                table |= set(src.atomic_numbers or src.elements())
+            self.atomic_numbers = sorted(table)
+        for src in self.sources.values():
+            src.atomic_numbers = list(self.atomic_numbers)
+            src.heads = self.heads
+            src.setup(stage)
+
+    def train_graphs(self) -> List:
+        return [g for src in self.sources.values() for g in src.datasets["train"]]
+
+    def train_dataloader(self):
+        dataset = ConcatDataset([src.datasets["train"] for src in self.sources.values()])
+        self.sampler = EpochSeededSampler(len(dataset), self.seed)
+        if self.trainer is not None:
+            self.sampler.set_epoch(self.trainer.current_epoch)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=self.sampler, drop_last=False,
+                          num_workers=self.num_workers)
+
+    def val_dataloader(self):
+        return [src.val_dataloader() for src in self.sources.values()]
+
+    def test_dataloader(self):
+        return [src.test_dataloader() for src in self.sources.values()]

@@ -1,0 +1,205 @@
+"""The LightningModule: FieldMACE + the multi-task loss + per-dataset metrics + optimiser.
+
+Metric names are an API (the same strings in checkpoint monitors, early stopping, sweeps and
+result tables): ``{stage}/{dataset}/{quantity}_{rmse|mae}`` with the quantities and units of
+:data:`METRIC_UNITS`; Z* and alpha are split into diagonal and off-diagonal components, P is
+folded onto the reference's branch and reported in uC/cm^2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from mf_lightning.data import keys
+from mf_lightning.data.dataset import TASKS, ref_key, weight_key
+from mf_lightning.losses import MultiTaskLoss, residual, structure_weights
+from mf_lightning.model.field_mace import FieldMACE
+from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2
+
+METRIC_UNITS = {
+    "energy": "eV/atom",
+    "forces": "eV/A",
+    "stress": "eV/A^3",
+    "polarisation": "uC/cm^2",
+    "becs_diag": "e",
+    "becs_offdiag": "e",
+    "polarisability_diag": "e/(V*A)",
+    "polarisability_offdiag": "e/(V*A)",
+}
+_DIAG = torch.eye(3, dtype=torch.bool)
+
+
+def batch_to_dict(batch, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
+    d = batch.to_dict() if hasattr(batch, "to_dict") else dict(batch)
+    return {k: (v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in d.items()}
+
+
+def metric_errors(task: str, pred, batch) -> Dict[str, tuple]:
+    """{metric quantity: (errors (rows, components), row weights)} for one task of a batch."""
+    r = residual(task, pred, batch).detach()
+    w = structure_weights(task, batch).detach()
+    if task == "polarisation":
+        return {"polarisation": (r * E_PER_A2_TO_UC_PER_CM2, w)}
+    if task in ("becs", "polarisability"):
+        flat = r.reshape(-1, 3, 3)
+        diag = _DIAG.to(flat.device)
+        return {f"{task}_diag": (flat[:, diag], w), f"{task}_offdiag": (flat[:, ~diag], w)}
+    return {task: (r.reshape(r.shape[0], -1), w)}
+
+
+class FieldMACEModule(pl.LightningModule):
+    def __init__(
+        self,
+        model: FieldMACE,
+        loss_weights: Mapping[str, float],
+        dataset_names: Sequence[str] = ("data",),
+        huber_delta: float = 0.01,
+        lr: float = 1e-2,
+        weight_decay: float = 1e-8,
+        amsgrad: bool = True,
+        scheduler: str = "plateau",
+        scheduler_kwargs: Optional[Mapping[str, Any]] = None,
+        monitor: str = "val/loss",
+        freeze_backbone_epochs: int = 0,
+        batched_response: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        self.loss_fn = MultiTaskLoss(loss_weights, huber_delta)
+        self.dataset_names = list(dataset_names)
+        self._sums: Dict[str, Dict[str, torch.Tensor]] = {}
+        self.predictions: Dict[str, Dict[str, List[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
+
+    # ------------------------------------------------------------------ steps
+    @property
+    def model_dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def forward(self, batch: Mapping[str, torch.Tensor], properties, training: bool = False):
+        return self.model(batch, properties=properties, training=training,
+                          batched_response=self.hparams.batched_response)
+
+    def on_train_epoch_start(self) -> None:
+        frozen = self.current_epoch < self.hparams.freeze_backbone_epochs
+        for p in self.model.backbone.parameters():
+            p.requires_grad_(not frozen)
+
+    def training_step(self, batch, batch_idx):
+        d = batch_to_dict(batch, self.model_dtype)
+        out = self(d, self.loss_fn.properties(d), training=True)
+        loss, parts = self.loss_fn(out, d)
+        n = int(d[keys.PTR].numel() - 1)
+        self.log("train/loss", loss, batch_size=n, prog_bar=True)
+        for task, value in parts.items():
+            self.log(f"train/{task}", value, batch_size=n)
+        return loss
+
+    def _eval_step(self, stage: str, batch, dataloader_idx: int) -> None:
+        name = self.dataset_names[dataloader_idx]
+        d = batch_to_dict(batch, self.model_dtype)
+        with torch.enable_grad():
+            out = self(d, self.loss_fn.properties(d) if stage != "test" else self._labelled(d), training=False)
+        loss, _ = self.loss_fn(out, d)
+        sums = self._sums.setdefault(f"{stage}/{name}", {})
+        n = torch.tensor(float(d[keys.PTR].numel() - 1), dtype=torch.float64, device=loss.device)
+        sums["loss"] = sums.get("loss", 0) + loss.detach().double() * n
+        sums["n"] = sums.get("n", 0) + n
+        for task in TASKS:
+            if task not in out or float(d[weight_key(task)].sum()) == 0:
+                continue
+            for q, (err, w) in metric_errors(task, out, d).items():
+                w = w.double().unsqueeze(-1).expand_as(err)
+                err = err.double()
+                sums[f"{q}_sq"] = sums.get(f"{q}_sq", 0) + (w * err ** 2).sum()
+                sums[f"{q}_abs"] = sums.get(f"{q}_abs", 0) + (w * err.abs()).sum()
+                sums[f"{q}_count"] = sums.get(f"{q}_count", 0) + w.sum()
+                if stage == "test":  # (reference, prediction) pairs for parity plots
+                    ref = _reference(q, d)
+                    mask = (w[:, 0] > 0).cpu()
+                    self.predictions[name][q].append(
+                        np.stack([ref[mask].numpy(), (ref[mask] + err[mask].cpu()).numpy()]))
+
+    def _labelled(self, d) -> tuple:
+        return (keys.ENERGY, *[t for t in TASKS if float(d[weight_key(t)].sum()) > 0])
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        self._eval_step("val", batch, dataloader_idx)
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        self._eval_step("test", batch, dataloader_idx)
+
+    def _log_epoch(self, stage: str) -> None:
+        total_loss, total_n = 0.0, 0.0
+        for prefix, sums in sorted(self._sums.items()):
+            if not prefix.startswith(stage + "/"):
+                continue
+            reduced = {k: self.trainer.strategy.reduce(torch.as_tensor(v, device=self.device), reduce_op="sum")
+                       for k, v in sums.items()}
+            total_loss += float(reduced["loss"])
+            total_n += float(reduced["n"])
+            self.log(f"{prefix}/loss", reduced["loss"] / reduced["n"], add_dataloader_idx=False, sync_dist=False)
+            for k in reduced:
+                if k.endswith("_sq"):
+                    q = k[:-3]
+                    count = torch.clamp(reduced[f"{q}_count"], min=1e-300)
+                    self.log(f"{prefix}/{q}_rmse", torch.sqrt(reduced[k] / count), add_dataloader_idx=False)
+                    self.log(f"{prefix}/{q}_mae", reduced[f"{q}_abs"] / count, add_dataloader_idx=False)
+        if total_n > 0:
+            self.log(f"{stage}/loss", total_loss / total_n, add_dataloader_idx=False, prog_bar=stage == "val")
+        self._sums = {k: v for k, v in self._sums.items() if not k.startswith(stage + "/")}
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters()]
+        opt = torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
+                               amsgrad=self.hparams.amsgrad)
+        kw = dict(self.hparams.scheduler_kwargs or {})
+        if self.hparams.scheduler == "none":
+            return opt
+        if self.hparams.scheduler == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=kw.get("factor", 0.8),
+                                                               patience=kw.get("patience", 50))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": self.hparams.monitor,
+                                                       "interval": "epoch"}}
+        if self.hparams.scheduler == "cosine":
+            warmup = int(kw.get("warmup_steps", 0))
+            total = int(kw.get("total_steps", 0)) or int(self.trainer.estimated_stepping_batches)
+            floor = float(kw.get("min_lr_ratio", 0.01))
+
+            def factor(step: int) -> float:
+                if step < warmup:
+                    return (step + 1) / warmup
+                progress = min(1.0, (step - warmup) / max(1, total - warmup))
+                return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        raise ValueError(f"unknown scheduler {self.hparams.scheduler!r}: plateau | cosine | none")
+
+
+def _reference(q: str, d) -> Optional[torch.Tensor]:
+    """Reference values in the metric's units/components (for parity plots)."""
+    task = q.replace("_diag", "").replace("_offdiag", "")
+    ref = d[ref_key(task)]
+    if task == "energy":
+        n_atoms = (d[keys.PTR][1:] - d[keys.PTR][:-1]).to(ref.dtype)
+        return (ref.view(-1) / n_atoms).unsqueeze(-1).detach().cpu()
+    if task == "polarisation":
+        return (ref.view(-1, 3) * E_PER_A2_TO_UC_PER_CM2).detach().cpu()
+    if task in ("becs", "polarisability"):
+        flat = ref.reshape(-1, 3, 3).detach().cpu()
+        return flat[:, _DIAG] if q.endswith("_diag") else flat[:, ~_DIAG]
+    return ref.reshape(ref.shape[0], -1).detach().cpu()

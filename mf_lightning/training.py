@@ -1,0 +1,161 @@
+"""What ``train.py`` does, in order: data -> dataset statistics -> model -> module -> trainer ->
+fit -> test -> write metrics.json, the exported model and parity plots -> print the table.
+Everything is built from the Hydra config; this module only puts objects in order."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from datamodules import FieldDataModule, MultiSourceDataModule
+from mf_lightning.data import keys
+from mf_lightning.data.dataset import ref_key, weight_key
+from mf_lightning.model.build import build_model
+from mf_lightning.module import METRIC_UNITS, FieldMACEModule
+
+log = logging.getLogger(__name__)
+
+
+def dataset_statistics(graphs: List, atomic_numbers: List[int]) -> Dict[str, Any]:
+    """E0 per element (least squares of labelled energies on composition), mean neighbour count,
+    and the RMS force (MACE's scale); shift 0. Computed on the training split only."""
+    z_index = {z: i for i, z in enumerate(atomic_numbers)}
+    rows, energies, forces, edges, nodes = [], [], [], 0, 0
+    for g in graphs:
+        edges += g[keys.EDGE_INDEX].shape[1]
+        nodes += g.num_nodes
+        if float(g[weight_key("energy")]) > 0:
+            counts = g[keys.NODE_ATTRS].sum(0).numpy()
+            rows.append(counts)
+            energies.append(float(g[ref_key("energy")]))
+        if float(g[weight_key("forces")]) > 0:
+            forces.append(g[ref_key("forces")].numpy().ravel())
+    e0 = np.zeros(len(atomic_numbers))
+    if rows:
+        A = np.array(rows)
+        present = A.sum(0) > 0
+        sol, *_ = np.linalg.lstsq(A[:, present], np.array(energies), rcond=None)
+        e0[present] = sol
+    scale = float(np.sqrt(np.mean(np.concatenate(forces) ** 2))) if forces else 1.0
+    return {
+        "atomic_energies": e0.tolist(),
+        "avg_num_neighbors": edges / max(nodes, 1),
+        "atomic_inter_scale": scale if scale > 0 else 1.0,
+        "atomic_inter_shift": 0.0,
+    }
+
+
+def make_datamodule(cfg: DictConfig) -> MultiSourceDataModule:
+    data = instantiate(cfg.data)
+    if isinstance(data, FieldDataModule):
+        data = MultiSourceDataModule({data.name: data}, batch_size=data.batch_size, seed=cfg.seed)
+    return data
+
+
+def make_model(cfg: DictConfig, dm: MultiSourceDataModule):
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg.pop("_target_", None)
+    model_cfg["atomic_numbers"] = dm.atomic_numbers
+    model_cfg["heads"] = dm.heads
+    stats = dataset_statistics(dm.train_graphs(), dm.atomic_numbers)
+    for key, value in stats.items():
+        if model_cfg.get(key) is None:
+            model_cfg[key] = value
+    log.info("dataset statistics: %s", {k: (np.round(v, 4) if not isinstance(v, list) else "...") for k, v in stats.items()})
+    return build_model(**model_cfg), stats
+
+
+def _final_metrics(results: List[Dict[str, float]], stage: str, names: List[str]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for r in results:
+        for k, v in r.items():
+            parts = k.split("/")
+            if len(parts) == 3 and parts[0] == stage and parts[1] in names:
+                if parts[2] == "loss":
+                    out.setdefault(parts[1], {})["loss"] = {"unit": "", "value": float(v)}
+                    continue
+                q, stat = parts[2].rsplit("_", 1)
+                out.setdefault(parts[1], {}).setdefault(q, {"unit": METRIC_UNITS.get(q, "")})[stat] = float(v)
+    return out
+
+
+def parity_plots(predictions, run_dir: Path) -> List[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for name, per_q in predictions.items():
+        for q, chunks in per_q.items():
+            data = np.concatenate([c.reshape(2, -1) for c in chunks], axis=1)
+            ref, pred = data
+            fig, ax = plt.subplots(figsize=(4, 4))
+            ax.scatter(ref, pred, s=6, alpha=0.6)
+            lo, hi = float(min(ref.min(), pred.min())), float(max(ref.max(), pred.max()))
+            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+            rmse = float(np.sqrt(np.mean((pred - ref) ** 2)))
+            unit = METRIC_UNITS.get(q, "")
+            ax.set(xlabel=f"reference ({unit})", ylabel=f"model ({unit})", title=f"{name}: {q}\nRMSE {rmse:.4g} {unit}")
+            fig.tight_layout()
+            path = run_dir / "parity" / f"{name}_{q}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=120)
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+def results_table(metrics: Dict[str, Any], stage: str = "test") -> str:
+    lines = [f"| dataset | quantity | {stage} RMSE | {stage} MAE | unit |", "|---|---|---|---|---|"]
+    for name, per_q in metrics.get(stage, {}).items():
+        for q, m in per_q.items():
+            if q == "loss":
+                continue
+            lines.append(f"| {name} | {q} | {m.get('rmse', float('nan')):.4g} | {m.get('mae', float('nan')):.4g} | {m['unit']} |")
+    return "\n".join(lines)
+
+
+def train(cfg: DictConfig) -> Optional[float]:
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
+    pl.seed_everything(int(cfg.seed), workers=True)
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    dm = make_datamodule(cfg)
+    dm.setup()
+    model, stats = make_model(cfg, dm)
+    module = FieldMACEModule(model, dataset_names=dm.names, **OmegaConf.to_container(cfg.module, resolve=True))
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(run_dir))
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    ckpt = best if best and os.path.exists(best) else None
+    val = trainer.validate(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
+    module.predictions.clear()
+    test = trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
+    metrics = {"val": _final_metrics(val, "val", dm.names), "test": _final_metrics(test, "test", dm.names),
+               "checkpoint": ckpt, "epochs": trainer.current_epoch, "statistics": stats,
+               "n_structures": {n: {s: len(src.datasets[s]) for s in src.datasets} for n, src in dm.sources.items()}}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    module.model.save(run_dir / "model.pt")
+    parity_plots(module.predictions, run_dir)
+    if logger and hasattr(logger, "log_dir") and (Path(logger.log_dir) / "metrics.csv").exists():
+        (run_dir / "metrics.csv").write_text((Path(logger.log_dir) / "metrics.csv").read_text())
+    print(results_table(metrics))
+    print(f"run directory: {run_dir} (metrics.json, metrics.csv, model.pt, checkpoints/, parity/)")
+    monitor = cfg.get("optimized_metric")  # what a sweeper minimises (a validation metric)
+    values = [r[monitor] for r in val if monitor and monitor in r]
+    return float(values[0]) if values else None

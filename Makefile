@@ -31,7 +31,7 @@ test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 train: venv
-	$(PY) train.py $(ARGS)
+	$(PY) train.py experiment=quickstart $(ARGS)
 
 # matbench 0.6 pins packages that do not install on Python 3.11: install it without its pins,
 # beside current versions of what it imports (needed only for the matbench evaluation).

@@ -2,7 +2,7 @@
 
 Finds every ``metrics.json`` under the given folders (a Hydra multirun folder, or single runs),
 reads the overrides each run was launched with (``.hydra/overrides.yaml``), and groups runs that
-differ only in ``seed``: one row per setting, mean +- std over seeds (sample std, ddof=1; 0 for a
+differ only in ``seed`` (rows are labelled by the overrides that vary between runs): one row per setting, mean +- std over seeds (sample std, ddof=1; 0 for a
 single seed) per metric, the best value of each column marked, units in the headers. Writes
 markdown, CSV and LaTeX (``--out PREFIX``) and prints the markdown.
 """
@@ -30,28 +30,33 @@ def _overrides(run: Path) -> List[str]:
     return [str(o) for o in (yaml.safe_load(path.read_text()) or [])]
 
 
-def setting_of(run: Path) -> Tuple[str, Optional[str]]:
-    """(setting label, seed) from the run's overrides."""
-    keep, seed = [], None
+def _override_map(run: Path) -> Dict[str, str]:
+    """The run's overrides as {key: value}, without seed / paths / hydra internals."""
+    out = {}
     for o in _overrides(run):
-        key = o.split("=", 1)[0].lstrip("+~")
-        if key == "seed":
-            seed = o.split("=", 1)[1]
-        elif not key.startswith(IGNORED_OVERRIDES):
-            keep.append(o.lstrip("+"))
-    return (" ".join(sorted(keep)) or "(defaults)"), seed
+        key, _, value = o.lstrip("+~").partition("=")
+        if key != "seed" and not key.startswith(IGNORED_OVERRIDES):
+            out[key] = value
+    return out
 
 
 def collect(dirs: Sequence[str], stage: str = "test", stat: str = "rmse"):
-    """{setting: {column: [values over seeds]}}, {column: unit}."""
-    table: Dict[str, Dict[str, List[float]]] = OrderedDict()
-    units: Dict[str, str] = {}
+    """{setting: {column: [values over seeds]}}, {column: unit}, common overrides.
+
+    A setting is labelled by the overrides that *vary* between the runs found (seed excluded);
+    overrides shared by every run are returned separately (printed under the table)."""
     runs = sorted({p.parent for d in dirs for p in Path(d).rglob("metrics.json")})
     if not runs:
         raise SystemExit(f"no metrics.json under {', '.join(map(str, dirs))}")
+    maps = {run: _override_map(run) for run in runs}
+    keys_all = sorted({k for m in maps.values() for k in m})
+    varying = [k for k in keys_all if len({m.get(k) for m in maps.values()}) > 1]
+    common = {k: v for k, v in maps[runs[0]].items() if k not in varying}
+    table: Dict[str, Dict[str, List[float]]] = OrderedDict()
+    units: Dict[str, str] = {}
     for run in runs:
         metrics = json.loads((run / "metrics.json").read_text())
-        setting, _ = setting_of(run)
+        setting = " ".join(f"{k}={maps[run].get(k, '(default)')}" for k in varying) or "(all runs alike)"
         row = table.setdefault(setting, defaultdict(list))
         for dataset, per_q in metrics.get(stage, {}).items():
             for q, m in per_q.items():
@@ -59,7 +64,7 @@ def collect(dirs: Sequence[str], stage: str = "test", stat: str = "rmse"):
                     col = f"{dataset}/{q}"
                     row[col].append(float(m[stat]))
                     units[col] = m.get("unit", "")
-    return table, units
+    return table, units, common
 
 
 def summarise(table, units):
@@ -125,9 +130,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--stat", default="rmse", choices=["rmse", "mae"])
     p.add_argument("--out", default=None, help="prefix for PREFIX.md, PREFIX.csv, PREFIX.tex")
     args = p.parse_args(argv)
-    table, units = collect(args.dirs, args.stage, args.stat)
+    table, units, common = collect(args.dirs, args.stage, args.stat)
     columns, rows, best = summarise(table, units)
     md = to_markdown(columns, rows, best, units, args.stat)
+    if common:
+        md += "\nCommon to all runs: " + " ".join(f"`{k}={v}`" for k, v in sorted(common.items())) + "\n"
     print(md)
     if args.out:
         out = Path(args.out)

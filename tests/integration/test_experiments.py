@@ -72,3 +72,22 @@ def test_resume_from_last_checkpoint_is_exact(tmp_path):
     assert a["epoch"] == b["epoch"] and a["global_step"] == b["global_step"]
     for k, v in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=0, msg=k)
+
+
+def test_ablation_sweep_and_table(tmp_path):
+    """Two coupling settings x two seeds through Hydra multirun, then the table tool."""
+    env = {**os.environ, "MF_DATA_DIR": str(SHARED_DATA), "MF_CACHE_DIR": str(tmp_path / "cache"),
+           "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "train.py", "-m", "experiment=ablation_coupling_form", "model/coupling=none,basis_tp",
+           "seed=1,2", f"hydra.sweep.dir={sweep}", "data.batch_size=2", *TOY]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert len(list(sweep.rglob("metrics.json"))) == 4
+    from mf_lightning import table
+
+    assert table.main([str(sweep), "--out", str(tmp_path / "ablation")]) == 0
+    md = (tmp_path / "ablation.md").read_text()
+    assert "| model/coupling=none | 2 |" in md and "| model/coupling=basis_tp | 2 |" in md
+    assert "Common to all runs:" in md and "`model.num_channels=4`" in md
+    assert "sio2/becs_diag RMSE (e)" in md and md.count("**") >= 2

@@ -39,6 +39,25 @@ def test_experiment_composes(name):
     assert cfg.data._target_.startswith("datamodules.")
 
 
+@pytest.mark.parametrize("overrides,target", [
+    (["launcher=slurm", "trainer=ddp"], "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+    (["launcher=local"], "hydra._internal.core_plugins.basic_launcher.BasicLauncher"),
+])
+def test_launchers_compose(overrides, target):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=sio2_md", *overrides], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == target
+    if "trainer=ddp" in overrides:
+        assert cfg.trainer.strategy == "ddp" and cfg.hydra.launcher.tasks_per_node == cfg.trainer.devices
+
+
+def test_optuna_search_composes():
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=sio2_md", "hparams_search=optuna"], return_hydra_config=True)
+    assert "OptunaSweeper" in cfg.hydra.sweeper._target_ and "module.lr" in cfg.hydra.sweeper.params
+    assert cfg.optimized_metric == "val/sio2/becs_diag_rmse"
+
+
 def _limits_already_set(name):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"experiment={name}"])

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import ConcatDataset
 
 from datamodules.base import FieldDataModule
+from datamodules.replay import ReplayBatchSampler
 from mace.tools.torch_geometric.dataloader import DataLoader
 
 
@@ -37,14 +38,22 @@ class EpochSeededSampler(torch.utils.data.Sampler):
 
 class MultiSourceDataModule(pl.LightningDataModule):
     def __init__(self, sources: Mapping[str, FieldDataModule], batch_size: int = 4, seed: int = 0,
-                 atomic_numbers: Optional[List[int]] = None, num_workers: int = 0):
+                 atomic_numbers: Optional[List[int]] = None, num_workers: int = 0,
+                 replay: Optional[str] = None, replay_fraction: float = 0.0):
+        """``replay``: the name of the source used as replay; with ``replay_fraction`` > 0 each
+        training batch holds that share of replay structures (:class:`ReplayBatchSampler`),
+        otherwise all training sets are simply concatenated and shuffled."""
         super().__init__()
+        if replay is not None and replay not in sources:
+            raise ValueError(f"replay source {replay!r} is not among the sources {list(sources)}")
+        self.replay, self.replay_fraction = replay, float(replay_fraction)
         self.sources: Dict[str, FieldDataModule] = dict(sources)
         for name, src in self.sources.items():
             src.name = name
         self.batch_size, self.seed, self.num_workers = int(batch_size), int(seed), int(num_workers)
         self.atomic_numbers = atomic_numbers
         self.sampler: Optional[EpochSeededSampler] = None
+        self.fixed_heads: Optional[List[str]] = None  # an upgraded model's heads, if any
 
     @property
     def names(self) -> List[str]:
@@ -52,6 +61,8 @@ class MultiSourceDataModule(pl.LightningDataModule):
 
     @property
     def heads(self) -> List[str]:
+        if self.fixed_heads is not None:
+            return list(self.fixed_heads)
         heads = []
         for src in self.sources.values():
             if src.head not in heads:
@@ -73,10 +84,16 @@ class MultiSourceDataModule(pl.LightningDataModule):
         return [g for src in self.sources.values() for g in src.datasets["train"]]
 
     def train_dataloader(self):
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        if self.replay is not None and self.replay_fraction > 0:
+            main = [g for n, src in self.sources.items() if n != self.replay for g in src.datasets["train"]]
+            replay = self.sources[self.replay].datasets["train"]
+            self.sampler = ReplayBatchSampler(len(main), len(replay), self.batch_size, self.replay_fraction, self.seed)
+            self.sampler.set_epoch(epoch)
+            return DataLoader(ConcatDataset([main, replay]), batch_sampler=self.sampler, num_workers=self.num_workers)
         dataset = ConcatDataset([src.datasets["train"] for src in self.sources.values()])
         self.sampler = EpochSeededSampler(len(dataset), self.seed)
-        if self.trainer is not None:
-            self.sampler.set_epoch(self.trainer.current_epoch)
+        self.sampler.set_epoch(epoch)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=self.sampler, drop_last=False,
                           num_workers=self.num_workers)
 

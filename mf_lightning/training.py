@@ -20,6 +20,7 @@ from datamodules import FieldDataModule, MultiSourceDataModule
 from mf_lightning.data import keys
 from mf_lightning.data.dataset import ref_key, weight_key
 from mf_lightning.model.build import build_model
+from mf_lightning.model.field_mace import FieldMACE
 from mf_lightning.module import METRIC_UNITS, FieldMACEModule
 
 log = logging.getLogger(__name__)
@@ -61,9 +62,24 @@ def make_datamodule(cfg: DictConfig) -> MultiSourceDataModule:
     return data
 
 
-def make_model(cfg: DictConfig, dm: MultiSourceDataModule):
+def upgrade_source_model(cfg: DictConfig):
+    """``model.source``: a mace-torch model file to upgrade (FieldMACE.from_mace), or None."""
+    source = cfg.model.get("source")
+    if not source:
+        return None
+    coupling = OmegaConf.to_container(cfg.model.coupling, resolve=True)
+    return FieldMACE.from_mace(source, allow_pickle=bool(cfg.model.get("allow_pickle", False)),
+                               dtype=cfg.model.dtype, **coupling)
+
+
+def make_model(cfg: DictConfig, dm: MultiSourceDataModule, upgraded=None):
+    """The upgraded source model as it is, or a new model whose element table, heads and
+    dataset statistics (E0s, neighbour count, scale) come from the training data."""
+    if upgraded is not None:
+        return upgraded, {}
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model_cfg.pop("_target_", None)
+    for key in ("_target_", "source", "allow_pickle"):
+        model_cfg.pop(key, None)
     model_cfg["atomic_numbers"] = dm.atomic_numbers
     model_cfg["heads"] = dm.heads
     stats = dataset_statistics(dm.train_graphs(), dm.atomic_numbers)
@@ -133,8 +149,17 @@ def train(cfg: DictConfig) -> Optional[float]:
     run_dir.mkdir(parents=True, exist_ok=True)
 
     dm = make_datamodule(cfg)
+    upgraded = upgrade_source_model(cfg)
+    if upgraded is not None:  # the data must use the source model's element table and heads
+        dm.atomic_numbers = upgraded.atomic_numbers
+        for name, src in dm.sources.items():
+            src.r_max = upgraded.r_max
+            if src.head not in upgraded.heads:
+                src.head = upgraded.heads[-1]
+                log.info("source %s trains the model's head %r", name, src.head)
+        dm.fixed_heads = upgraded.heads
     dm.setup()
-    model, stats = make_model(cfg, dm)
+    model, stats = make_model(cfg, dm, upgraded)
     module = FieldMACEModule(model, dataset_names=dm.names, **OmegaConf.to_container(cfg.module, resolve=True))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False

@@ -35,6 +35,9 @@ def run_train(tmp_path, name, *overrides, run="run"):
 def test_experiment_composes(name):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"experiment={name}"])
+    if name == "finetune_replay":
+        assert cfg.data.replay == "replay" and cfg.module.freeze_backbone_epochs > 0
+        return
     assert cfg.model.coupling.form in ("none", "residual_tp", "basis_tp")
     assert cfg.data._target_.startswith("datamodules.")
 
@@ -64,11 +67,36 @@ def _limits_already_set(name):
     return {k for k in ("limit_train_batches", "limit_val_batches", "limit_test_batches") if k in cfg.trainer}
 
 
+@pytest.fixture(scope="module")
+def source_model_and_replay(tmp_path_factory):
+    """A small mace-torch model saved as mace does (pickled), and 12 alpha-quartz frames labelled
+    by it (self-distillation): what the fine-tune experiment needs from a user."""
+    import ase.io
+
+    import mf_lightning
+    from mf_lightning.data.distill import distill
+    from tests.helpers import make_source
+
+    tmp = tmp_path_factory.mktemp("source")
+    source = make_source()
+    torch.save(source, tmp / "source.model")
+    frames = ase.io.read(SHARED_DATA / "md" / "SiO2.xyz", index=":12")
+    assert distill(mf_lightning.FieldMACE.from_mace(source, form="none"), frames, tmp / "replay.xyz") == 12
+    return tmp / "source.model", tmp / "replay.xyz"
+
+
+def experiment_overrides(name, source_model_and_replay):
+    if name == "finetune_replay":
+        model_path, replay = source_model_and_replay
+        return [f"model.source={model_path}", "model.allow_pickle=true", f"data.sources.replay.file={replay}"]
+    return []
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_runs_at_toy_size(tmp_path, name):
+def test_experiment_runs_at_toy_size(tmp_path, name, source_model_and_replay):
     present = _limits_already_set(name)
     overrides = [o.lstrip("+") if o.lstrip("+").split("=")[0].split(".")[-1] in present else o for o in TOY]
-    proc = run_train(tmp_path, name, *overrides)
+    proc = run_train(tmp_path, name, *overrides, *experiment_overrides(name, source_model_and_replay))
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"] and metrics["val"]
@@ -110,3 +138,19 @@ def test_ablation_sweep_and_table(tmp_path):
     assert "| model/coupling=none | 2 |" in md and "| model/coupling=basis_tp | 2 |" in md
     assert "Common to all runs:" in md and "`model.num_channels=4`" in md
     assert "sio2/becs_diag RMSE (e)" in md and md.count("**") >= 2
+
+
+def test_finetune_keeps_the_source_at_zero_field_and_reports_replay(tmp_path, source_model_and_replay):
+    """Fine-tuning upgrades the source model; with the backbone frozen the zero-field E/F on the
+    replay set stay exactly the source's (the coupling is zero-initialised and the backbone
+    frozen), and replay metrics are reported."""
+    model_path, replay = source_model_and_replay
+    run_train(tmp_path, "finetune_replay", *experiment_overrides("finetune_replay", source_model_and_replay),
+              "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=2",
+              "+trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "callbacks.ema=null")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert {"energy", "forces"} <= set(metrics["val"]["replay"])
+    # the labels are the source's own, rounded to the 8 decimals extxyz writes
+    assert metrics["val"]["replay"]["forces"]["rmse"] < 1e-7
+    assert metrics["val"]["replay"]["energy"]["rmse"] < 1e-7
+    assert {"becs_diag", "polarisation"} <= set(metrics["val"]["sio2"])

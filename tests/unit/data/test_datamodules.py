@@ -24,7 +24,7 @@ CONF = str(REPO / "conf")
 
 def datamodule(name, tmp_path, **overrides):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"+data={name}", f"data.root={SHARED_DATA}",
+        cfg = compose(config_name="train", overrides=[f"data={name}", f"data.root={SHARED_DATA}",
                                                       f"data.cache_dir={tmp_path}/cache", f"data.output_dir={tmp_path}/run"]
                       + [f"data.{k}={v}" for k, v in overrides.items()])
     return instantiate(cfg.data)

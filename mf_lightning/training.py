@@ -163,7 +163,10 @@ def train(cfg: DictConfig) -> Optional[float]:
     module = FieldMACEModule(model, dataset_names=dm.names, **OmegaConf.to_container(cfg.module, resolve=True))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(run_dir))
+    # numerics are set once: the trainer's precision follows the model's dtype unless given
+    precision = cfg.trainer.get("precision") or {"float64": "64-true", "float32": "32-true"}[str(cfg.model.dtype)]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(run_dir),
+                                      precision=precision)
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

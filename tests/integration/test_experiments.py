@@ -35,7 +35,7 @@ def run_train(tmp_path, name, *overrides, run="run"):
 def test_experiment_composes(name):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"experiment={name}"])
-    if name == "finetune_replay":
+    if name in ("finetune_replay", "ablation_replay"):
         assert cfg.data.replay == "replay" and cfg.module.freeze_backbone_epochs > 0
         return
     assert cfg.model.coupling.form in ("none", "residual_tp", "basis_tp")
@@ -86,7 +86,7 @@ def source_model_and_replay(tmp_path_factory):
 
 
 def experiment_overrides(name, source_model_and_replay):
-    if name == "finetune_replay":
+    if name in ("finetune_replay", "ablation_replay"):
         model_path, replay = source_model_and_replay
         return [f"model.source={model_path}", "model.allow_pickle=true", f"data.sources.replay.file={replay}"]
     return []

@@ -75,6 +75,7 @@ class FieldDataModule(pl.LightningDataModule):
         self.atomic_numbers = None if atomic_numbers is None else [int(z) for z in atomic_numbers]
         self.r_max = float(r_max)
         self.heads = list(heads) if heads else ["Default"]
+        self.head_given = head is not None  # else MultiSourceDataModule may name one per source
         self.head = head or self.heads[-1]
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, int(seed)
         self.batch_size = int(batch_size)

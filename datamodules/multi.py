@@ -50,6 +50,8 @@ class MultiSourceDataModule(pl.LightningDataModule):
         self.sources: Dict[str, FieldDataModule] = dict(sources)
         for name, src in self.sources.items():
             src.name = name
+            if len(self.sources) > 1 and not src.head_given:
+                src.head = name  # one head per data source (replay, dielectric, ...), as in the paper
         self.batch_size, self.seed, self.num_workers = int(batch_size), int(seed), int(num_workers)
         self.atomic_numbers = atomic_numbers
         self.sampler: Optional[EpochSeededSampler] = None

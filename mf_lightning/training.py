@@ -62,14 +62,24 @@ def make_datamodule(cfg: DictConfig) -> MultiSourceDataModule:
     return data
 
 
-def upgrade_source_model(cfg: DictConfig):
-    """``model.source``: a mace-torch model file to upgrade (FieldMACE.from_mace), or None."""
+def upgrade_source_model(cfg: DictConfig, dm: MultiSourceDataModule):
+    """``model.source``: a mace-torch model file to upgrade (FieldMACE.from_mace), or None.
+    A single-head source trained on several data sources gets one head per source (each a copy
+    of the source head), as in the paper's fine-tune; otherwise sources use the model's heads."""
     source = cfg.model.get("source")
     if not source:
         return None
     coupling = OmegaConf.to_container(cfg.model.coupling, resolve=True)
-    return FieldMACE.from_mace(source, allow_pickle=bool(cfg.model.get("allow_pickle", False)),
-                               dtype=cfg.model.dtype, **coupling)
+    heads = dm.heads if len(dm.sources) > 1 else None
+    try:
+        return FieldMACE.from_mace(source, allow_pickle=bool(cfg.model.get("allow_pickle", False)),
+                                   dtype=cfg.model.dtype, heads=heads, **coupling)
+    except ValueError as exc:
+        if "single-head source" not in str(exc):
+            raise
+        log.info("source model has several heads; data sources train its existing heads")
+        return FieldMACE.from_mace(source, allow_pickle=bool(cfg.model.get("allow_pickle", False)),
+                                   dtype=cfg.model.dtype, **coupling)
 
 
 def make_model(cfg: DictConfig, dm: MultiSourceDataModule, upgraded=None):
@@ -149,7 +159,7 @@ def train(cfg: DictConfig) -> Optional[float]:
     run_dir.mkdir(parents=True, exist_ok=True)
 
     dm = make_datamodule(cfg)
-    upgraded = upgrade_source_model(cfg)
+    upgraded = upgrade_source_model(cfg, dm)
     if upgraded is not None:  # the data must use the source model's element table and heads
         dm.atomic_numbers = upgraded.atomic_numbers
         for name, src in dm.sources.items():

@@ -221,21 +221,25 @@ class FieldMACE(torch.nn.Module):
         init_scale: float = 1e-2,
         allow_pickle: bool = False,
         dtype: Optional[str] = None,
+        heads: Optional[Sequence[str]] = None,
     ) -> "FieldMACE":
         """Upgrade a mace-torch ``MACE``/``ScaleShiftMACE`` (single- or multi-head).
 
         Every weight is kept (the source module is deep-copied, not rebuilt), so at E = 0 the
         result reproduces the source's energies, forces and stresses. ``model_or_path`` may be a
         module or a mace ``.model`` file; loading such a file unpickles it, which runs code from
-        the file, so it is refused unless ``allow_pickle=True``.
+        the file, so it is refused unless ``allow_pickle=True``. ``heads``: give a single-head
+        source several heads (e.g. replay / dielectric / ferroelectric), each starting as a copy.
         """
-        from mf_lightning.model.io import backbone_config_of, load_mace_pickle
+        from mf_lightning.model.io import backbone_config_of, load_mace_pickle, with_heads
 
         if isinstance(model_or_path, torch.nn.Module):
             source = model_or_path
         else:
             source = load_mace_pickle(model_or_path, allow_pickle=allow_pickle)
         backbone, config = backbone_config_of(source)
+        if heads is not None and list(heads) != list(backbone.heads):
+            backbone, config = with_heads(backbone, config, heads)
         if dtype is not None:
             backbone = backbone.to(resolve_dtype(dtype))
         with default_dtype(backbone.atomic_energies_fn.atomic_energies.dtype):

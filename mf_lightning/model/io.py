@@ -119,6 +119,30 @@ def backbone_config_of(source: torch.nn.Module) -> Tuple[ScaleShiftMACE, Dict[st
     return backbone, config_to_json(config)
 
 
+def with_heads(backbone: ScaleShiftMACE, config_json: Dict[str, Any], heads) -> Tuple[ScaleShiftMACE, Dict[str, Any]]:
+    """A copy of a single-head backbone with ``heads`` (e.g. one per fine-tuning data source),
+    each head starting as an exact copy of the source head (mace's own multi-head fine-tuning
+    transfer, ``load_foundations_elements``; E0, scale and shift are copied per head)."""
+    from mace.tools import AtomicNumberTable
+    from mace.tools.finetuning_utils import load_foundations_elements
+
+    heads = [str(h) for h in heads]
+    if len(backbone.heads) != 1:
+        raise ValueError(f"adding heads needs a single-head source model; this one has {backbone.heads}")
+    config = dict(config_json)
+    n = len(heads)
+    config["heads"] = heads
+    config["atomic_energies"] = np.tile(np.asarray(config["atomic_energies"], dtype=float).reshape(1, -1), (n, 1)).tolist()
+    for k in ("atomic_inter_scale", "atomic_inter_shift"):
+        config[k] = np.repeat(np.asarray(config[k], dtype=float).reshape(-1)[:1], n).tolist()
+    dtype = backbone.atomic_energies_fn.atomic_energies.dtype
+    new = build_backbone(config, dtype)
+    max_L = max(ir.l for _, ir in o3.Irreps(config["hidden_irreps"]))
+    load_foundations_elements(new, backbone, AtomicNumberTable([int(z) for z in backbone.atomic_numbers]),
+                              load_readout=True, use_shift=True, use_scale=True, max_L=max_L, default_dtype=dtype)
+    return new, config
+
+
 def _keeps_last_layer_irreps(model) -> bool:
     if len(model.products) < 2:
         return False

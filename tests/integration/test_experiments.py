@@ -154,3 +154,6 @@ def test_finetune_keeps_the_source_at_zero_field_and_reports_replay(tmp_path, so
     assert metrics["val"]["replay"]["forces"]["rmse"] < 1e-7
     assert metrics["val"]["replay"]["energy"]["rmse"] < 1e-7
     assert {"becs_diag", "polarisation"} <= set(metrics["val"]["sio2"])
+    import mf_lightning
+
+    assert mf_lightning.load_model(tmp_path / "run" / "model.pt").heads == ["sio2", "replay"]  # one per source

@@ -114,3 +114,19 @@ def test_from_mace_rejects_other_models(tmp_path):
     torch.save({"not": "a model"}, tmp_path / "x.model")
     with pytest.raises(ModelFileError, match="not a mace-torch model"):
         mf_lightning.FieldMACE.from_mace(tmp_path / "x.model", allow_pickle=True)
+
+
+def test_from_mace_with_new_heads_copies_the_source_head(quartz_frames):
+    """One head per fine-tuning source, each an exact copy of the single source head at E = 0."""
+    source = train_a_few_steps(make_source(), quartz_frames, ["Default"])
+    heads = ["replay", "dielectric", "ferroelectric"]
+    fm = mf_lightning.FieldMACE.from_mace(source, heads=heads, form="basis_tp")
+    assert fm.heads == heads
+    ref = source(mace_batch(quartz_frames, ["Default"], ["Default"] * 3), compute_stress=True)
+    for head in heads:
+        out = fm(mace_batch(quartz_frames, heads, [head] * 3), properties=(keys.ENERGY, keys.FORCES, keys.STRESS))
+        for key in (keys.ENERGY, keys.FORCES, keys.STRESS):
+            scale = ref[key].abs().max().item()
+            torch.testing.assert_close(out[key].detach(), ref[key].detach(), rtol=1e-10, atol=1e-10 * scale)
+    with pytest.raises(ValueError, match="single-head source"):
+        mf_lightning.FieldMACE.from_mace(make_source(heads=HEADS2), heads=["a", "b", "c"])

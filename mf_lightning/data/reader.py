@@ -159,6 +159,8 @@ def read_records(
     """
     spec = parse_label_spec(labels)
     field_spec = dict(electric_field or {"value": [0.0, 0.0, 0.0]})
+    if "key" in field_spec and "value" in field_spec:
+        raise ValueError(f"electric_field spec has both 'key' and 'value' ({field_spec}): give one")
     if "key" in field_spec:
         check_unit("electric_field", field_spec.get("unit", "V/A"))
     required = set(required or [])

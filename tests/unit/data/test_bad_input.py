@@ -89,6 +89,11 @@ def test_missing_required_label_and_empty_file(tmp_path):
     expect(tmp_path / "missing.xyz", None, None, "no such file")
 
 
+def test_field_spec_must_be_key_or_value(tmp_path):
+    with pytest.raises(ValueError, match="both 'key' and 'value'"):
+        read_records(write(tmp_path, GOOD), LABELS, {"key": "REF_electric_field", "unit": "V/A", "value": [0, 0, 0]})
+
+
 def test_unknown_units_are_config_errors(tmp_path):
     with pytest.raises(ValueError, match="not accepted for polarisation"):
         read_records(write(tmp_path, GOOD), {"polarisation": {"key": "REF_polarisation", "unit": "C/m^2"}})

@@ -39,14 +39,15 @@ class EpochSeededSampler(torch.utils.data.Sampler):
 class MultiSourceDataModule(pl.LightningDataModule):
     def __init__(self, sources: Mapping[str, FieldDataModule], batch_size: int = 4, seed: int = 0,
                  atomic_numbers: Optional[List[int]] = None, num_workers: int = 0,
-                 replay: Optional[str] = None, replay_fraction: float = 0.0):
+                 replay: Optional[str] = None, replay_fraction: float = 0.0, replay_per: str = "batch"):
         """``replay``: the name of the source used as replay; with ``replay_fraction`` > 0 each
         training batch holds that share of replay structures (:class:`ReplayBatchSampler`),
+        (``replay_per="batch"``) or of each epoch (``"epoch"``), see :class:`ReplayBatchSampler`;
         otherwise all training sets are simply concatenated and shuffled."""
         super().__init__()
         if replay is not None and replay not in sources:
             raise ValueError(f"replay source {replay!r} is not among the sources {list(sources)}")
-        self.replay, self.replay_fraction = replay, float(replay_fraction)
+        self.replay, self.replay_fraction, self.replay_per = replay, float(replay_fraction), replay_per
         self.sources: Dict[str, FieldDataModule] = dict(sources)
         for name, src in self.sources.items():
             src.name = name
@@ -90,7 +91,8 @@ class MultiSourceDataModule(pl.LightningDataModule):
         if self.replay is not None and self.replay_fraction > 0:
             main = [g for n, src in self.sources.items() if n != self.replay for g in src.datasets["train"]]
             replay = self.sources[self.replay].datasets["train"]
-            self.sampler = ReplayBatchSampler(len(main), len(replay), self.batch_size, self.replay_fraction, self.seed)
+            self.sampler = ReplayBatchSampler(len(main), len(replay), self.batch_size, self.replay_fraction,
+                                              self.seed, per=self.replay_per)
             self.sampler.set_epoch(epoch)
             return DataLoader(ConcatDataset([main, replay]), batch_sampler=self.sampler, num_workers=self.num_workers)
         dataset = ConcatDataset([src.datasets["train"] for src in self.sources.values()])

@@ -15,11 +15,19 @@ import torch
 
 
 class ReplayBatchSampler(torch.utils.data.Sampler):
-    """Batches over ``ConcatDataset([main, replay])``: each batch has
-    ``round(replay_fraction * batch_size)`` replay items (drawn without replacement, cycling)
-    and the rest from the main set; an epoch is one pass over the main set."""
+    """Batches over ``ConcatDataset([main, replay])``; an epoch is one pass over the main set.
 
-    def __init__(self, n_main: int, n_replay: int, batch_size: int, replay_fraction: float, seed: int = 0):
+    ``per="batch"``: every batch has ``round(replay_fraction * batch_size)`` replay items (drawn
+    without replacement, cycling) and the rest from the main set.
+    ``per="epoch"``: the epoch holds ``replay_fraction`` replay items overall (the main set plus
+    ``f/(1-f) * n_main`` replay items, cycling), shuffled together, so batches vary in mix.
+    """
+
+    def __init__(self, n_main: int, n_replay: int, batch_size: int, replay_fraction: float, seed: int = 0,
+                 per: str = "batch"):
+        if per not in ("batch", "epoch"):
+            raise ValueError(f"replay mixing is per 'batch' or per 'epoch', got {per!r}")
+        self.per = per
         if not 0.0 <= replay_fraction < 1.0:
             raise ValueError(f"replay_fraction must be in [0, 1), got {replay_fraction}")
         if n_replay == 0 and replay_fraction > 0:
@@ -31,16 +39,32 @@ class ReplayBatchSampler(torch.utils.data.Sampler):
         if self.k_main < 1:
             raise ValueError("replay_fraction leaves no room for fine-tuning data in a batch")
         self.seed, self.epoch = int(seed), 0
+        self.n_epoch_replay = int(round(replay_fraction / (1 - replay_fraction) * n_main)) if n_replay else 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
+        if self.per == "epoch":
+            return math.ceil((self.n_main + self.n_epoch_replay) / self.batch_size)
         return math.ceil(self.n_main / self.k_main)
+
+    def _replay_draws(self, g: torch.Generator, count: int) -> List[int]:
+        out: List[int] = []
+        while len(out) < count:
+            out += (torch.randperm(self.n_replay, generator=g) + self.n_main).tolist()
+        return out[:count]
 
     def __iter__(self) -> Iterator[List[int]]:
         g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
         main = torch.randperm(self.n_main, generator=g).tolist()
+        if self.per == "epoch":
+            pool = main + self._replay_draws(g, self.n_epoch_replay)
+            order = torch.randperm(len(pool), generator=g).tolist()
+            pool = [pool[i] for i in order]
+            for b in range(len(self)):
+                yield pool[b * self.batch_size:(b + 1) * self.batch_size]
+            return
         replay: List[int] = []
         for b in range(len(self)):
             batch = main[b * self.k_main:(b + 1) * self.k_main]

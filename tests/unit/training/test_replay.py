@@ -19,6 +19,16 @@ def test_ratio_holds_and_main_set_covered_once():
     assert set(replay) == set(range(30, 37))  # replay cycles through all of its structures
 
 
+def test_ratio_per_epoch():
+    s = ReplayBatchSampler(n_main=30, n_replay=7, batch_size=4, replay_fraction=0.25, seed=3, per="epoch")
+    batches = list(s)
+    flat = [i for b in batches for i in b]
+    assert sorted(i for i in flat if i < 30) == list(range(30))
+    assert sum(i >= 30 for i in flat) == 10  # 0.25 / 0.75 * 30
+    assert len(batches) == len(s) == 10 and all(len(b) == 4 for b in batches)
+    assert len({sum(i >= 30 for i in b) for b in batches}) > 1  # the mix varies between batches
+
+
 def test_seeded_by_epoch_and_resumable():
     a = ReplayBatchSampler(20, 10, 5, 0.4, seed=1)
     b = ReplayBatchSampler(20, 10, 5, 0.4, seed=1)
@@ -34,5 +44,7 @@ def test_bad_fractions():
         ReplayBatchSampler(10, 5, 4, 1.0)
     with pytest.raises(ValueError, match="replay set is empty"):
         ReplayBatchSampler(10, 0, 4, 0.5)
+    with pytest.raises(ValueError, match="per 'batch' or per 'epoch'"):
+        ReplayBatchSampler(10, 5, 4, 0.5, per="step")
     with pytest.raises(ValueError, match="no room"):
         ReplayBatchSampler(10, 5, 1, 0.6)

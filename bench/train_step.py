@@ -43,17 +43,12 @@ def one(kind: str, structure: str, batch: int, dtype: str, channels: int, warmup
     from mf_lightning.module import batch_to_dict
     from mace.tools.torch_geometric.batch import Batch
 
-    labels_of = {
-        "sio2": {"energy": ("total_energy", "eV"), "forces": ("forces", "eV/A"), "stress": ("stress", "eV/A^3"),
-                 "polarisation": ("polarization", "e*A"), "becs": ("born_charge", "e"),
-                 "polarisability": ("polarizability", "e*A^2/V")},
-        "batio3": {"energy": ("REF_energy", "eV"), "forces": ("REF_forces", "eV/A"), "stress": ("REF_stress", "eV/A^3"),
-                   "polarisation": ("REF_polarisation", "e/A^2"), "becs": ("REF_becs", "e"),
-                   "polarisability": ("REF_polarisability", "e/(V*A)")},
-    }[structure]
+    from omegaconf import OmegaConf
+
+    labels = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "data" / f"{structure}.yaml").labels)
     tdtype = getattr(torch, dtype)
     path = resolve_file(FILES[structure])
-    records = read_records(path, {q: {"key": k, "unit": u} for q, (k, u) in labels_of.items()})[:batch]
+    records = read_records(path, labels)[:batch]
     z = sorted({int(x) for r in records for x in r.atoms.get_atomic_numbers()})
     torch.manual_seed(0)
     form = "none" if kind in ("a", "b") else "residual_tp"

@@ -8,24 +8,18 @@ import pytest
 from mf_lightning.data.reader import read_records, reduced_formula
 from mf_lightning.data.units import to_internal, voigt6_to_3x3
 from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2, EPS0_E_PER_V_A
-from tests.conftest import shared_file
+from tests.conftest import REPO, shared_file
 
-SIO2 = {
-    "energy": {"key": "total_energy", "unit": "eV"},
-    "forces": {"key": "forces", "unit": "eV/A"},
-    "stress": {"key": "stress", "unit": "eV/A^3"},
-    "polarisation": {"key": "polarization", "unit": "e*A"},
-    "becs": {"key": "born_charge", "unit": "e"},
-    "polarisability": {"key": "polarizability", "unit": "e*A^2/V"},
-}
-BATIO3 = {
-    "energy": {"key": "REF_energy", "unit": "eV"},
-    "forces": {"key": "REF_forces", "unit": "eV/A"},
-    "stress": {"key": "REF_stress", "unit": "eV/A^3"},
-    "polarisation": {"key": "REF_polarisation", "unit": "e/A^2"},
-    "becs": {"key": "REF_becs", "unit": "e"},
-    "polarisability": {"key": "REF_polarisability", "unit": "e/(V*A)"},
-}
+def shipped_labels(name):
+    """The label spec of conf/data/<name>.yaml: the tests check the configuration users run."""
+    from omegaconf import OmegaConf
+
+    labels = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "data" / f"{name}.yaml").labels)
+    return {k: v for k, v in labels.items() if v is not None}
+
+
+SIO2 = shipped_labels("sio2")
+BATIO3 = shipped_labels("batio3")
 
 
 def eps_inf_poly(alpha):

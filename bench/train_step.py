@@ -30,7 +30,6 @@ FILES = {"sio2": "md/SiO2.xyz", "batio3": "md/BaTiO3.xyz"}
 
 
 def one(kind: str, structure: str, batch: int, dtype: str, channels: int, warmup: int, repeats: int) -> dict:
-    import ase.io
     import torch
 
     sys.path.insert(0, str(ROOT))

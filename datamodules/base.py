@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 
@@ -18,6 +17,7 @@ import logging
 
 from mf_lightning.data.audit import structure_checks
 from mf_lightning.data.dataset import GraphCache, cache_key, file_sha256, record_to_graph, ref_key, weight_key
+from mf_lightning.model.io import plain_value
 from mf_lightning.data.reader import Record, iter_frames, read_records, reduced_formula
 from mf_lightning.data.root import resolve_file
 from mf_lightning.data.splits import contiguous_split, group_split, write_manifest
@@ -117,7 +117,7 @@ class FieldDataModule(pl.LightningDataModule):
         records = self._records(path)
         graphs = [record_to_graph(r, self.atomic_numbers, self.r_max, self.heads, self.head) for r in records]
         meta = [{"id": r.id, "frame": r.frame, "group": self.group_of(r),
-                 "formula": reduced_formula(r.atoms), **_plain(r.meta)} for r in records]
+                 "formula": reduced_formula(r.atoms), **{k: plain_value(v) for k, v in r.meta.items()}} for r in records]
         self.cache.store(key, graphs, {"meta": meta, "file": str(path)})
         return graphs, meta
 
@@ -145,7 +145,7 @@ class FieldDataModule(pl.LightningDataModule):
         path = resolve_file(self.file, self.root)
         test_path = resolve_file(self.test_file, self.root) if self.test_file else None
         if self.atomic_numbers is None:
-            self.atomic_numbers = self._element_table([p for p in (path, test_path) if p])
+            self.atomic_numbers = self.elements()
         graphs, meta = self.load_file(path)
         test_fraction = 0.0 if test_path else self.test_fraction
         if self.split_mode == "contiguous":
@@ -201,8 +201,5 @@ def flags_of(graph) -> List[str]:
     alpha = graph[ref_key("polarisability")][0].numpy() if float(graph[weight_key("polarisability")]) > 0 else None
     return structure_checks(becs, alpha)[1]
 
-
-def _plain(meta: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in meta.items()}
 
 

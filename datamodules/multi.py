@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import ConcatDataset
 
 from datamodules.base import FieldDataModule
-from datamodules.replay import ReplayBatchSampler
+from datamodules.replay import ReplayBatchSampler, epoch_generator
 from mace.tools.torch_geometric.dataloader import DataLoader
 
 
@@ -29,8 +29,7 @@ class EpochSeededSampler(torch.utils.data.Sampler):
         self.epoch = int(epoch)
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        return iter(torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)).tolist())
 
     def __len__(self) -> int:
         return self.n

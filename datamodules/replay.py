@@ -14,6 +14,12 @@ from typing import Iterator, List
 import torch
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The training order of an epoch is drawn from (seed, epoch) only, so a run resumed at
+    that epoch draws exactly the batches an uninterrupted run draws."""
+    return torch.Generator().manual_seed(int(seed) * 100003 + int(epoch))
+
+
 class ReplayBatchSampler(torch.utils.data.Sampler):
     """Batches over ``ConcatDataset([main, replay])``; an epoch is one pass over the main set.
 
@@ -56,7 +62,7 @@ class ReplayBatchSampler(torch.utils.data.Sampler):
         return out[:count]
 
     def __iter__(self) -> Iterator[List[int]]:
-        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        g = epoch_generator(self.seed, self.epoch)
         main = torch.randperm(self.n_main, generator=g).tolist()
         if self.per == "epoch":
             pool = main + self._replay_draws(g, self.n_epoch_replay)

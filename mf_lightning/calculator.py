@@ -20,13 +20,13 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
-import torch
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from mf_lightning.data import keys
 from mf_lightning.data.graphs import atoms_to_graph, collate
-from mf_lightning.model.field_mace import FieldMACE, resolve_dtype
+from mf_lightning.model.field_mace import FieldMACE
+from mf_lightning.utils import resolve_dtype
 from mf_lightning.model.io import load_model
 
 FieldLike = Union[Sequence[float], np.ndarray, Callable[[float], Sequence[float]]]

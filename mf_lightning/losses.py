@@ -33,12 +33,16 @@ def fold_polarisation(dP: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
     return dP - (Q @ torch.round(x).detach().unsqueeze(-1)).squeeze(-1)
 
 
+def per_atom(energy: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Per-structure energies divided by their atom counts."""
+    return energy.view(-1) / (batch[keys.PTR][1:] - batch[keys.PTR][:-1]).to(energy.dtype)
+
+
 def residual(task: str, pred: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Prediction minus reference in the loss's normalisation (energy per atom, P folded)."""
     ref = batch[ref_key(task)]
     if task == "energy":
-        n_atoms = (batch[keys.PTR][1:] - batch[keys.PTR][:-1]).to(ref.dtype)
-        return (pred[keys.ENERGY] - ref.view(-1)) / n_atoms
+        return per_atom(pred[keys.ENERGY] - ref.view(-1), batch)
     if task == "polarisation":
         return fold_polarisation(pred[keys.POLARISATION] - ref.view(-1, 3), batch[keys.CELL])
     return pred[task] - ref.view(pred[task].shape)

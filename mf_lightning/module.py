@@ -18,7 +18,7 @@ import torch
 
 from mf_lightning.data import keys
 from mf_lightning.data.dataset import TASKS, ref_key, weight_key
-from mf_lightning.losses import MultiTaskLoss, residual, structure_weights
+from mf_lightning.losses import MultiTaskLoss, per_atom, residual, structure_weights
 from mf_lightning.model.field_mace import FieldMACE
 from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2
 
@@ -40,17 +40,22 @@ def batch_to_dict(batch, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
     return {k: (v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in d.items()}
 
 
-def metric_errors(task: str, pred, batch) -> Dict[str, tuple]:
-    """{metric quantity: (errors (rows, components), row weights)} for one task of a batch."""
-    r = residual(task, pred, batch).detach()
-    w = structure_weights(task, batch).detach()
+def metric_components(task: str, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """A task's values (in the loss's normalisation: energy per atom, P in e/A^2) as the metric
+    quantities' (rows, components): P in uC/cm^2, Z* and alpha split into diagonal/off-diagonal."""
     if task == "polarisation":
-        return {"polarisation": (r * E_PER_A2_TO_UC_PER_CM2, w)}
+        return {"polarisation": x.reshape(-1, 3) * E_PER_A2_TO_UC_PER_CM2}
     if task in ("becs", "polarisability"):
-        flat = r.reshape(-1, 3, 3)
+        flat = x.reshape(-1, 3, 3)
         diag = _DIAG.to(flat.device)
-        return {f"{task}_diag": (flat[:, diag], w), f"{task}_offdiag": (flat[:, ~diag], w)}
-    return {task: (r.reshape(r.shape[0], -1), w)}
+        return {f"{task}_diag": flat[:, diag], f"{task}_offdiag": flat[:, ~diag]}
+    return {task: x.reshape(x.shape[0], -1)}
+
+
+def normalised_reference(task: str, batch) -> torch.Tensor:
+    """The reference in the loss's normalisation (what :func:`residual` is measured in)."""
+    ref = batch[ref_key(task)]
+    return per_atom(ref, batch) if task == "energy" else ref
 
 
 class FieldMACEModule(pl.LightningModule):
@@ -114,17 +119,19 @@ class FieldMACEModule(pl.LightningModule):
         for task in TASKS:
             if task not in out or float(d[weight_key(task)].sum()) == 0:
                 continue
-            for q, (err, w) in metric_errors(task, out, d).items():
-                w = w.double().unsqueeze(-1).expand_as(err)
+            w_rows = structure_weights(task, d).detach().double()
+            errors = metric_components(task, residual(task, out, d).detach())
+            refs = metric_components(task, normalised_reference(task, d)) if stage == "test" else {}
+            for q, err in errors.items():
                 err = err.double()
+                w = w_rows.unsqueeze(-1).expand_as(err)
                 sums[f"{q}_sq"] = sums.get(f"{q}_sq", 0) + (w * err ** 2).sum()
                 sums[f"{q}_abs"] = sums.get(f"{q}_abs", 0) + (w * err.abs()).sum()
                 sums[f"{q}_count"] = sums.get(f"{q}_count", 0) + w.sum()
                 if stage == "test":  # (reference, prediction) pairs for parity plots
-                    ref = _reference(q, d)
-                    mask = (w[:, 0] > 0).cpu()
-                    self.predictions[name][q].append(
-                        np.stack([ref[mask].numpy(), (ref[mask] + err[mask].cpu()).numpy()]))
+                    mask = w_rows > 0
+                    ref = refs[q][mask].double()
+                    self.predictions[name][q].append(np.stack([ref.cpu().numpy(), (ref + err[mask]).cpu().numpy()]))
 
     def _labelled(self, d) -> tuple:
         return (keys.ENERGY, *[t for t in TASKS if float(d[weight_key(t)].sum()) > 0])
@@ -189,17 +196,3 @@ class FieldMACEModule(pl.LightningModule):
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         raise ValueError(f"unknown scheduler {self.hparams.scheduler!r}: plateau | cosine | none")
 
-
-def _reference(q: str, d) -> Optional[torch.Tensor]:
-    """Reference values in the metric's units/components (for parity plots)."""
-    task = q.replace("_diag", "").replace("_offdiag", "")
-    ref = d[ref_key(task)]
-    if task == "energy":
-        n_atoms = (d[keys.PTR][1:] - d[keys.PTR][:-1]).to(ref.dtype)
-        return (ref.view(-1) / n_atoms).unsqueeze(-1).detach().cpu()
-    if task == "polarisation":
-        return (ref.view(-1, 3) * E_PER_A2_TO_UC_PER_CM2).detach().cpu()
-    if task in ("becs", "polarisability"):
-        flat = ref.reshape(-1, 3, 3).detach().cpu()
-        return flat[:, _DIAG] if q.endswith("_diag") else flat[:, ~_DIAG]
-    return ref.reshape(ref.shape[0], -1).detach().cpu()

@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 def dataset_statistics(graphs: List, atomic_numbers: List[int]) -> Dict[str, Any]:
     """E0 per element (least squares of labelled energies on composition), mean neighbour count,
     and the RMS force (MACE's scale); shift 0. Computed on the training split only."""
-    z_index = {z: i for i, z in enumerate(atomic_numbers)}
     rows, energies, forces, edges, nodes = [], [], [], 0, 0
     for g in graphs:
         edges += g[keys.EDGE_INDEX].shape[1]
@@ -69,17 +68,17 @@ def upgrade_source_model(cfg: DictConfig, dm: MultiSourceDataModule):
     source = cfg.model.get("source")
     if not source:
         return None
+    from mf_lightning.model.io import load_mace_pickle
+
     coupling = OmegaConf.to_container(cfg.model.coupling, resolve=True)
-    heads = dm.heads if len(dm.sources) > 1 else None
-    try:
-        return FieldMACE.from_mace(source, allow_pickle=bool(cfg.model.get("allow_pickle", False)),
-                                   dtype=cfg.model.dtype, heads=heads, **coupling)
-    except ValueError as exc:
-        if "single-head source" not in str(exc):
-            raise
-        log.info("source model has several heads; data sources train its existing heads")
-        return FieldMACE.from_mace(source, allow_pickle=bool(cfg.model.get("allow_pickle", False)),
-                                   dtype=cfg.model.dtype, **coupling)
+    module = load_mace_pickle(source, allow_pickle=bool(cfg.model.get("allow_pickle", False)))
+    heads = None
+    if len(dm.sources) > 1:
+        if len(module.heads) == 1:
+            heads = dm.heads
+        else:
+            log.info("source model has several heads; data sources train its existing heads")
+    return FieldMACE.from_mace(module, dtype=cfg.model.dtype, heads=heads, **coupling)
 
 
 def make_model(cfg: DictConfig, dm: MultiSourceDataModule, upgraded=None):
@@ -182,7 +181,6 @@ def train(cfg: DictConfig) -> Optional[float]:
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     ckpt = best if best and os.path.exists(best) else None
     val = trainer.validate(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
-    module.predictions.clear()
     test = trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
     metrics = {"val": _final_metrics(val, "val", dm.names), "test": _final_metrics(test, "test", dm.names),
                "checkpoint": ckpt, "epochs": trainer.current_epoch, "statistics": stats,

@@ -16,7 +16,6 @@ torch.set_num_threads(int(os.environ.get("MF_TEST_THREADS", "1")))
 import ase.io  # noqa: E402
 
 import mf_lightning  # noqa: E402,F401  (import order: mace before e3nn)
-from mf_lightning.data.graphs import atoms_to_graph, collate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MF_DATA_DIR", REPO.parent / "shared" / "data"))

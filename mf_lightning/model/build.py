@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -11,7 +11,8 @@ import torch
 from mf_lightning._deps import mace_modules, o3
 from mace.modules.models import ScaleShiftMACE
 
-from mf_lightning.model.field_mace import FieldMACE, default_dtype, resolve_dtype
+from mf_lightning.model.field_mace import FieldMACE
+from mf_lightning.utils import default_dtype, resolve_dtype
 from mf_lightning.model.io import config_to_json
 
 

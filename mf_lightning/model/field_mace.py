@@ -16,12 +16,12 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import torch
 
-from mf_lightning._deps import mace_modules, o3
+from mf_lightning._deps import o3
 from mace.modules.utils import prepare_graph
 from mace.tools.scatter import scatter_sum
 
 from mf_lightning.data import keys
-from mf_lightning.utils import DTYPES, default_dtype, resolve_dtype  # noqa: F401  (re-exported)
+from mf_lightning.utils import default_dtype, resolve_dtype
 from mf_lightning.model import coupling as cpl
 from mf_lightning.model.observables import compute_observables, needs
 

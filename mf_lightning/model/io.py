@@ -43,7 +43,8 @@ _CLASS_KEYS = {
 _IRREPS_KEYS = ("hidden_irreps", "MLP_irreps", "edge_irreps")
 
 
-def _plain(value):
+def plain_value(value):
+    """Tensors, arrays and numpy scalars -> plain Python values (JSON- and weights-only-safe)."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     if isinstance(value, np.ndarray):
@@ -70,7 +71,7 @@ def config_to_json(config: Dict[str, Any]) -> Dict[str, Any]:
             v = None  # the e3nn code path; cuEquivariance is a run-time choice, not a weight
         elif k == "distance_transform":
             v = "None" if v is None else v
-        out[k] = _plain(v)
+        out[k] = plain_value(v)
     return out
 
 
@@ -151,7 +152,7 @@ def _keeps_last_layer_irreps(model) -> bool:
 
 
 def build_backbone(config_json: Dict[str, Any], dtype: torch.dtype) -> ScaleShiftMACE:
-    from mf_lightning.model.field_mace import default_dtype
+    from mf_lightning.utils import default_dtype
 
     with default_dtype(dtype):
         return ScaleShiftMACE(**config_from_json(config_json)).to(dtype)
@@ -204,7 +205,8 @@ def _weights_only_load(path: Path):
 
 def load_model(path, device: str = "cpu", dtype=None):
     """Load a model written by :meth:`FieldMACE.save` (``weights_only=True``; no code runs)."""
-    from mf_lightning.model.field_mace import FieldMACE, default_dtype, resolve_dtype
+    from mf_lightning.model.field_mace import FieldMACE
+    from mf_lightning.utils import default_dtype, resolve_dtype
 
     path = Path(path)
     payload = _weights_only_load(path)

@@ -11,7 +11,6 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from datamodules import FerroelectricPathsDataModule, MDTrajectoryDataModule, MPDielectricDataModule
 from mf_lightning.data.dataset import TASKS, ref_key, weight_key
 from mf_lightning.data.graphs import UnknownElementError
 from mf_lightning.data.polarisation import path_coordinates

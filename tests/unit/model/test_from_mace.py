@@ -7,7 +7,6 @@ does (a pickled module), and upgrades the file."""
 from __future__ import annotations
 
 import ase.io
-import numpy as np
 import pytest
 import torch
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import List
 
 from datamodules.base import FieldDataModule
-from mf_lightning.data.polarisation import path_coordinates
+from mf_lightning.data.polarisation import order_along_paths, path_id
 from mf_lightning.data.reader import Record, reduced_formula
 
 
@@ -25,8 +25,8 @@ class MPDielectricDataModule(FieldDataModule):
 class FerroelectricPathsDataModule(FieldDataModule):
     """Smidt et al. non-polar -> polar distortion paths (Berry-phase P, already on a branch).
 
-    All frames of one path (``polar_mpid``) share a split, and sit together in it. Frames are
-    ordered along their path
+    A path is a (``nonpolar_mpid``, ``polar_mpid``) pair; all frames with one ``polar_mpid``
+    (every path ending in that polar structure) share a split. Frames are ordered along their path
     by the interpolation coordinate: fractional coordinates (minimum image, relative to the
     path's first frame) projected on the path's principal direction, oriented so that |P| grows
     towards the polar end. The coordinate is stored as ``path_position`` (0 = non-polar end).
@@ -40,15 +40,7 @@ class FerroelectricPathsDataModule(FieldDataModule):
 
     def annotate(self, records: List[Record]) -> List[Record]:
         """Paths in order of first appearance, each path's frames ordered non-polar -> polar."""
-        by_path = {}
-        for r in records:
-            by_path.setdefault(self.group_of(r), []).append(r)
-        ordered = []
-        for members in by_path.values():
-            for r, s in zip(members, path_coordinates(members)):
-                r.meta["path_position"] = float(s)
-            ordered += sorted(members, key=lambda r: r.meta["path_position"])
-        return ordered
+        return [r for members in order_along_paths(records, path_id).values() for r in members]
 
 
 class MDTrajectoryDataModule(FieldDataModule):

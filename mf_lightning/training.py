@@ -81,6 +81,18 @@ def upgrade_source_model(cfg: DictConfig, dm: MultiSourceDataModule):
     return FieldMACE.from_mace(module, dtype=cfg.model.dtype, heads=heads, **coupling)
 
 
+def bind_to_model(dm: MultiSourceDataModule, model: FieldMACE, head: Optional[str] = None) -> None:
+    """Make the data use ``model``'s element table, cutoff and heads (before ``dm.setup()``):
+    each source keeps its head if the model has it, else uses ``head`` or the model's last."""
+    dm.atomic_numbers = model.atomic_numbers
+    for name, src in dm.sources.items():
+        src.r_max = model.r_max
+        if head is not None or src.head not in model.heads:
+            src.head = head or model.heads[-1]
+            log.info("source %s uses the model's head %r", name, src.head)
+    dm.fixed_heads = model.heads
+
+
 def make_model(cfg: DictConfig, dm: MultiSourceDataModule, upgraded=None):
     """The upgraded source model as it is, or a new model whose element table, heads and
     dataset statistics (E0s, neighbour count, scale) come from the training data."""
@@ -160,13 +172,7 @@ def train(cfg: DictConfig) -> Optional[float]:
     dm = make_datamodule(cfg)
     upgraded = upgrade_source_model(cfg, dm)
     if upgraded is not None:  # the data must use the source model's element table and heads
-        dm.atomic_numbers = upgraded.atomic_numbers
-        for name, src in dm.sources.items():
-            src.r_max = upgraded.r_max
-            if src.head not in upgraded.heads:
-                src.head = upgraded.heads[-1]
-                log.info("source %s trains the model's head %r", name, src.head)
-        dm.fixed_heads = upgraded.heads
+        bind_to_model(dm, upgraded)
     dm.setup()
     model, stats = make_model(cfg, dm, upgraded)
     module = FieldMACEModule(model, dataset_names=dm.names, **OmegaConf.to_container(cfg.module, resolve=True))

@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from mf_lightning.data.polarisation import fold_onto, path_coordinates
+from mf_lightning.data.polarisation import PATH_KEYS, fold_onto, path_coordinates, path_id
 from mf_lightning.data.reader import Record, read_records, reduced_formula
 
 ASR_TOL = 0.1
@@ -91,7 +91,7 @@ def _audit_paths(records, rows, group_key) -> None:
     paths = defaultdict(list)
     for i, r in enumerate(records):
         if "polarisation" in r.labels and group_key in r.meta:
-            paths[(r.file, r.meta[group_key])].append(i)
+            paths[(r.file, path_id(r))].append(i)
     for members in paths.values():
         coords = path_coordinates([records[i] for i in members])
         ordered = [members[j] for j in np.argsort(coords, kind="stable")]
@@ -187,7 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     records = []
     for f in args.files:
         path = Path(f)
-        records += read_records(path, _labels_for(path, args.polarisability_unit), meta_keys=("polar_mpid",))
+        records += read_records(path, _labels_for(path, args.polarisability_unit), meta_keys=PATH_KEYS)
     rows = audit_records(records, asr_tol=args.asr_tol)
     csv_path, md_path = write_report(rows, args.out, title="Label audit: " + ", ".join(Path(f).name for f in args.files))
     print(md_path.read_text())

@@ -32,7 +32,7 @@ from mf_lightning.data.units import SHAPES
 from mf_lightning.model.io import atomic_torch_save
 
 TASKS = ("energy", "forces", "stress", "polarisation", "becs", "polarisability")
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # bump when what a cached graph list holds changes (3: paths ordered per (non-polar, polar) pair)
 
 
 def ref_key(task: str) -> str:

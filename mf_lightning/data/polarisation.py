@@ -3,7 +3,7 @@ Q_k = e a_k / Omega (a_k the lattice vectors). Helpers for branches and distorti
 
 from __future__ import annotations
 
-from typing import List
+from typing import Callable, Dict, List
 
 import numpy as np
 
@@ -42,3 +42,45 @@ def path_coordinates(members: List) -> np.ndarray:
         s = -s  # orient non-polar -> polar
     span = np.ptp(s)
     return (s - s.min()) / span if span > 0 else np.zeros(len(members))
+
+
+PATH_KEYS = ("nonpolar_mpid", "polar_mpid")
+
+
+def path_id(record, keys=PATH_KEYS) -> str:
+    """The distortion path of a frame: its (non-polar, polar) end points, e.g.
+    ``mp-32425->mp-765022``. One polar structure can end several paths (from different
+    non-polar parents), so the polar id alone does not name a path. Falls back to whichever
+    keys the frame has, then to the frame's own id."""
+    parts = [str(record.meta[k]) for k in keys if record.meta.get(k) not in (None, "")]
+    return "->".join(parts) if parts else record.id
+
+
+def order_along_paths(records: List, group_of: Callable) -> Dict[str, List]:
+    """Frames grouped by path (in order of first appearance), each path ordered non-polar ->
+    polar by :func:`path_coordinates`, stored on each record as ``meta["path_position"]``."""
+    by_path: Dict[str, List] = {}
+    for r in records:
+        by_path.setdefault(group_of(r), []).append(r)
+    for name, members in by_path.items():
+        for r, s in zip(members, path_coordinates(members)):
+            r.meta["path_position"] = float(s)
+        by_path[name] = sorted(members, key=lambda r: r.meta["path_position"])
+    return by_path
+
+
+def unwrap_branch(p: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """P of consecutive frames (n, 3) put on one continuous branch: each frame is shifted by whole
+    quanta of *its* cell to the branch nearest the previous (already unwrapped) frame."""
+    p = np.array(p, dtype=float)
+    for k in range(1, len(p)):
+        p[k] = fold_onto(p[k], p[k - 1], cells[k])[0]
+    return p
+
+
+def align_branch(p: np.ndarray, reference: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """Unwrap ``p`` (n, 3) and shift the whole branch by the whole quanta (of the first frame's
+    cell) that bring its first frame nearest the reference's first frame."""
+    p = unwrap_branch(p, cells)
+    shift = fold_onto(p[0], reference[0], cells[0])[0] - p[0]
+    return p + shift

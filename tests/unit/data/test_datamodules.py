@@ -163,9 +163,10 @@ def test_ferroelectric_positions_recorded(loaded):
     for split in dm.meta:  # each path's frames are contiguous and ordered non-polar -> polar
         seen, last = [], {}
         for m in dm.meta[split]:
-            if seen and seen[-1] != m["group"]:
-                assert m["group"] not in seen
-            if not seen or seen[-1] != m["group"]:
-                seen.append(m["group"])
-            assert m["path_position"] >= last.get(m["group"], -1.0)
-            last[m["group"]] = m["path_position"]
+            path = (m["nonpolar_mpid"], m["polar_mpid"])  # one polar end can close several paths
+            if seen and seen[-1] != path:
+                assert path not in seen
+            if not seen or seen[-1] != path:
+                seen.append(path)
+            assert m["path_position"] >= last.get(path, -1.0)
+            last[path] = m["path_position"]

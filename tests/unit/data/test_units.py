@@ -7,6 +7,7 @@ import pytest
 
 from mf_lightning.data.reader import read_records, reduced_formula
 from mf_lightning.data.units import to_internal, voigt6_to_3x3
+from mf_lightning.dielectric import eps_inf_from_alpha, eps_poly, refractive_index
 from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2, EPS0_E_PER_V_A
 from tests.conftest import REPO, shared_file
 
@@ -23,7 +24,7 @@ BATIO3 = shipped_labels("batio3")
 
 
 def eps_inf_poly(alpha):
-    return float(np.mean(1.0 + np.linalg.eigvalsh(0.5 * (alpha + alpha.T)) / EPS0_E_PER_V_A))
+    return float(eps_poly(eps_inf_from_alpha(alpha)))
 
 
 def test_constants():
@@ -43,6 +44,7 @@ def test_mp_dielectric_polarisability_is_chi_over_4pi(dielectric, formula, eps):
     matches = [r for r in dielectric if reduced_formula(r.atoms) == formula]
     assert matches, f"{formula} not in the file"
     assert eps_inf_poly(matches[0].labels["polarisability"]) == pytest.approx(eps, abs=0.01)
+    assert refractive_index(eps_inf_from_alpha(matches[0].labels["polarisability"])) == pytest.approx(eps ** 0.5, abs=0.01)
 
 
 def test_alpha_quartz_units_and_calc_results_labels():

@@ -1,0 +1,203 @@
+"""What ``eval.py`` does: any exported model on any supported data, metrics with and without the
+labels the audit flags, parity plots.
+
+Quantities and units are those of training (:data:`mf_lightning.module.METRIC_UNITS`: energy
+per atom, P folded onto the reference's branch in uC/cm^2, Z* and alpha split into diagonal and
+off-diagonal), plus, where alpha is labelled, the refractive index ``n`` = sqrt(eps_poly), and
+with ``ionic=true`` the ionic dielectric tensor eps_ion (model Hessian + Z*, see
+:mod:`mf_lightning.dielectric`) against the file's ``REF_dielectric_ionic``.
+
+For every quantity: RMSE, MAE, R^2 (1 - SS_res/SS_tot over all components) and counts, over all
+labelled structures (``all``), over those whose reference labels pass the label audit
+(``unflagged``) and over the flagged ones (``flagged``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from mf_lightning.data import keys
+from mf_lightning.data.dataset import TASKS, weight_key
+from mf_lightning.losses import residual
+from mf_lightning.module import METRIC_UNITS, batch_to_dict, metric_components, normalised_reference
+from mf_lightning.units import EPS0_E_PER_V_A
+
+log = logging.getLogger(__name__)
+
+UNITS = {**METRIC_UNITS, "n": "", "eps_ion_diag": "", "eps_ion_offdiag": ""}
+
+
+class Collected:
+    """(reference, prediction, structure index) rows per quantity."""
+
+    def __init__(self):
+        self.rows: Dict[str, List[tuple]] = defaultdict(list)
+
+    def add(self, q: str, ref: np.ndarray, pred: np.ndarray, structure: np.ndarray) -> None:
+        self.rows[q].append((np.asarray(ref, float), np.asarray(pred, float), np.asarray(structure, int)))
+
+    def arrays(self, q: str):
+        ref, pred, s = zip(*self.rows[q])
+        return np.concatenate(ref), np.concatenate(pred), np.concatenate(s)
+
+
+def stats(ref: np.ndarray, pred: np.ndarray) -> Dict[str, float]:
+    err = (pred - ref).ravel()
+    if err.size == 0:
+        return {"n_values": 0}
+    ss_tot = float(((ref - ref.mean()) ** 2).sum())
+    return {"rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err))),
+            "r2": float(1 - (err ** 2).sum() / ss_tot) if ss_tot > 0 else float("nan"), "n_values": int(err.size)}
+
+
+def collect_predictions(model, graphs: Sequence, batch_size: int = 8, collected: Optional[Collected] = None,
+                        offset: int = 0) -> Collected:
+    """Run ``model`` on labelled graphs; keep (ref, pred) rows of every labelled quantity."""
+    from mace.tools.torch_geometric.dataloader import DataLoader
+
+    collected = collected or Collected()
+    dtype = model.dtype
+    device = next(model.parameters()).device
+    start = offset
+    for batch in DataLoader(list(graphs), batch_size=batch_size, shuffle=False):
+        d = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch_to_dict(batch, dtype).items()}
+        n_graphs = int(d[keys.PTR].numel() - 1)
+        tasks = [t for t in TASKS if float(d[weight_key(t)].sum()) > 0]
+        out = model(d, properties=(keys.ENERGY, *tasks))
+        for task in tasks:
+            w = d[weight_key(task)].view(-1) > 0
+            per_atom_rows = task in ("forces", "becs")
+            structure = (d[keys.BATCH] if per_atom_rows else torch.arange(n_graphs, device=device)) + start
+            mask = w[d[keys.BATCH]] if per_atom_rows else w
+            err = metric_components(task, residual(task, out, d).detach())
+            ref = metric_components(task, normalised_reference(task, d))
+            for q in err:
+                r = ref[q][mask].double().cpu().numpy()
+                collected.add(q, r, r + err[q][mask].double().cpu().numpy(), structure[mask].cpu().numpy())
+            if task == "polarisability":
+                from mf_lightning.dielectric import eps_inf_from_alpha, refractive_index
+
+                a_ref = d["ref_polarisability"].view(-1, 3, 3)[w].double().cpu().numpy()
+                a_pred = out[keys.POLARISABILITY][w].detach().double().cpu().numpy()
+                collected.add("n", refractive_index(eps_inf_from_alpha(a_ref)),
+                              refractive_index(eps_inf_from_alpha(a_pred)),
+                              torch.arange(n_graphs)[w.cpu()].numpy() + start)
+        start += n_graphs
+    return collected
+
+
+def collect_ionic(model, structures: Sequence, references: Sequence[Optional[np.ndarray]], head: Optional[str],
+                  collected: Collected, offset: int = 0, max_atoms: int = 40) -> Dict[str, Any]:
+    """eps_ion of the model (no relaxation: the labelled structures are DFT-relaxed) against the
+    reference ionic tensors; structures above ``max_atoms`` atoms are skipped (3N backward passes)."""
+    from mf_lightning.calculator import MACEFieldCalculator
+    from mf_lightning.dielectric import ionic_dielectric, model_hessian
+
+    calc = MACEFieldCalculator(model, device=str(next(model.parameters()).device),
+                               dtype=str(model.dtype).replace("torch.", ""), head=head)
+    done, skipped, unstable = 0, 0, 0
+    diag = np.eye(3, dtype=bool)
+    for i, (atoms, ref) in enumerate(zip(structures, references)):
+        if ref is None:
+            continue
+        if len(atoms) > max_atoms:
+            skipped += 1
+            continue
+        atoms = atoms.copy()
+        atoms.calc = calc
+        becs = calc.get_becs(atoms)
+        H = model_hessian(model, atoms, head=calc.head, dtype=calc.torch_dtype)
+        ion = ionic_dielectric(H, becs, atoms.get_masses(), atoms.get_volume())
+        unstable += bool(ion["unstable_modes_cm"])
+        pred = ion["eps_ion"]
+        ref = np.asarray(ref).reshape(3, 3)
+        collected.add("eps_ion_diag", ref[diag][None], pred[diag][None], np.array([offset + i]))
+        collected.add("eps_ion_offdiag", ref[~diag][None], pred[~diag][None], np.array([offset + i]))
+        done += 1
+    return {"evaluated": done, "skipped_too_large": skipped, "with_unstable_modes": unstable, "max_atoms": max_atoms}
+
+
+def summarise(collected: Collected, flagged: Sequence[bool]) -> Dict[str, Any]:
+    flagged = np.asarray(flagged, dtype=bool)
+    out: Dict[str, Any] = {}
+    for q in collected.rows:
+        ref, pred, s = collected.arrays(q)
+        bad = flagged[s] if flagged.size else np.zeros(len(s), bool)
+        entry = {"unit": UNITS.get(q, ""), "n_structures": int(len(np.unique(s))),
+                 "all": stats(ref, pred), "unflagged": stats(ref[~bad], pred[~bad])}
+        if bad.any():
+            entry["flagged"] = stats(ref[bad], pred[bad])
+        out[q] = entry
+    return out
+
+
+def parity_inputs(collected: Collected) -> Dict[str, List[np.ndarray]]:
+    return {q: [np.stack([r.reshape(-1), p.reshape(-1)]) for r, p, _ in rows] for q, rows in collected.rows.items()}
+
+
+def table(metrics: Dict[str, Any]) -> str:
+    lines = ["| dataset | quantity | RMSE | MAE | R^2 | RMSE unflagged | unit | structures |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, m in metrics["datasets"].items():
+        for q, e in m["quantities"].items():
+            a, u = e["all"], e["unflagged"]
+            lines.append(f"| {name} | {q} | {a.get('rmse', float('nan')):.4g} | {a.get('mae', float('nan')):.4g} | "
+                         f"{a.get('r2', float('nan')):.4f} | {u.get('rmse', float('nan')):.4g} | {e['unit']} | "
+                         f"{e['n_structures']} |")
+    return "\n".join(lines)
+
+
+def evaluate_datamodule(model, dm, split: str, out_dir: Path, batch_size: int = 8, ionic: bool = False,
+                        ionic_key: str = "REF_dielectric_ionic", ionic_max_atoms: int = 40,
+                        plots: bool = True) -> Dict[str, Any]:
+    """Evaluate every source of a (set-up) MultiSourceDataModule on ``split`` (train/val/test/all)."""
+    from datamodules.base import flags_of
+    from mf_lightning.data.reader import iter_frames
+    from mf_lightning.data.root import resolve_file
+
+    metrics: Dict[str, Any] = {"split": split, "datasets": {}}
+    parity: Dict[str, Dict[str, List[np.ndarray]]] = {}
+    for name, src in dm.sources.items():
+        splits = ["train", "val", "test"] if split == "all" else [split]
+        graphs = [g for s in splits for g in src.datasets[s]]
+        meta = [m for s in splits for m in src.meta[s]]
+        if not graphs:
+            log.warning("%s: the %s split is empty", name, split)
+            continue
+        flags = [flags_of(g) for g in graphs]
+        collected = collect_predictions(model, graphs, batch_size=batch_size)
+        entry: Dict[str, Any] = {}
+        if ionic:
+            files = {s: src.test_file if (s == "test" and src.test_file) else src.file for s in splits}
+            frames = {}
+            for s in splits:
+                wanted = {m["frame"] for m in src.meta[s]}
+                for f, atoms in iter_frames(resolve_file(files[s], src.root)):
+                    if f in wanted:
+                        frames[(s, f)] = atoms
+            order = [(s, m["frame"]) for s in splits for m in src.meta[s]]
+            structures = [frames[k] for k in order]
+            refs = [np.asarray(a.info[ionic_key], float) if ionic_key in a.info else None for a in structures]
+            entry["ionic"] = collect_ionic(model, structures, refs, src.head, collected, max_atoms=ionic_max_atoms)
+        entry.update({
+            "file": str(resolve_file(src.file, src.root)), "head": src.head,
+            "n_structures": len(graphs), "n_atoms": int(sum(g.num_nodes for g in graphs)),
+            "flagged": [m["id"] for m, f in zip(meta, flags) if f],
+            "quantities": summarise(collected, [bool(f) for f in flags]),
+        })
+        metrics["datasets"][name] = entry
+        parity[name] = parity_inputs(collected)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if plots:
+        from mf_lightning.training import parity_plots
+
+        parity_plots(parity, out_dir)
+    return metrics

@@ -1,0 +1,334 @@
+"""Dielectric screening: ``python -m mf_lightning.predict STRUCTURES... --model model.pt --out table.csv``.
+
+Inputs are files (CIF, POSCAR/CONTCAR, ``*.vasp``, extxyz, anything ASE reads; multi-frame files
+give one row per frame) and folders (searched recursively for those). Per structure the table has
+Z* per site, alpha, the eps_inf tensor, eps_poly and n (and with ``--ionic`` eps_ion and eps_0,
+optionally after ``--relax``); tensors are JSON lists in their cells (row-major 3x3; Z* as
+``[[site 0: 9 values], ...]`` with ``Z*[k, i, j] = d(Omega P_i)/dR_kj``).
+
+Built for thousands of files:
+
+* structures stream through in batches of at most ``--max-atoms`` atoms: memory stays bounded
+  however many inputs there are (nothing is accumulated; rows are appended and flushed per batch);
+* resumable: ids already in ``--out`` are skipped (a line cut short by a kill is dropped first);
+* a file or structure that cannot be read or predicted (corrupt, non-periodic, an element the
+  model does not know) is reported in ``<out>.errors.csv`` with the reason and skipped; the
+  others are not lost. The exit status is 0 if every structure succeeded, 3 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".xyz", ".extxyz", ".traj", ".json")
+STRUCTURE_NAMES = ("POSCAR", "CONTCAR")
+BASE_COLUMNS = ["id", "formula", "n_atoms", "eps_poly", "n", "eps_inf", "polarisability", "becs"]
+IONIC_COLUMNS = ["eps_ion", "eps_0", "eps_0_poly", "unstable_modes_cm", "relaxed"]
+
+Item = Tuple[str, Union[Any, Exception]]  # (id, Atoms) or (id, the error reading it)
+
+
+# ---------------------------------------------------------------------- inputs
+def _is_structure_file(path: Path) -> bool:
+    name = path.name
+    return path.suffix.lower() in STRUCTURE_SUFFIXES or any(name.startswith(s) for s in STRUCTURE_NAMES)
+
+
+def expand_inputs(inputs: Sequence[str]) -> List[Path]:
+    """Files as given, folders searched recursively (sorted, so ids and order are stable)."""
+    out: List[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and _is_structure_file(f)))
+        else:
+            out.append(p)  # a missing file is reported as an error row, not an exception here
+    return out
+
+
+def iter_structures(inputs: Sequence[str]) -> Iterator[Item]:
+    """Yield (id, Atoms) for every frame of every input, or (id, error) for what cannot be read.
+    The id is ``path`` for single-structure files and ``path@frame`` for later frames."""
+    import ase.io
+
+    for path in expand_inputs(inputs):
+        if not path.is_file():
+            yield str(path), FileNotFoundError(f"{path}: no such file")
+            continue
+        frame = 0
+        try:
+            for atoms in ase.io.iread(str(path), index=":"):
+                yield (str(path) if frame == 0 else f"{path}@{frame}"), atoms
+                frame += 1
+            if frame == 0:
+                yield str(path), ValueError(f"{path}: no structures in file")
+        except Exception as exc:  # noqa: BLE001 - ASE raises many types for malformed files
+            ident = str(path) if frame == 0 else f"{path}@{frame}"
+            yield ident, ValueError(f"{path}: frame {frame}: cannot read ({type(exc).__name__}: {exc})")
+
+
+def check_structure(atoms, atomic_numbers: Sequence[int]) -> None:
+    """Raise ValueError with a clear reason if the model cannot give P/Z*/alpha for ``atoms``."""
+    if len(atoms) == 0:
+        raise ValueError("no atoms")
+    if not all(atoms.pbc):
+        raise ValueError("not periodic in 3D (P, Z* and alpha need a bulk crystal)")
+    volume = abs(float(np.linalg.det(atoms.get_cell().array)))
+    if not np.isfinite(volume) or volume < 1e-6:
+        raise ValueError(f"cell is missing or singular (volume {volume:.3g} A^3)")
+    if not np.all(np.isfinite(atoms.get_positions())):
+        raise ValueError("positions have NaN/inf entries")
+    unknown = sorted(set(int(z) for z in atoms.get_atomic_numbers()) - set(int(z) for z in atomic_numbers))
+    if unknown:
+        from ase.data import chemical_symbols
+
+        raise ValueError(f"elements {[chemical_symbols[z] for z in unknown]} are not in the model's element table")
+
+
+# ---------------------------------------------------------------------- model
+def predict_response(model, structures: Sequence, head: Optional[str] = None, field=(0.0, 0.0, 0.0),
+                     dtype=None) -> List[Dict[str, np.ndarray]]:
+    """P, Z* and alpha for a list of Atoms in one batched forward/backward (FieldMACE)."""
+    import torch
+
+    from mf_lightning.data import keys
+    from mf_lightning.data.graphs import atoms_to_graph, collate
+
+    dtype = dtype or model.dtype
+    head = head or model.heads[-1]
+    graphs = [atoms_to_graph(a, model.atomic_numbers, model.r_max, heads=model.heads, head=head,
+                             electric_field=np.asarray(field, dtype=float), source=f"structure {i}")
+              for i, a in enumerate(structures)]
+    batch = collate(graphs, dtype=dtype, device=next(model.parameters()).device)
+    out = model(batch, properties=(keys.ENERGY, keys.POLARISATION, keys.BECS, keys.POLARISABILITY))
+    ptr = batch[keys.PTR].cpu().numpy()
+    becs = out[keys.BECS].detach().cpu().double().numpy()
+    alpha = out[keys.POLARISABILITY].detach().cpu().double().numpy()
+    pol = out[keys.POLARISATION].detach().cpu().double().numpy()
+    energy = out[keys.ENERGY].detach().cpu().double().numpy()
+    del out, batch
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return [{"energy": energy[g], "polarisation": pol[g], "polarisability": alpha[g],
+             "becs": becs[ptr[g]:ptr[g + 1]]} for g in range(len(structures))]
+
+
+def batches(items: Iterable[Item], max_atoms: int, max_structures: int) -> Iterator[List[Item]]:
+    """Group (id, Atoms) items into batches of at most ``max_atoms`` atoms (a larger structure
+    goes alone); error items travel alone."""
+    current: List[Item] = []
+    atoms_in = 0
+    for item in items:
+        value = item[1]
+        size = 0 if isinstance(value, Exception) else len(value)
+        if current and (atoms_in + size > max_atoms or len(current) >= max_structures):
+            yield current
+            current, atoms_in = [], 0
+        current.append(item)
+        atoms_in += size
+    if current:
+        yield current
+
+
+# ---------------------------------------------------------------------- output
+def _json(a, digits: int = 6) -> str:
+    return json.dumps(np.round(np.asarray(a, dtype=float), digits).tolist())
+
+
+def read_done_ids(path: Path) -> set:
+    """Ids already in a (possibly interrupted) output table; a last line cut short by a kill
+    (no newline at the end) is removed so the table stays valid CSV."""
+    if not path.exists() or path.stat().st_size == 0:
+        return set()
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        with open(path, "r+b") as fh:
+            fh.truncate(cut)
+        log.warning("%s: dropped an incomplete last line (interrupted write)", path)
+    with open(path, newline="") as fh:
+        return {row["id"] for row in csv.DictReader(fh) if row.get("id")}
+
+
+class TableWriter:
+    """Appends rows to a CSV (header written once), flushing after every batch."""
+
+    def __init__(self, path: Path, columns: List[str], fresh: bool = False):
+        self.path, self.columns = Path(path), columns
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if fresh and self.path.exists():
+            self.path.unlink()
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        if not new:
+            with open(self.path, newline="") as fh:
+                header = next(csv.reader(fh), [])
+            if header != columns:
+                raise ValueError(f"{self.path} has columns {header}, expected {columns}: "
+                                 "use another --out, or the same options as the run that wrote it")
+        self.fh = open(self.path, "a", newline="")
+        self.writer = csv.DictWriter(self.fh, fieldnames=columns, extrasaction="ignore")
+        if new:
+            self.writer.writeheader()
+
+    def write(self, rows: List[Dict[str, Any]]) -> None:
+        for row in rows:
+            self.writer.writerow(row)
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def row_for(ident: str, atoms, response: Dict[str, np.ndarray]) -> Dict[str, Any]:
+    from mf_lightning.dielectric import eps_inf_from_alpha, eps_poly, refractive_index
+    from mf_lightning.data.reader import reduced_formula
+
+    eps = eps_inf_from_alpha(response["polarisability"])
+    return {"id": ident, "formula": reduced_formula(atoms), "n_atoms": len(atoms),
+            "eps_poly": f"{float(eps_poly(eps)):.6g}", "n": f"{float(refractive_index(eps)):.6g}",
+            "eps_inf": _json(eps), "polarisability": _json(response["polarisability"], 8),
+            "becs": _json(response["becs"].reshape(len(atoms), 9))}
+
+
+def ionic_columns(calc, atoms, relax: bool, fmax: float, relax_cell: bool) -> Dict[str, Any]:
+    from mf_lightning.dielectric import dielectric_properties, eps_poly
+
+    props = dielectric_properties(calc, atoms, ionic=True, relax=relax, fmax=fmax, relax_cell=relax_cell)
+    out = {"eps_ion": _json(props["eps_ion"]), "eps_0": _json(props["eps_0"]),
+           "eps_0_poly": f"{float(eps_poly(props['eps_0'])):.6g}",
+           "unstable_modes_cm": _json(props["unstable_modes_cm"], 1), "relaxed": props.get("relaxed", "")}
+    if relax:  # the electronic columns then describe the relaxed structure too
+        out.update(eps_inf=_json(props["eps_inf"]), polarisability=_json(props["polarisability"], 8),
+                   becs=_json(props["becs"].reshape(len(atoms), 9)), eps_poly=f"{props['eps_poly']:.6g}",
+                   n=f"{props['n']:.6g}")
+    return out
+
+
+def screen(items: Iterable[Item], model, out: Path, head: Optional[str] = None, field=(0.0, 0.0, 0.0),
+           ionic: bool = False, relax: bool = False, fmax: float = 0.01, relax_cell: bool = False,
+           max_atoms: int = 2000, max_structures: int = 64, progress: bool = True,
+           total: Optional[int] = None) -> Dict[str, int]:
+    """Predict every (id, Atoms) item not already in ``out``; returns counts."""
+    out = Path(out)
+    errors_path = out.with_name(out.stem + ".errors.csv")
+    done = read_done_ids(out)
+    columns = BASE_COLUMNS + (IONIC_COLUMNS if ionic else [])
+    writer = TableWriter(out, columns)
+    error_writer = TableWriter(errors_path, ["id", "error"], fresh=True)  # failures are retried on resume
+    counts = {"done_before": len(done), "predicted": 0, "failed": 0}
+    calc = None
+    if ionic:
+        from mf_lightning.calculator import MACEFieldCalculator
+
+        calc = MACEFieldCalculator(model, device=str(next(model.parameters()).device),
+                                   dtype=str(model.dtype).replace("torch.", ""), electric_field=field, head=head)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="structure", desc="screening", file=sys.stderr)
+
+    def pending() -> Iterator[Item]:
+        for ident, value in items:
+            if ident in done:
+                if bar is not None:
+                    bar.update(1)
+                continue
+            if not isinstance(value, Exception):
+                try:
+                    check_structure(value, model.atomic_numbers)
+                except ValueError as exc:
+                    value = exc
+            yield ident, value
+
+    try:
+        for group in batches(pending(), max_atoms, max_structures):
+            rows, failures = [], []
+            good = [(i, a) for i, a in group if not isinstance(a, Exception)]
+            failures += [(i, a) for i, a in group if isinstance(a, Exception)]
+            responses: List[Optional[Dict]] = []
+            if good:
+                try:
+                    responses = predict_response(model, [a for _, a in good], head=head, field=field)
+                except Exception:  # noqa: BLE001 - isolate the structure that fails
+                    responses = []
+                    for i, a in good:
+                        try:
+                            responses.append(predict_response(model, [a], head=head, field=field)[0])
+                        except Exception as exc:  # noqa: BLE001
+                            responses.append(None)
+                            failures.append((i, exc))
+            for (ident, atoms), response in zip(good, responses):
+                if response is None:
+                    continue
+                row = row_for(ident, atoms, response)
+                if ionic:
+                    try:
+                        row.update(ionic_columns(calc, atoms, relax, fmax, relax_cell))
+                    except Exception as exc:  # noqa: BLE001
+                        failures.append((ident, exc))
+                        continue
+                rows.append(row)
+            writer.write(rows)
+            error_writer.write([{"id": i, "error": f"{type(e).__name__}: {e}"} for i, e in failures])
+            for ident, exc in failures:
+                log.warning("skipped %s: %s", ident, exc)
+            counts["predicted"] += len(rows)
+            counts["failed"] += len(failures)
+            if bar is not None:
+                bar.update(len(group))
+    finally:
+        writer.close()
+        error_writer.close()
+        if bar is not None:
+            bar.close()
+    return counts
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mf_lightning.predict", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("structures", nargs="+", help="structure files and/or folders")
+    parser.add_argument("--model", required=True, help="an exported model (model.pt from train.py)")
+    parser.add_argument("--out", required=True, help="output CSV (appended to and resumed if it exists)")
+    parser.add_argument("--head", default=None)
+    parser.add_argument("--field", type=float, nargs=3, default=(0.0, 0.0, 0.0), metavar=("EX", "EY", "EZ"),
+                        help="uniform field in V/A (default 0)")
+    parser.add_argument("--ionic", action="store_true", help="also eps_ion (model Hessian + Z*) and eps_0")
+    parser.add_argument("--relax", action="store_true", help="relax ions (BFGS) before the ionic part")
+    parser.add_argument("--relax-cell", action="store_true", help="relax the cell too")
+    parser.add_argument("--fmax", type=float, default=0.01, help="relaxation force threshold (eV/A)")
+    parser.add_argument("--max-atoms", type=int, default=2000, help="atoms per batch")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    from mf_lightning.model.io import load_model
+
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    if args.relax and not args.ionic:
+        parser.error("--relax is for the ionic part: add --ionic")
+    counts = screen(iter_structures(args.structures), model, Path(args.out), head=args.head, field=args.field,
+                    ionic=args.ionic, relax=args.relax, fmax=args.fmax, relax_cell=args.relax_cell,
+                    max_atoms=args.max_atoms, progress=not args.no_progress)
+    print(f"{args.out}: {counts['predicted']} predicted, {counts['done_before']} already there, "
+          f"{counts['failed']} failed" + (f" (see {Path(args.out).with_name(Path(args.out).stem + '.errors.csv')})"
+                                          if counts["failed"] else ""))
+    return 0 if counts["failed"] == 0 else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

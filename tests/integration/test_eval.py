@@ -1,0 +1,81 @@
+"""`python eval.py model=... data=<extxyz path>` end to end on a tiny model: metrics.json with
+counts, R^2, and errors with and without the structures whose labels fail the audit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import ase.io
+import numpy as np
+import pytest
+
+from mf_lightning.calculator import MACEFieldCalculator
+from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2
+from tests.conftest import REPO, SHARED_DATA
+from tests.helpers import elements_of, tiny_model
+
+
+def labelled_file(path, frames, model):
+    """Frames labelled under the internal names (conf/data/extxyz.yaml) by a *different* model
+    (so errors are not zero); frame 1's Z* break the acoustic sum rule by 0.5 e."""
+    teacher = MACEFieldCalculator(tiny_model(model.atomic_numbers, seed=7))
+    out = []
+    for k, atoms in enumerate(frames):
+        a = atoms.copy()
+        a.calc = None
+        becs = teacher.get_becs(atoms)
+        if k == 1:
+            becs = becs.copy()
+            becs[0] += 0.5 * np.eye(3)
+        a.arrays["REF_becs"] = becs.reshape(len(a), 9)
+        a.arrays["REF_forces"] = teacher.get_forces(atoms)
+        a.info["REF_energy"] = teacher.get_potential_energy(atoms)
+        a.info["REF_polarisation"] = teacher.get_polarisation(atoms)
+        a.info["REF_polarisability"] = teacher.get_polarisability(atoms).reshape(9)
+        out.append(a)
+    ase.io.write(path, out, format="extxyz")
+    return out
+
+
+def test_eval_cli_on_an_extxyz_file(tmp_path):
+    frames = ase.io.read(SHARED_DATA / "md" / "SiO2.xyz", index="0:3")
+    model = tiny_model(elements_of(*frames))
+    model.save(tmp_path / "model.pt")
+    labelled = labelled_file(tmp_path / "held_out.xyz", frames, model)
+
+    env = {**os.environ, "MF_DATA_DIR": str(SHARED_DATA), "OMP_NUM_THREADS": "1",
+           "MF_CACHE_DIR": str(tmp_path / "cache")}
+    cmd = [sys.executable, "eval.py", f"model={tmp_path / 'model.pt'}", f"data={tmp_path / 'held_out.xyz'}",
+           f"hydra.run.dir={tmp_path}/run", "torch_threads=1"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| data | becs_diag |" in proc.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    data = metrics["datasets"]["data"]
+    assert metrics["split"] == "all"
+    assert data["n_structures"] == 3 and data["n_atoms"] == 3 * 72
+    assert data["flagged"] == ["held_out.xyz:1"]
+    q = data["quantities"]
+    assert set(q) >= {"energy", "forces", "polarisation", "becs_diag", "becs_offdiag",
+                      "polarisability_diag", "polarisability_offdiag", "n"}
+    assert "stress" not in q  # not labelled, not invented
+
+    # Z* diagonal errors recomputed by hand, with and without the flagged frame
+    calc = MACEFieldCalculator(model)
+    sq = []
+    for a, ref in zip(frames, labelled):
+        err = calc.get_becs(a) - ref.arrays["REF_becs"].reshape(-1, 3, 3)
+        sq.append(np.einsum("kii->ki", err) ** 2)
+    becs = q["becs_diag"]
+    assert becs["all"]["rmse"] == pytest.approx(np.sqrt(np.mean(np.concatenate(sq))), rel=1e-6)
+    assert becs["unflagged"]["rmse"] == pytest.approx(np.sqrt(np.mean(np.concatenate([sq[0], sq[2]]))), rel=1e-6)
+    assert becs["flagged"]["n_values"] == 72 * 3
+    assert becs["n_structures"] == 3 and becs["all"]["r2"] <= 1.0
+    # P in uC/cm^2, folded
+    p_err = [calc.get_polarisation(a) - r.info["REF_polarisation"] for a, r in zip(frames, labelled)]
+    assert q["polarisation"]["all"]["mae"] == pytest.approx(np.mean(np.abs(p_err)) * E_PER_A2_TO_UC_PER_CM2, rel=1e-6)
+    assert q["polarisation"]["unit"] == "uC/cm^2"
+    assert (tmp_path / "run" / "parity" / "data_becs_diag.png").is_file()

@@ -1,0 +1,201 @@
+"""P-E hysteresis loops: dynamic (MD under E0 sin(2 pi t/T)) and quasi-static (relax the ions at
+each field value on a grid, up and down).
+
+``python -m mf_lightning.hysteresis STRUCTURE --model model.pt --out DIR [--mode dynamic|quasistatic]``
+
+The paper's BaTiO3 protocol (SPEC section 5): a 3x3x3 supercell of tetragonal BaTiO3 (135 atoms;
+the shared MD frames are that cell), field along the polar axis, E0 = 36 MV/cm, period 2 ps, 0 K
+(here: Langevin dynamics with T = 0, i.e. damped, so the field's work does not heat the
+crystal). It reports P_r about +-39 uC/cm^2 and E_c about +-11.4 MV/cm.
+
+Loop quantities (:func:`loop_metrics`), from the polarisation component along the field axis:
+
+* remanent polarisations P_r+ / P_r-: P where the field crosses zero going down / going up;
+* coercive fields E_c+ / E_c-: the field where P crosses zero going up / going down;
+
+each linearly interpolated between samples and averaged over all such crossings after the first
+``discard`` fraction of the run (the first quarter period starts from the unpoled state).
+Written: ``loop.csv`` (t, E, P), ``loop.json`` (the metrics, uC/cm^2 and MV/cm), ``loop.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+
+from mf_lightning.md import AXES, FIELD_UNITS, FieldProtocol, Unwrapper, load_structure, read_log, run_md
+from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2
+
+log = logging.getLogger(__name__)
+V_PER_A_TO_MV_PER_CM = 100.0
+
+
+def _crossings(x: np.ndarray, y: np.ndarray):
+    """Where ``x`` changes sign: (interpolated y there, +1 if x goes up / -1 if down)."""
+    out = []
+    for i in range(len(x) - 1):
+        a, b = x[i], x[i + 1]
+        if a == 0 and i > 0:
+            continue  # counted as the end of the previous interval
+        if (a < 0 <= b and b != 0) or (a > 0 >= b and b != 0) or (a != 0 and b == 0):
+            f = a / (a - b)
+            out.append((y[i] + f * (y[i + 1] - y[i]), 1 if b > a else -1))
+    return out
+
+
+def loop_metrics(E: np.ndarray, P: np.ndarray, discard: float = 0.25) -> Dict[str, float]:
+    """P_r+-, E_c+- of a loop sampled in time order (E and P in any consistent units)."""
+    E, P = np.asarray(E, dtype=float), np.asarray(P, dtype=float)
+    start = int(discard * len(E))
+    E, P = E[start:], P[start:]
+    remanent = _crossings(E, P)
+    coercive = _crossings(P, E)
+    pr_plus = [p for p, d in remanent if d < 0]
+    pr_minus = [p for p, d in remanent if d > 0]
+    ec_plus = [e for e, d in coercive if d > 0]
+    ec_minus = [e for e, d in coercive if d < 0]
+
+    def mean(v):
+        return float(np.mean(v)) if v else float("nan")
+
+    return {"P_r_plus": mean(pr_plus), "P_r_minus": mean(pr_minus), "E_c_plus": mean(ec_plus),
+            "E_c_minus": mean(ec_minus), "n_crossings": {"P_r+": len(pr_plus), "P_r-": len(pr_minus),
+                                                         "E_c+": len(ec_plus), "E_c-": len(ec_minus)}}
+
+
+def dynamic_loop(atoms, calc, out_dir, E0: float, period_fs: float, cycles: float = 2.0, axis="z",
+                 timestep_fs: float = 2.0, temperature_K: float = 0.0, friction_per_fs: float = 0.01,
+                 log_every: int = 5, seed: int = 0, progress: bool = True) -> Dict[str, np.ndarray]:
+    """MD under E0 sin(2 pi t / period) (E0 in V/A) along ``axis``; returns t (fs), E and P along it."""
+    out_dir = Path(out_dir)
+    direction = np.asarray(AXES[axis] if isinstance(axis, str) else axis, dtype=float)
+    steps = int(round(cycles * period_fs / timestep_fs))
+    field = FieldProtocol(kind="sine", E0=E0, direction=direction, period_fs=period_fs)
+    traj = out_dir / "trajectory.xyz"
+    run_md(atoms, calc, traj, steps=steps, timestep_fs=timestep_fs, ensemble="nvt", temperature_K=temperature_K,
+           friction_per_fs=friction_per_fs, field=field, log_every=log_every, seed=seed, progress=progress,
+           init_temperature_K=temperature_K)
+    logged = read_log(traj, keys=("time_fs", "electric_field", "polarisation"))
+    unit = direction / np.linalg.norm(direction)
+    return {"t_fs": logged["time_fs"], "E": logged["electric_field"] @ unit, "P": logged["polarisation"] @ unit}
+
+
+def quasi_static_loop(atoms, calc, E_max: float, n_points: int = 21, axis="z", fmax: float = 0.01,
+                      max_steps: int = 300, cycles: int = 1) -> Dict[str, np.ndarray]:
+    """Relax the ions at each field on the grid 0 -> E_max -> -E_max -> E_max (``cycles`` times),
+    each relaxation starting from the previous structure; returns E and P along the axis."""
+    from ase.optimize import BFGS
+
+    direction = np.asarray(AXES[axis] if isinstance(axis, str) else axis, dtype=float)
+    unit = direction / np.linalg.norm(direction)
+    quarter = np.linspace(0, E_max, n_points)
+    grid = list(quarter)
+    for _ in range(cycles):
+        grid += list(np.linspace(E_max, -E_max, 2 * n_points - 1)[1:]) + list(np.linspace(-E_max, E_max, 2 * n_points - 1)[1:])
+    atoms = atoms.copy()
+    atoms.calc = calc
+    E_out, P_out, converged = [], [], []
+    unwrap = Unwrapper()
+    for e in grid:
+        calc.set_field(e * unit)
+        opt = BFGS(atoms, logfile=None)
+        converged.append(bool(opt.run(fmax=fmax, steps=max_steps)))
+        p = unwrap(calc.get_polarisation(atoms), atoms.cell.array)
+        E_out.append(e)
+        P_out.append(float(p @ unit))
+    return {"E": np.array(E_out), "P": np.array(P_out), "converged": np.array(converged)}
+
+
+def write_loop(loop: Dict[str, np.ndarray], out_dir, discard: float, title: str = "") -> Dict[str, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    E_mv = np.asarray(loop["E"]) * V_PER_A_TO_MV_PER_CM
+    P_uc = np.asarray(loop["P"]) * E_PER_A2_TO_UC_PER_CM2
+    metrics = loop_metrics(E_mv, P_uc, discard=discard)
+    metrics.update(units={"P": "uC/cm^2", "E": "MV/cm"}, paper_batio3={"P_r": 39.0, "E_c": 11.4})
+    if "converged" in loop:
+        metrics["relaxations_not_converged"] = int((~np.asarray(loop["converged"])).sum())
+    with open(out_dir / "loop.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["t_fs", "E_MV_per_cm", "P_uC_per_cm2"])
+        t = loop.get("t_fs", np.arange(len(E_mv)))
+        w.writerows(zip(np.asarray(t).tolist(), E_mv.tolist(), P_uc.tolist()))
+    (out_dir / "loop.json").write_text(json.dumps(metrics, indent=1))
+    fig, ax = plt.subplots(figsize=(5, 4))
+    start = int(discard * len(E_mv))
+    ax.plot(E_mv[: start + 1], P_uc[: start + 1], color="0.7", lw=1, label="initial")
+    ax.plot(E_mv[start:], P_uc[start:], "C0", lw=1.2, label="loop")
+    for key, marker in (("P_r_plus", "^"), ("P_r_minus", "v")):
+        if np.isfinite(metrics[key]):
+            ax.plot(0, metrics[key], marker, color="C3", label=f"{key.replace('_', ' ')} {metrics[key]:.1f}")
+    for key, marker in (("E_c_plus", ">"), ("E_c_minus", "<")):
+        if np.isfinite(metrics[key]):
+            ax.plot(metrics[key], 0, marker, color="C2", label=f"{key.replace('_', ' ')} {metrics[key]:.1f}")
+    ax.axhline(0, color="k", lw=0.4)
+    ax.axvline(0, color="k", lw=0.4)
+    ax.set(xlabel="E (MV/cm)", ylabel="P (uC/cm$^2$)", title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "loop.png", dpi=120)
+    plt.close(fig)
+    return metrics
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mf_lightning.hysteresis", description=__doc__.split("\n\n")[0])
+    parser.add_argument("structure")
+    parser.add_argument("--frame", type=int, default=0)
+    parser.add_argument("--supercell", type=int, nargs=3, default=None)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--mode", default="dynamic", choices=["dynamic", "quasistatic"])
+    parser.add_argument("--E0", type=float, default=36.0, help="amplitude (unit: --field-unit)")
+    parser.add_argument("--field-unit", default="MV/cm", choices=sorted(FIELD_UNITS))
+    parser.add_argument("--axis", default="z")
+    parser.add_argument("--period-fs", type=float, default=2000.0)
+    parser.add_argument("--cycles", type=float, default=2.0)
+    parser.add_argument("--dt", type=float, default=2.0, help="time step (fs)")
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--friction", type=float, default=0.01, help="1/fs")
+    parser.add_argument("--log-every", type=int, default=5)
+    parser.add_argument("--points", type=int, default=11, help="quasi-static: field values per quarter cycle")
+    parser.add_argument("--fmax", type=float, default=0.01)
+    parser.add_argument("--discard", type=float, default=None,
+                        help="fraction of the samples before the loop (default: the first quarter period)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    from mf_lightning.calculator import MACEFieldCalculator
+
+    calc = MACEFieldCalculator(args.model, device=args.device)
+    atoms = load_structure(args.structure, args.frame, args.supercell)
+    E0 = args.E0 * FIELD_UNITS[args.field_unit]
+    if args.mode == "dynamic":
+        loop = dynamic_loop(atoms, calc, args.out, E0, args.period_fs, cycles=args.cycles, axis=args.axis,
+                            timestep_fs=args.dt, temperature_K=args.temperature, friction_per_fs=args.friction,
+                            log_every=args.log_every, progress=not args.no_progress)
+        discard = args.discard if args.discard is not None else 0.25 / args.cycles
+    else:
+        loop = quasi_static_loop(atoms, calc, E0, n_points=args.points, axis=args.axis, fmax=args.fmax)
+        discard = args.discard if args.discard is not None else (args.points - 1) / len(loop["E"])
+    metrics = write_loop(loop, args.out, discard, title=f"{atoms.get_chemical_formula()} {args.mode}")
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

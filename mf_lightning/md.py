@@ -1,0 +1,353 @@
+"""Finite-field molecular dynamics on ASE: ``python -m mf_lightning.md STRUCTURE --model model.pt ...``.
+
+The calculator's forces are -dF/dR at the field of that instant, so the field term is in the
+dynamics by construction. The field is a :class:`FieldProtocol` (constant, E0 sin(2 pi t/T) along
+an axis, switched on/off at given times) or any function ``f(t_fs) -> (3,) V/A``
+(``--field-function module:attr`` on the command line).
+
+Time and the field. ASE's integrators evaluate the forces once per step, at the new positions;
+the driver sets the calculator's clock to the time of those positions (t + dt) just before each
+step and hands the integrator the forces it already has, so every force is evaluated once and at
+the right field.
+
+Log (every ``log_every`` steps) to an extxyz trajectory, one frame appended and flushed at a time
+(memory stays bounded however long the run): ``info`` has ``step``, ``time_fs``,
+``electric_field`` (V/A), ``polarisation`` (e/A^2, kept on one continuous branch: each value is
+shifted by whole quanta e a_k/Omega to the branch nearest the previous one),
+``polarisation_raw``, ``enthalpy`` (F, eV), ``kinetic_energy``, ``total_energy`` (F + K, the
+conserved quantity of NVE at a constant field), ``temperature`` (K), ``volume``, ``stress``
+(eV/A^3, Voigt); every ``response_every`` steps also ``polarisability`` (9, e/(V A)) and, with
+``becs=True``, the per-atom array ``becs`` (9, e). Momenta are stored, so a run restarts from its
+last complete frame (``restart=True``, the default: an existing trajectory is continued; a frame
+cut short by a kill is dropped first). ASE reads the per-atom ``forces`` and the ``stress`` of
+such a file into ``atoms.calc.results`` (``atoms.get_forces()``), the rest stays in ``info``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence, Union
+
+import numpy as np
+from ase import units
+
+from mf_lightning.data.polarisation import fold_onto
+
+log = logging.getLogger(__name__)
+
+AXES = {"x": (1.0, 0.0, 0.0), "y": (0.0, 1.0, 0.0), "z": (0.0, 0.0, 1.0)}
+FIELD_UNITS = {"V/A": 1.0, "MV/cm": 0.01}  # to V/A
+
+
+# ---------------------------------------------------------------------- field protocols
+@dataclass
+class FieldProtocol:
+    """E(t) in V/A: ``kind`` "constant" (E0 along ``direction``) or "sine" (E0 sin(2 pi t / period
+    + phase)); zero before ``t_on_fs`` and from ``t_off_fs`` on (if given)."""
+
+    kind: str = "constant"
+    E0: float = 0.0
+    direction: Sequence[float] = (0.0, 0.0, 1.0)
+    period_fs: Optional[float] = None
+    phase: float = 0.0
+    t_on_fs: Optional[float] = None
+    t_off_fs: Optional[float] = None
+    _unit: np.ndarray = dc_field(init=False, repr=False)
+
+    def __post_init__(self):
+        if self.kind not in ("constant", "sine"):
+            raise ValueError(f"field kind {self.kind!r}: constant | sine")
+        d = np.asarray(self.direction, dtype=float).reshape(3)
+        norm = np.linalg.norm(d)
+        if not np.isfinite(norm) or norm == 0:
+            raise ValueError(f"field direction must be a non-zero 3-vector, got {self.direction!r}")
+        self._unit = d / norm
+        if self.kind == "sine" and not (self.period_fs and self.period_fs > 0):
+            raise ValueError("a sine field needs period_fs > 0")
+
+    def __call__(self, t_fs: float) -> np.ndarray:
+        if (self.t_on_fs is not None and t_fs < self.t_on_fs) or (self.t_off_fs is not None and t_fs >= self.t_off_fs):
+            return np.zeros(3)
+        amplitude = self.E0
+        if self.kind == "sine":
+            amplitude = self.E0 * math.sin(2 * math.pi * t_fs / self.period_fs + self.phase)
+        return amplitude * self._unit
+
+
+def import_function(spec: str) -> Callable[[float], Sequence[float]]:
+    """``"package.module:name"`` -> the callable."""
+    module, _, name = spec.partition(":")
+    if not name:
+        raise ValueError(f"field function {spec!r}: give it as module:function")
+    return getattr(importlib.import_module(module), name)
+
+
+# ---------------------------------------------------------------------- trajectory file
+def complete_frames_end(path: Path) -> tuple[int, int]:
+    """(number of complete extxyz frames, byte offset just after the last complete one)."""
+    frames, offset, end = 0, 0, 0
+    with open(path, "rb") as fh:
+        while True:
+            header = fh.readline()
+            if not header:
+                break
+            try:
+                n = int(header.strip())
+            except ValueError:
+                break
+            lines = [fh.readline() for _ in range(n + 1)]
+            if len(lines) != n + 1 or not all(line.endswith(b"\n") for line in lines):
+                break
+            offset += len(header) + sum(len(line) for line in lines)
+            frames += 1
+            end = offset
+    return frames, end
+
+
+def last_frame(path: Path):
+    """The last complete frame of a trajectory (a partial frame after it is removed), or None."""
+    import ase.io
+
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    frames, end = complete_frames_end(path)
+    if end < path.stat().st_size:
+        log.warning("%s: dropping an incomplete last frame (interrupted write)", path)
+        with open(path, "r+b") as fh:
+            fh.truncate(end)
+    if frames == 0:
+        return None
+    return ase.io.read(str(path), index=-1, format="extxyz")
+
+
+class Unwrapper:
+    """Keeps P(t) on one continuous branch (see :func:`fold_onto`)."""
+
+    def __init__(self, previous: Optional[np.ndarray] = None):
+        self.previous = None if previous is None else np.asarray(previous, dtype=float)
+
+    def __call__(self, p: np.ndarray, cell: np.ndarray) -> np.ndarray:
+        p = np.asarray(p, dtype=float)
+        if self.previous is not None:
+            p = fold_onto(p, self.previous, cell)[0]
+        self.previous = p
+        return p
+
+
+# ---------------------------------------------------------------------- driver
+def make_dynamics(atoms, ensemble: str, timestep_fs: float, temperature_K: float, friction_per_fs: float,
+                  seed: int):
+    if ensemble == "nve":
+        from ase.md.verlet import VelocityVerlet
+
+        return VelocityVerlet(atoms, timestep=timestep_fs * units.fs)
+    if ensemble == "nvt":
+        from ase.md.langevin import Langevin
+
+        return Langevin(atoms, timestep=timestep_fs * units.fs, temperature_K=temperature_K,
+                        friction=friction_per_fs / units.fs, rng=np.random.default_rng(seed),
+                        fixcm=False)  # ASE's fixcm=True is deprecated (biased sampling); P ignores the drift
+    raise ValueError(f"ensemble {ensemble!r}: nvt (Langevin) | nve")
+
+
+def _frame(atoms, calc, step: int, t_fs: float, p_unwrapped: np.ndarray, with_response: bool, becs: bool):
+    from ase import Atoms
+
+    res = calc.results
+    frame = Atoms(atoms.get_chemical_symbols(), positions=atoms.get_positions(), cell=atoms.get_cell(),
+                  pbc=atoms.get_pbc())
+    frame.set_momenta(atoms.get_momenta())
+    frame.arrays["forces"] = np.asarray(res["forces"]).copy()
+    kinetic = float(atoms.get_kinetic_energy())
+    info = {
+        "step": step, "time_fs": t_fs, "electric_field": calc.field_now().copy(),
+        "polarisation": p_unwrapped, "polarisation_raw": np.asarray(res["polarisation"]).copy(),
+        "enthalpy": float(res["energy"]), "kinetic_energy": kinetic, "total_energy": float(res["energy"]) + kinetic,
+        "temperature": float(atoms.get_temperature()), "volume": float(atoms.get_volume()),
+    }
+    if "stress" in res:
+        info["stress"] = np.asarray(res["stress"]).copy()
+    if with_response:
+        info["polarisability"] = calc.get_polarisability(atoms).reshape(9).copy()
+        if becs:
+            frame.arrays["becs"] = calc.get_becs(atoms).reshape(len(atoms), 9).copy()
+    frame.info.update(info)
+    return frame
+
+
+def run_md(atoms, calc, out, steps: int, timestep_fs: float = 1.0, ensemble: str = "nvt",
+           temperature_K: float = 300.0, friction_per_fs: float = 0.01, field=None, log_every: int = 10,
+           response_every: Optional[int] = None, becs: bool = False, seed: int = 0, restart: bool = True,
+           init_temperature_K: Optional[float] = None, progress: bool = True) -> Dict[str, Any]:
+    """Run ``steps`` MD steps in total (a restart continues up to the same total); see the module
+    docstring. ``response_every`` (a multiple of ``log_every``): also log alpha (and Z*).
+    ``init_temperature_K``: Maxwell-Boltzmann velocities for a fresh start (default: the
+    thermostat's temperature for NVT, keep the structure's momenta for NVE)."""
+    import ase.io
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if response_every is not None and response_every % log_every:
+        raise ValueError(f"response_every ({response_every}) must be a multiple of log_every ({log_every})")
+    if field is not None:
+        calc.set_field(field)
+    atoms = atoms.copy()
+    start = last_frame(out) if restart else None
+    if not restart and out.exists():
+        out.unlink()
+    if start is not None:
+        step0, t0 = int(start.info["step"]), float(start.info["time_fs"])
+        atoms.set_cell(start.get_cell())
+        atoms.set_positions(start.get_positions())
+        atoms.set_momenta(start.get_momenta())
+        unwrap = Unwrapper(start.info["polarisation"])
+        log.info("%s: restarting from step %d (t = %.1f fs)", out, step0, t0)
+    else:
+        step0, t0 = 0, 0.0
+        unwrap = Unwrapper()
+        t_init = init_temperature_K if init_temperature_K is not None else (temperature_K if ensemble == "nvt" else None)
+        if t_init is not None:
+            from ase.md import velocitydistribution as vd
+
+            # ASE >= 3.29 names it thermalize_momenta; older versions MaxwellBoltzmannDistribution
+            thermalize = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution
+            thermalize(atoms, temperature_K=t_init, rng=np.random.default_rng(seed))
+            vd.Stationary(atoms)
+    atoms.calc = calc
+    # the thermostat's noise depends on (seed, step of the start), so a restart is reproducible
+    dyn = make_dynamics(atoms, ensemble, timestep_fs, temperature_K, friction_per_fs, seed + step0)
+    calc.time = t0
+    forces = atoms.get_forces()
+    fh = open(out, "a")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, initial=step0, unit="step", desc="MD", file=sys.stderr)
+    try:
+        if step0 == 0:
+            ase.io.write(fh, _frame(atoms, calc, 0, 0.0, unwrap(calc.results["polarisation"], atoms.cell.array),
+                                    response_every is not None, becs), format="extxyz")
+            fh.flush()
+        step, t = step0, t0
+        while step < steps:
+            calc.time = t + timestep_fs  # the time of the positions the step is about to reach
+            forces = dyn.step(forces)
+            dyn.nsteps += 1
+            step += 1
+            t += timestep_fs
+            if bar is not None:
+                bar.update(1)
+            if step % log_every == 0 or step == steps:
+                with_resp = response_every is not None and step % response_every == 0
+                p = unwrap(calc.results["polarisation"], atoms.cell.array)
+                ase.io.write(fh, _frame(atoms, calc, step, t, p, with_resp, becs), format="extxyz")
+                fh.flush()
+                os.fsync(fh.fileno())
+                if not np.all(np.isfinite(forces)) or not np.isfinite(atoms.get_kinetic_energy()):
+                    raise FloatingPointError(f"MD blew up at step {step} (non-finite forces or velocities)")
+    finally:
+        fh.close()
+        if bar is not None:
+            bar.close()
+    return {"trajectory": str(out), "steps": steps, "started_at": step0, "timestep_fs": timestep_fs}
+
+
+def read_log(path, keys: Sequence[str] = ("time_fs", "electric_field", "polarisation", "total_energy",
+                                          "temperature", "volume")) -> Dict[str, np.ndarray]:
+    """Per-frame ``info`` values of a trajectory as arrays (frames lacking a key are skipped for it,
+    e.g. ``polarisability`` logged every ``response_every`` steps: see ``<key>_time_fs``)."""
+    from mf_lightning.data.reader import iter_frames
+
+    values: Dict[str, list] = {k: [] for k in keys}
+    times: Dict[str, list] = {k: [] for k in keys}
+    for _, atoms in iter_frames(path):
+        for k in keys:
+            if k in atoms.info:
+                values[k].append(np.asarray(atoms.info[k], dtype=float))
+                times[k].append(float(atoms.info["time_fs"]))
+    out = {k: np.array(v) for k, v in values.items()}
+    out.update({f"{k}_time_fs": np.array(times[k]) for k in keys})
+    return out
+
+
+# ---------------------------------------------------------------------- command line
+def field_from_args(args) -> Union[FieldProtocol, Callable, None]:
+    if args.field_function:
+        return import_function(args.field_function)
+    if args.field_kind == "none":
+        return None
+    direction = AXES[args.axis] if args.axis in AXES else [float(x) for x in args.axis.split(",")]
+    return FieldProtocol(kind=args.field_kind, E0=args.E0 * FIELD_UNITS[args.field_unit], direction=direction,
+                         period_fs=args.period_fs, t_on_fs=args.t_on_fs, t_off_fs=args.t_off_fs)
+
+
+def add_field_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("electric field")
+    g.add_argument("--field-kind", default="none", choices=["none", "constant", "sine"])
+    g.add_argument("--E0", type=float, default=0.0, help="amplitude (unit: --field-unit)")
+    g.add_argument("--field-unit", default="V/A", choices=sorted(FIELD_UNITS))
+    g.add_argument("--axis", default="z", help="x | y | z | a direction 'ex,ey,ez'")
+    g.add_argument("--period-fs", type=float, default=None, help="period of a sine field (fs)")
+    g.add_argument("--t-on-fs", type=float, default=None, help="field off before this time")
+    g.add_argument("--t-off-fs", type=float, default=None, help="field off from this time")
+    g.add_argument("--field-function", default=None, help="module:function f(t_fs) -> 3 values in V/A")
+
+
+def load_structure(path: str, frame: int = 0, supercell: Optional[Sequence[int]] = None):
+    import ase.io
+
+    atoms = ase.io.read(path, index=frame)
+    atoms.calc = None
+    if supercell:
+        atoms = atoms.repeat(tuple(int(x) for x in supercell))
+    return atoms
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mf_lightning.md", description=__doc__.split("\n\n")[0])
+    parser.add_argument("structure", help="any file ASE reads")
+    parser.add_argument("--frame", type=int, default=0)
+    parser.add_argument("--supercell", type=int, nargs=3, default=None)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--out", required=True, help="trajectory (extxyz); continued if it exists")
+    parser.add_argument("--steps", type=int, required=True, help="total number of steps")
+    parser.add_argument("--dt", type=float, default=1.0, help="time step (fs)")
+    parser.add_argument("--ensemble", default="nvt", choices=["nvt", "nve"])
+    parser.add_argument("--temperature", type=float, default=300.0, help="K (NVT; initial velocities)")
+    parser.add_argument("--friction", type=float, default=0.01, help="Langevin friction (1/fs)")
+    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--response-every", type=int, default=None, help="also log alpha every N steps")
+    parser.add_argument("--becs", action="store_true", help="with alpha, also log Z* per atom")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-restart", action="store_true", help="overwrite an existing trajectory")
+    parser.add_argument("--head", default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    parser.add_argument("--no-progress", action="store_true")
+    add_field_args(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    from mf_lightning.calculator import MACEFieldCalculator
+
+    calc = MACEFieldCalculator(args.model, device=args.device, dtype=args.dtype, head=args.head)
+    atoms = load_structure(args.structure, args.frame, args.supercell)
+    result = run_md(atoms, calc, args.out, steps=args.steps, timestep_fs=args.dt, ensemble=args.ensemble,
+                    temperature_K=args.temperature, friction_per_fs=args.friction, field=field_from_args(args),
+                    log_every=args.log_every, response_every=args.response_every, becs=args.becs, seed=args.seed,
+                    restart=not args.no_restart, progress=not args.no_progress)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

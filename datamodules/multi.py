@@ -16,7 +16,7 @@ from torch.utils.data import ConcatDataset
 
 from datamodules.base import FieldDataModule
 from datamodules.replay import ReplayBatchSampler, epoch_generator
-from mace.tools.torch_geometric.dataloader import DataLoader
+from datamodules.resumable import ResumableDataLoader
 
 
 class EpochSeededSampler(torch.utils.data.Sampler):
@@ -81,9 +81,24 @@ class MultiSourceDataModule(pl.LightningDataModule):
             src.atomic_numbers = list(self.atomic_numbers)
             src.heads = self.heads
             src.setup(stage)
+        # every graph gets an integer serial (it batches as a tensor; not named *index*, which
+        # torch_geometric would offset by node counts) into ``structure_ids``, so a
+        # batch can be named, e.g. by the non-finite-loss guard
+        self.structure_ids: List[str] = []
+        for name, src in self.sources.items():
+            for split in ("train", "val", "test"):
+                for g, m in zip(src.datasets[split], src.meta[split]):
+                    g.structure_serial = len(self.structure_ids)
+                    self.structure_ids.append(f"{name}/{m['id']}")
 
     def train_graphs(self) -> List:
         return [g for src in self.sources.values() for g in src.datasets["train"]]
+
+    def _progress(self):
+        """(epoch, batches the trainer has processed in it): what a mid-epoch checkpoint records."""
+        if self.trainer is None:
+            return 0, 0
+        return self.trainer.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self):
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
@@ -93,12 +108,13 @@ class MultiSourceDataModule(pl.LightningDataModule):
             self.sampler = ReplayBatchSampler(len(main), len(replay), self.batch_size, self.replay_fraction,
                                               self.seed, per=self.replay_per)
             self.sampler.set_epoch(epoch)
-            return DataLoader(ConcatDataset([main, replay]), batch_sampler=self.sampler, num_workers=self.num_workers)
+            return ResumableDataLoader(ConcatDataset([main, replay]), batch_sampler=self.sampler,
+                                       num_workers=self.num_workers, progress=self._progress)
         dataset = ConcatDataset([src.datasets["train"] for src in self.sources.values()])
         self.sampler = EpochSeededSampler(len(dataset), self.seed)
         self.sampler.set_epoch(epoch)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=self.sampler, drop_last=False,
-                          num_workers=self.num_workers)
+        return ResumableDataLoader(dataset, batch_size=self.batch_size, sampler=self.sampler, drop_last=False,
+                                   num_workers=self.num_workers, progress=self._progress)
 
     def val_dataloader(self):
         return [src.val_dataloader() for src in self.sources.values()]

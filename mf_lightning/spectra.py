@@ -61,17 +61,24 @@ def hann_decay(n: int) -> np.ndarray:
     return np.cos(0.5 * np.pi * np.arange(n) / n) ** 2
 
 
-def gaussian_broaden(y: np.ndarray, d_cm: float, sigma_cm: float) -> np.ndarray:
-    """Convolve (along axis 0) with a unit-area Gaussian of ``sigma_cm`` on a grid of ``d_cm``."""
+def gaussian_broaden(y: np.ndarray, d_cm: float, sigma_cm: float, parity: int = 1) -> np.ndarray:
+    """Convolve (along axis 0, a grid starting at 0 cm^-1 with spacing ``d_cm``) with a unit-area
+    Gaussian of ``sigma_cm``. The function is continued to negative wavenumbers as even
+    (``parity=1``: spectra, Re eps) or odd (``parity=-1``: Im eps), so the lowest frequencies are
+    not pulled towards zero by the edge."""
     if sigma_cm <= 0:
         return y
+    y = np.asarray(y)
+    if y.ndim > 1:
+        return np.stack([gaussian_broaden(y[:, j], d_cm, sigma_cm, parity) for j in range(y.shape[1])], axis=1)
     half = int(math.ceil(4 * sigma_cm / d_cm))
     k = np.exp(-0.5 * (np.arange(-half, half + 1) * d_cm / sigma_cm) ** 2)
     k /= k.sum()
-    y = np.asarray(y)
-    if y.ndim == 1:
-        return np.convolve(y, k, mode="same") if len(y) >= len(k) else y
-    return np.stack([gaussian_broaden(y[:, j], d_cm, sigma_cm) for j in range(y.shape[1])], axis=1)
+    n = len(y)
+    mirror = parity * y[1:half + 1][::-1]
+    tail = np.full(half, y[-1])  # beyond the grid: held at the last value
+    ext = np.concatenate([mirror, y, tail])
+    return np.convolve(ext, k, mode="same")[len(mirror):len(mirror) + n]
 
 
 def _one_sided(values: np.ndarray, dt_fs: float, pad: int):
@@ -137,7 +144,7 @@ def dielectric_function(p: np.ndarray, dt_fs: float, volume: float, temperature_
     wn, integral = _one_sided(decay, dt_fs, pad)
     chi = -volume / (EPS0_E_PER_V_A * units.kB * temperature_K) * integral
     d = wn[1] - wn[0]
-    chi = gaussian_broaden(chi.real, d, sigma_cm) + 1j * gaussian_broaden(chi.imag, d, sigma_cm)
+    chi = gaussian_broaden(chi.real, d, sigma_cm) + 1j * gaussian_broaden(chi.imag, d, sigma_cm, parity=-1)
     return wn, np.diag(eps_inf)[None, :] + chi
 
 

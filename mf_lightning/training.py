@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules import FieldDataModule, MultiSourceDataModule
+from mf_lightning.checkpointing import AtomicCheckpointIO, check_checkpoint
 from mf_lightning.data import keys
 from mf_lightning.data.dataset import ref_key, weight_key
 from mf_lightning.model.build import build_model
@@ -180,14 +181,19 @@ def train(cfg: DictConfig) -> Optional[float]:
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     # numerics are set once: the trainer's precision follows the model's dtype unless given
     precision = cfg.trainer.get("precision") or {"float64": "64-true", "float32": "32-true"}[str(cfg.model.dtype)]
+    allow_pickle = bool(cfg.get("allow_pickle", False))
+    plugins = list(cfg.trainer.get("plugins") or []) + [AtomicCheckpointIO(allow_pickle=allow_pickle)]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(run_dir),
-                                      precision=precision)
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+                                      precision=precision, plugins=plugins)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and ckpt_path not in ("last", "hpc", "best", "registry"):
+        check_checkpoint(ckpt_path, allow_pickle=allow_pickle)  # a clear error before Lightning's
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=not allow_pickle)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     ckpt = best if best and os.path.exists(best) else None
-    val = trainer.validate(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
-    test = trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
+    val = trainer.validate(module, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=not allow_pickle)
+    test = trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=not allow_pickle)
     metrics = {"val": _final_metrics(val, "val", dm.names), "test": _final_metrics(test, "test", dm.names),
                "checkpoint": ckpt, "epochs": trainer.current_epoch, "statistics": stats,
                "n_structures": {n: {s: len(src.datasets[s]) for s in src.datasets} for n, src in dm.sources.items()}}

@@ -67,3 +67,22 @@ def make_source(kind="ScaleShiftMACE", heads=("Default",), use_reduced_cg=False)
         else:
             model = MACE(**kw)
     return model.double()
+
+
+# ---------------------------------------------------------------- fault injection (subprocess tests)
+class KillAtStep:
+    """A Lightning callback that SIGKILLs its own process in the middle of optimisation step
+    ``step`` (after the backward pass, before the optimiser update): a hard crash, no cleanup."""
+
+    def __new__(cls, step: int):
+        import os
+        import signal
+
+        import pytorch_lightning as pl
+
+        class _Kill(pl.Callback):
+            def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+                if trainer.global_step == step:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        return _Kill()

@@ -191,6 +191,8 @@ def save_model(model, path) -> None:
 def _weights_only_load(path: Path):
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one has no directory
+        raise ModelFileError(f"{path}: truncated or corrupted model file (not a complete torch archive)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

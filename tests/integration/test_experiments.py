@@ -21,12 +21,12 @@ TOY = ["model.num_channels=4", "model.max_ell=1", "model.correlation=2", "model.
        "trainer.enable_progress_bar=false", "torch_threads=1"]
 
 
-def run_train(tmp_path, name, *overrides, run="run"):
+def run_train(tmp_path, name, *overrides, run="run", returncode=0):
     env = {**os.environ, "MF_DATA_DIR": str(SHARED_DATA), "MF_CACHE_DIR": str(tmp_path / "cache"),
            "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "train.py", f"experiment={name}", f"hydra.run.dir={tmp_path / run}", *overrides]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.returncode == returncode, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
 
 
@@ -118,6 +118,30 @@ def test_resume_from_last_checkpoint_is_exact(tmp_path):
     assert a["epoch"] == b["epoch"] and a["global_step"] == b["global_step"]
     for k, v in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=0, msg=k)
+
+
+def test_sigkill_at_a_random_step_then_resume_is_exact(tmp_path):
+    """A real SIGKILL in the middle of a random optimisation step (mid-epoch), then
+    ``ckpt_path=.../last.ckpt``: the final weights equal an uninterrupted run's, bit for bit
+    (float64, CPU). last.ckpt is written every step here (``every_n_train_steps=1``) and the
+    training loader skips the batches the checkpoint had already seen."""
+    import random
+
+    common = ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "callbacks.early_stopping=null",
+              "callbacks.last_checkpoint.every_n_train_steps=1", "trainer.enable_progress_bar=false"]
+    kill_at = random.randint(1, 5)  # any step must work; printed on failure
+    run_train(tmp_path, "smoke", *common, run="straight")
+    run_train(tmp_path, "smoke", *common, "+callbacks.killer._target_=tests.helpers.KillAtStep",
+              f"+callbacks.killer.step={kill_at}", run="killed", returncode=-9)
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == kill_at, kill_at
+    assert not list(last.parent.glob("*.tmp")), "a temporary checkpoint file was left behind"
+    run_train(tmp_path, "smoke", *common, f"ckpt_path={last}", run="killed")
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(last, weights_only=True)
+    assert a["global_step"] == b["global_step"] == 6
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=0, msg=f"{k} (killed at step {kill_at})")
 
 
 def test_ablation_sweep_and_table(tmp_path):

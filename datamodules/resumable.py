@@ -1,0 +1,41 @@
+"""A training DataLoader that resumes mid-epoch.
+
+Lightning saves the ``state_dict`` of a "stateful" loader in every checkpoint and hands it back
+through ``load_state_dict`` before iterating again. Ours records how many batches of the current
+epoch the trainer had processed when the checkpoint was written (read from the trainer's own
+progress counters, so Lightning's one-batch prefetch does not matter); the next iteration of
+that epoch skips exactly those batches. The order itself is a function of (seed, epoch) (see
+:func:`datamodules.replay.epoch_generator`), so a run killed at any step and resumed from its
+last checkpoint sees the same batches in the same order as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+from mace.tools.torch_geometric.dataloader import DataLoader
+
+
+class ResumableDataLoader(DataLoader):
+    def __init__(self, *args, progress: Optional[Callable[[], Tuple[int, int]]] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.progress = progress  # () -> (epoch, batches processed in it)
+        self.skip = 0
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        skip, self.skip = self.skip, 0
+        for _ in range(skip):
+            next(iterator)
+        return iterator
+
+    def state_dict(self) -> dict:
+        epoch, processed = self.progress() if self.progress is not None else (0, 0)
+        return {"epoch": int(epoch), "processed": int(processed)}
+
+    def load_state_dict(self, state: dict) -> None:
+        sampler = self.batch_sampler if self.batch_sampler is not None else self.sampler
+        epoch = getattr(getattr(sampler, "sampler", sampler), "epoch", getattr(sampler, "epoch", None))
+        processed = int(state.get("processed", 0))
+        if epoch is not None and int(state.get("epoch", -1)) == int(epoch) and 0 < processed < len(self):
+            self.skip = processed

@@ -1,0 +1,82 @@
+"""Training callbacks of our own (Lightning's are used for everything else)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, List
+
+import pytorch_lightning as pl
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteGuard(pl.Callback):
+    """Detect a NaN/inf loss or gradient before the optimiser applies it.
+
+    ``action="skip"`` (default): the step's gradients are zeroed so the optimiser step changes
+    nothing (Adam's moments see zero gradients), the skip is counted (``train/skipped_steps``),
+    and after ``max_consecutive`` consecutive bad steps training stops with an error naming the
+    structures of the last bad batch. ``action="stop"``: stop at the first bad step.
+    ``action="ignore"``: do nothing (Lightning's default behaviour).
+
+    Weights and optimiser state are therefore never contaminated by a non-finite value, and a
+    stop is loud: :class:`NonFiniteLossError` with the batch's structure ids.
+    """
+
+    def __init__(self, action: str = "skip", max_consecutive: int = 5):
+        if action not in ("skip", "stop", "ignore"):
+            raise ValueError(f"NonFiniteGuard action {action!r}: skip | stop | ignore")
+        self.action, self.max_consecutive = action, int(max_consecutive)
+        self.skipped = 0
+        self.consecutive = 0
+        self._batch_ids: List[str] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._batch_ids = describe_batch(batch, getattr(trainer, "datamodule", None))
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self.action == "ignore":
+            return
+        loss = trainer.callback_metrics.get("train/loss")
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        finite = all(bool(torch.isfinite(p.grad).all()) for p in params)
+        if loss is not None:
+            finite = finite and math.isfinite(float(loss))
+        if finite:
+            self.consecutive = 0
+            return
+        self.skipped += 1
+        self.consecutive += 1
+        where = f"step {trainer.global_step}, structures {self._batch_ids}"
+        if self.action == "stop" or self.consecutive >= self.max_consecutive:
+            raise NonFiniteLossError(
+                f"non-finite loss or gradient ({self.consecutive} consecutive, {self.skipped} in all) at {where}; "
+                "check these structures' labels (python -m mf_lightning.data.audit) or lower the learning rate")
+        log.warning("non-finite loss or gradient at %s: step skipped (%d so far)", where, self.skipped)
+        for p in params:
+            p.grad.zero_()
+        pl_module.log("train/skipped_steps", float(self.skipped))
+
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped, "consecutive": self.consecutive}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.skipped = int(state_dict.get("skipped", 0))
+        self.consecutive = int(state_dict.get("consecutive", 0))
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def describe_batch(batch: Any, datamodule: Any = None) -> List[str]:
+    """Structure ids of a batch (``source/file:frame``, from the ``structure_serial`` the
+    MultiSourceDataModule gives every graph), or its size if it has none."""
+    index = getattr(batch, "structure_serial", None)
+    table = getattr(datamodule, "structure_ids", None)
+    if index is not None and table:
+        return [table[int(i)] for i in torch.as_tensor(index).reshape(-1).tolist()]
+    ptr = getattr(batch, "ptr", None)
+    return [f"<{int(ptr.numel() - 1)} structures without ids>"] if ptr is not None else []

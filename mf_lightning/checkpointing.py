@@ -1,0 +1,76 @@
+"""Checkpoints that survive kills and never run code from a file.
+
+* :class:`AtomicCheckpointIO` (a Lightning ``CheckpointIO`` plugin, installed by ``train.py``):
+  every checkpoint is written to a temporary file beside its target, fsync'ed, then renamed over
+  it (:func:`~mf_lightning.model.io.atomic_torch_save`), so a kill during a save leaves the
+  previous checkpoint intact. Loading uses ``torch.load(weights_only=True)``: our checkpoints
+  hold only tensors and plain values (the hyper-parameters are plain, see
+  :class:`~mf_lightning.module.FieldMACEModule`).
+* :func:`check_checkpoint` is run on ``ckpt_path`` before training resumes: a missing,
+  truncated or corrupted file, or one that needs unpickling of arbitrary Python objects, gives a
+  :class:`CheckpointError` saying which and what to do (``allow_pickle=true`` is the explicit
+  opt-in for a trusted pickled checkpoint), not a stack trace from inside torch.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from mf_lightning.model.io import atomic_torch_save
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def load_checkpoint(path, allow_pickle: bool = False, map_location="cpu") -> Dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one has no directory
+        raise CheckpointError(f"{path}: truncated or corrupted checkpoint (not a complete torch archive). "
+                              "Resume from another one (checkpoints/ keeps best.ckpt and last.ckpt).")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=not allow_pickle)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: this checkpoint needs unpickling of Python objects, which can run code stored in "
+            "the file. Resume from it only if you trust its source, with allow_pickle=true "
+            f"(python train.py ... ckpt_path={path} allow_pickle=true)."
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: truncated or corrupted checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]}). "
+            "Resume from another one (checkpoints/ keeps best.ckpt and last.ckpt)."
+        ) from exc
+
+
+def check_checkpoint(path, allow_pickle: bool = False) -> Path:
+    """Validate a checkpoint before Lightning resumes from it (see the module docstring)."""
+    ckpt = load_checkpoint(path, allow_pickle=allow_pickle)
+    missing = [k for k in ("state_dict", "global_step", "loops") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: not a Lightning training checkpoint (no {missing})")
+    return Path(path)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Temporary file + fsync + rename for saves; weights-only loads with clear errors."""
+
+    def __init__(self, allow_pickle: bool = False):
+        super().__init__()
+        self.allow_pickle = bool(allow_pickle)
+
+    def save_checkpoint(self, checkpoint: Dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only: Optional[bool] = None) -> Dict[str, Any]:
+        return load_checkpoint(path, allow_pickle=self.allow_pickle, map_location=map_location or "cpu")

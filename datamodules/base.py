@@ -188,11 +188,17 @@ class FieldDataModule(pl.LightningDataModule):
     def train_dataloader(self):
         return self._loader("train", shuffle=True)
 
+    def eval_loader(self, split: str, rank: int = 0, world: int = 1) -> DataLoader:
+        """``split`` in order; with ``world`` > 1 this rank's share (every world-th structure)."""
+        data = self.datasets[split][rank::world] if world > 1 else self.datasets[split]
+        return DataLoader(data, batch_size=self.eval_batch_size, shuffle=False, drop_last=False,
+                          num_workers=self.num_workers)
+
     def val_dataloader(self):
-        return self._loader("val", shuffle=False)
+        return self.eval_loader("val")
 
     def test_dataloader(self):
-        return self._loader("test", shuffle=False)
+        return self.eval_loader("test")
 
 
 def flags_of(graph) -> List[str]:

@@ -20,19 +20,29 @@ from datamodules.resumable import ResumableDataLoader
 
 
 class EpochSeededSampler(torch.utils.data.Sampler):
-    """A permutation drawn from (seed, epoch): deterministic, and resumable from the epoch."""
+    """A permutation drawn from (seed, epoch): deterministic, and resumable from the epoch.
 
-    def __init__(self, n: int, seed: int):
+    Under data parallelism (``world`` > 1) rank r takes every world-th index of that one
+    permutation, starting at r (padded by wrapping so every rank has as many), so the union of
+    the ranks' k-th batches of size b is exactly the single-process k-th batch of size world*b:
+    DDP with the same global batch trains on the same structures in the same order."""
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
         self.n, self.seed, self.epoch = n, int(seed), 0
+        self.rank, self.world = int(rank), int(world)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __iter__(self):
-        return iter(torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)).tolist())
+        order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)).tolist()
+        if self.world > 1:
+            order += order[: len(self) * self.world - self.n]
+            order = order[self.rank::self.world]
+        return iter(order)
 
     def __len__(self) -> int:
-        return self.n
+        return -(-self.n // self.world)
 
 
 class MultiSourceDataModule(pl.LightningDataModule):
@@ -100,9 +110,18 @@ class MultiSourceDataModule(pl.LightningDataModule):
             return 0, 0
         return self.trainer.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
+    def _rank_world(self):
+        if self.trainer is None:
+            return 0, 1
+        return int(self.trainer.global_rank), int(self.trainer.world_size)
+
     def train_dataloader(self):
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        rank, world = self._rank_world()
         if self.replay is not None and self.replay_fraction > 0:
+            if world > 1:
+                raise NotImplementedError("replay mixing (data.replay_fraction > 0) is not sharded across DDP ranks "
+                                          "yet: train it on one device, or set data.replay_fraction=0")
             main = [g for n, src in self.sources.items() if n != self.replay for g in src.datasets["train"]]
             replay = self.sources[self.replay].datasets["train"]
             self.sampler = ReplayBatchSampler(len(main), len(replay), self.batch_size, self.replay_fraction,
@@ -111,13 +130,15 @@ class MultiSourceDataModule(pl.LightningDataModule):
             return ResumableDataLoader(ConcatDataset([main, replay]), batch_sampler=self.sampler,
                                        num_workers=self.num_workers, progress=self._progress)
         dataset = ConcatDataset([src.datasets["train"] for src in self.sources.values()])
-        self.sampler = EpochSeededSampler(len(dataset), self.seed)
+        self.sampler = EpochSeededSampler(len(dataset), self.seed, rank=rank, world=world)
         self.sampler.set_epoch(epoch)
         return ResumableDataLoader(dataset, batch_size=self.batch_size, sampler=self.sampler, drop_last=False,
                                    num_workers=self.num_workers, progress=self._progress)
 
+    # evaluation: each rank takes every world-th structure (no padding, so no structure is counted
+    # twice; the module sums its metric accumulators over ranks)
     def val_dataloader(self):
-        return [src.val_dataloader() for src in self.sources.values()]
+        return [src.eval_loader("val", *self._rank_world()) for src in self.sources.values()]
 
     def test_dataloader(self):
-        return [src.test_dataloader() for src in self.sources.values()]
+        return [src.eval_loader("test", *self._rank_world()) for src in self.sources.values()]

@@ -70,19 +70,22 @@ def make_source(kind="ScaleShiftMACE", heads=("Default",), use_reduced_cg=False)
 
 
 # ---------------------------------------------------------------- fault injection (subprocess tests)
-class KillAtStep:
-    """A Lightning callback that SIGKILLs its own process in the middle of optimisation step
-    ``step`` (after the backward pass, before the optimiser update): a hard crash, no cleanup."""
+class SignalAtStep:
+    """A Lightning callback that sends ``signal`` (default SIGKILL: a hard crash, no cleanup) to
+    its own process in the middle of optimisation step ``step`` (after the backward pass, before
+    the optimiser update)."""
 
-    def __new__(cls, step: int):
+    def __new__(cls, step: int, signal: str = "SIGKILL"):
         import os
-        import signal
+        import signal as signals
 
         import pytorch_lightning as pl
 
-        class _Kill(pl.Callback):
+        number = getattr(signals, signal)
+
+        class _Signal(pl.Callback):
             def on_before_optimizer_step(self, trainer, pl_module, optimizer):
                 if trainer.global_step == step:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                    os.kill(os.getpid(), number)
 
-        return _Kill()
+        return _Signal()

@@ -131,7 +131,7 @@ def test_sigkill_at_a_random_step_then_resume_is_exact(tmp_path):
               "callbacks.last_checkpoint.every_n_train_steps=1", "trainer.enable_progress_bar=false"]
     kill_at = random.randint(1, 5)  # any step must work; printed on failure
     run_train(tmp_path, "smoke", *common, run="straight")
-    run_train(tmp_path, "smoke", *common, "+callbacks.killer._target_=tests.helpers.KillAtStep",
+    run_train(tmp_path, "smoke", *common, "+callbacks.killer._target_=tests.helpers.SignalAtStep",
               f"+callbacks.killer.step={kill_at}", run="killed", returncode=-9)
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == kill_at, kill_at
@@ -142,6 +142,37 @@ def test_sigkill_at_a_random_step_then_resume_is_exact(tmp_path):
     assert a["global_step"] == b["global_step"] == 6
     for k, v in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=0, msg=f"{k} (killed at step {kill_at})")
+
+
+def test_slurm_preemption_signal_saves_requeues_and_resumes(tmp_path):
+    """Under SLURM (environment as SLURM sets it), SIGUSR1 before the time limit makes Lightning
+    save an HPC checkpoint (through our atomic checkpoint IO) and call ``scontrol requeue <job>``;
+    the requeued job, started with the same command, resumes from that checkpoint. ``scontrol``
+    is SLURM's CLI, not on this machine: a stand-in on PATH records how it is called."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol_calls.txt"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    slurm = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "mf",
+             "SLURM_NODELIST": "localhost", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+             "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    common = ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "callbacks.early_stopping=null",
+              "trainer.enable_progress_bar=false", "torch_threads=1"]
+    env = {**os.environ, "MF_DATA_DIR": str(SHARED_DATA), "MF_CACHE_DIR": str(tmp_path / "cache"),
+           "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **slurm}
+    run = tmp_path / "job"
+    cmd = [sys.executable, "train.py", "experiment=smoke", f"hydra.run.dir={run}", *common]
+    first = subprocess.run(cmd + ["+callbacks.preempt._target_=tests.helpers.SignalAtStep",
+                                  "+callbacks.preempt.step=2", "+callbacks.preempt.signal=SIGUSR1"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    hpc = run / "hpc_ckpt_1.ckpt"
+    assert torch.load(hpc, weights_only=True)["global_step"] == 2
+    assert calls.read_text().split() == ["requeue", "4242"]
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "hpc_ckpt_1.ckpt" in second.stdout + second.stderr  # Lightning restored from it
 
 
 def test_ddp_two_cpu_processes_match_one_process(tmp_path):

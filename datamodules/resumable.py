@@ -34,8 +34,11 @@ class ResumableDataLoader(DataLoader):
         return {"epoch": int(epoch), "processed": int(processed)}
 
     def load_state_dict(self, state: dict) -> None:
-        sampler = self.batch_sampler if self.batch_sampler is not None else self.sampler
-        epoch = getattr(getattr(sampler, "sampler", sampler), "epoch", getattr(sampler, "epoch", None))
+        """Skip the batches done if the checkpoint is from the epoch being resumed (Lightning has
+        restored the trainer's epoch before it calls this) and that epoch was not complete."""
+        if self.progress is None:
+            return
+        epoch, _ = self.progress()
         processed = int(state.get("processed", 0))
-        if epoch is not None and int(state.get("epoch", -1)) == int(epoch) and 0 < processed < len(self):
+        if int(state.get("epoch", -1)) == epoch and 0 < processed < len(self):
             self.skip = processed

@@ -41,19 +41,23 @@ class MACEFieldCalculator(Calculator):
     def __init__(
         self,
         model: Union[str, FieldMACE],
-        device: str = "cpu",
-        dtype: str = "float64",
+        device: Optional[str] = None,
+        dtype: Optional[str] = None,
         electric_field: FieldLike = (0.0, 0.0, 0.0),
         head: Optional[str] = None,
         **kwargs,
     ):
+        """``device``/``dtype``: default to a module's own (it is used as given, moved or cast in
+        place only if they are set and differ), and to cpu / float64 for a model file."""
         super().__init__(**kwargs)
-        self.torch_dtype = resolve_dtype(dtype)
         if isinstance(model, FieldMACE):
-            # the module is used as given (moved/cast in place only if it differs)
+            device = device or str(next(model.parameters()).device)
+            self.torch_dtype = resolve_dtype(dtype) if dtype is not None else model.dtype
             self.model = model.to(device=device, dtype=self.torch_dtype).eval()
         else:
-            self.model = load_model(model, device=device, dtype=dtype)
+            device = device or "cpu"
+            self.torch_dtype = resolve_dtype(dtype or "float64")
+            self.model = load_model(model, device=device, dtype=self.torch_dtype)
         self.device = device
         heads = self.model.heads
         if head is not None and head not in heads:

@@ -14,15 +14,12 @@
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from mf_lightning.model.io import atomic_torch_save
+from mf_lightning.model.io import atomic_torch_save, guarded_torch_load
 
 
 class CheckpointError(RuntimeError):
@@ -30,25 +27,13 @@ class CheckpointError(RuntimeError):
 
 
 def load_checkpoint(path, allow_pickle: bool = False, map_location="cpu") -> Dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one has no directory
-        raise CheckpointError(f"{path}: truncated or corrupted checkpoint (not a complete torch archive). "
-                              "Resume from another one (checkpoints/ keeps best.ckpt and last.ckpt).")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=not allow_pickle)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: this checkpoint needs unpickling of Python objects, which can run code stored in "
-            "the file. Resume from it only if you trust its source, with allow_pickle=true "
-            f"(python train.py ... ckpt_path={path} allow_pickle=true)."
-        ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path}: truncated or corrupted checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]}). "
-            "Resume from another one (checkpoints/ keeps best.ckpt and last.ckpt)."
-        ) from exc
+    return guarded_torch_load(
+        path, CheckpointError, "checkpoint",
+        "this checkpoint needs unpickling of Python objects, which can run code stored in the file. Resume "
+        f"from it only if you trust its source, with allow_pickle=true (python train.py ... ckpt_path={path} "
+        "allow_pickle=true).",
+        corrupt_hint=" Resume from another one (checkpoints/ keeps best.ckpt and last.ckpt).",
+        allow_pickle=allow_pickle, map_location=map_location)
 
 
 def check_checkpoint(path, allow_pickle: bool = False) -> Path:

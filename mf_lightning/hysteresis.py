@@ -30,7 +30,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from mf_lightning.md import AXES, FIELD_UNITS, FieldProtocol, Unwrapper, load_structure, read_log, run_md
+from mf_lightning.md import FIELD_UNITS, FieldProtocol, Unwrapper, axis_vector, load_structure, read_log, run_md
 from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2
 
 log = logging.getLogger(__name__)
@@ -75,15 +75,14 @@ def dynamic_loop(atoms, calc, out_dir, E0: float, period_fs: float, cycles: floa
                  log_every: int = 5, seed: int = 0, progress: bool = True) -> Dict[str, np.ndarray]:
     """MD under E0 sin(2 pi t / period) (E0 in V/A) along ``axis``; returns t (fs), E and P along it."""
     out_dir = Path(out_dir)
-    direction = np.asarray(AXES[axis] if isinstance(axis, str) else axis, dtype=float)
+    unit = axis_vector(axis)
     steps = int(round(cycles * period_fs / timestep_fs))
-    field = FieldProtocol(kind="sine", E0=E0, direction=direction, period_fs=period_fs)
+    field = FieldProtocol(kind="sine", E0=E0, direction=unit, period_fs=period_fs)
     traj = out_dir / "trajectory.xyz"
     run_md(atoms, calc, traj, steps=steps, timestep_fs=timestep_fs, ensemble="nvt", temperature_K=temperature_K,
            friction_per_fs=friction_per_fs, field=field, log_every=log_every, seed=seed, progress=progress,
            init_temperature_K=temperature_K)
     logged = read_log(traj, keys=("time_fs", "electric_field", "polarisation"))
-    unit = direction / np.linalg.norm(direction)
     return {"t_fs": logged["time_fs"], "E": logged["electric_field"] @ unit, "P": logged["polarisation"] @ unit}
 
 
@@ -91,22 +90,19 @@ def quasi_static_loop(atoms, calc, E_max: float, n_points: int = 21, axis="z", f
                       max_steps: int = 300, cycles: int = 1) -> Dict[str, np.ndarray]:
     """Relax the ions at each field on the grid 0 -> E_max -> -E_max -> E_max (``cycles`` times),
     each relaxation starting from the previous structure; returns E and P along the axis."""
-    from ase.optimize import BFGS
+    from mf_lightning.dielectric import relax_structure
 
-    direction = np.asarray(AXES[axis] if isinstance(axis, str) else axis, dtype=float)
-    unit = direction / np.linalg.norm(direction)
+    unit = axis_vector(axis)
     quarter = np.linspace(0, E_max, n_points)
     grid = list(quarter)
     for _ in range(cycles):
         grid += list(np.linspace(E_max, -E_max, 2 * n_points - 1)[1:]) + list(np.linspace(-E_max, E_max, 2 * n_points - 1)[1:])
     atoms = atoms.copy()
-    atoms.calc = calc
     E_out, P_out, converged = [], [], []
     unwrap = Unwrapper()
     for e in grid:
         calc.set_field(e * unit)
-        opt = BFGS(atoms, logfile=None)
-        converged.append(bool(opt.run(fmax=fmax, steps=max_steps)))
+        converged.append(relax_structure(atoms, calc, fmax=fmax, steps=max_steps))
         p = unwrap(calc.get_polarisation(atoms), atoms.cell.array)
         E_out.append(e)
         P_out.append(float(p @ unit))

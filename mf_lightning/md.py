@@ -82,6 +82,17 @@ class FieldProtocol:
         return amplitude * self._unit
 
 
+def axis_vector(axis) -> np.ndarray:
+    """A unit 3-vector from "x" | "y" | "z", a string "ex,ey,ez", or 3 numbers."""
+    if isinstance(axis, str):
+        axis = AXES[axis] if axis in AXES else [float(x) for x in axis.split(",")]
+    d = np.asarray(axis, dtype=float).reshape(3)
+    norm = np.linalg.norm(d)
+    if not np.isfinite(norm) or norm == 0:
+        raise ValueError(f"axis must be x, y, z or a non-zero 3-vector, got {axis!r}")
+    return d / norm
+
+
 def import_function(spec: str) -> Callable[[float], Sequence[float]]:
     """``"package.module:name"`` -> the callable."""
     module, _, name = spec.partition(":")
@@ -285,8 +296,7 @@ def field_from_args(args) -> Union[FieldProtocol, Callable, None]:
         return import_function(args.field_function)
     if args.field_kind == "none":
         return None
-    direction = AXES[args.axis] if args.axis in AXES else [float(x) for x in args.axis.split(",")]
-    return FieldProtocol(kind=args.field_kind, E0=args.E0 * FIELD_UNITS[args.field_unit], direction=direction,
+    return FieldProtocol(kind=args.field_kind, E0=args.E0 * FIELD_UNITS[args.field_unit], direction=axis_vector(args.axis),
                          period_fs=args.period_fs, t_on_fs=args.t_on_fs, t_off_fs=args.t_off_fs)
 
 

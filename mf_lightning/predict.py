@@ -100,8 +100,6 @@ def check_structure(atoms, atomic_numbers: Sequence[int]) -> None:
 def predict_response(model, structures: Sequence, head: Optional[str] = None, field=(0.0, 0.0, 0.0),
                      dtype=None) -> List[Dict[str, np.ndarray]]:
     """P, Z* and alpha for a list of Atoms in one batched forward/backward (FieldMACE)."""
-    import torch
-
     from mf_lightning.data import keys
     from mf_lightning.data.graphs import atoms_to_graph, collate
 
@@ -117,8 +115,6 @@ def predict_response(model, structures: Sequence, head: Optional[str] = None, fi
     alpha = out[keys.POLARISABILITY].detach().cpu().double().numpy()
     pol = out[keys.POLARISATION].detach().cpu().double().numpy()
     energy = out[keys.ENERGY].detach().cpu().double().numpy()
-    del out, batch
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return [{"energy": energy[g], "polarisation": pol[g], "polarisability": alpha[g],
              "becs": becs[ptr[g]:ptr[g + 1]]} for g in range(len(structures))]
 
@@ -209,9 +205,7 @@ def ionic_columns(calc, atoms, relax: bool, fmax: float, relax_cell: bool) -> Di
            "eps_0_poly": f"{float(eps_poly(props['eps_0'])):.6g}",
            "unstable_modes_cm": _json(props["unstable_modes_cm"], 1), "relaxed": props.get("relaxed", "")}
     if relax:  # the electronic columns then describe the relaxed structure too
-        out.update(eps_inf=_json(props["eps_inf"]), polarisability=_json(props["polarisability"], 8),
-                   becs=_json(props["becs"].reshape(len(atoms), 9)), eps_poly=f"{props['eps_poly']:.6g}",
-                   n=f"{props['n']:.6g}")
+        out.update({k: v for k, v in row_for("", atoms, props).items() if k not in ("id", "formula", "n_atoms")})
     return out
 
 
@@ -231,8 +225,7 @@ def screen(items: Iterable[Item], model, out: Path, head: Optional[str] = None, 
     if ionic:
         from mf_lightning.calculator import MACEFieldCalculator
 
-        calc = MACEFieldCalculator(model, device=str(next(model.parameters()).device),
-                                   dtype=str(model.dtype).replace("torch.", ""), electric_field=field, head=head)
+        calc = MACEFieldCalculator(model, electric_field=field, head=head)
     bar = None
     if progress:
         from tqdm import tqdm

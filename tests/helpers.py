@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal as signal_module
+
 import numpy as np
+import pytorch_lightning as pl
 import torch
 
 import mf_lightning
@@ -70,22 +74,13 @@ def make_source(kind="ScaleShiftMACE", heads=("Default",), use_reduced_cg=False)
 
 
 # ---------------------------------------------------------------- fault injection (subprocess tests)
-class SignalAtStep:
-    """A Lightning callback that sends ``signal`` (default SIGKILL: a hard crash, no cleanup) to
-    its own process in the middle of optimisation step ``step`` (after the backward pass, before
-    the optimiser update)."""
+class SignalAtStep(pl.Callback):
+    """Sends ``signal`` (default SIGKILL: a hard crash, no cleanup) to its own process in the
+    middle of optimisation step ``step`` (after the backward pass, before the optimiser update)."""
 
-    def __new__(cls, step: int, signal: str = "SIGKILL"):
-        import os
-        import signal as signals
+    def __init__(self, step: int, signal: str = "SIGKILL"):
+        self.step, self.signal = int(step), getattr(signal_module, signal)
 
-        import pytorch_lightning as pl
-
-        number = getattr(signals, signal)
-
-        class _Signal(pl.Callback):
-            def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-                if trainer.global_step == step:
-                    os.kill(os.getpid(), number)
-
-        return _Signal()
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signal)

@@ -25,7 +25,7 @@ def distill(model: FieldMACE, structures: Iterable, out, every: int = 1) -> int:
     """Label ``structures`` (ASE Atoms) with ``model`` at zero field; returns the count written."""
     import ase.io
 
-    calc = MACEFieldCalculator(model, dtype=str(model.dtype).replace("torch.", ""))
+    calc = MACEFieldCalculator(model)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")

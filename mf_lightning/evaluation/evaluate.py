@@ -25,9 +25,8 @@ import torch
 
 from mf_lightning.data import keys
 from mf_lightning.data.dataset import TASKS, weight_key
-from mf_lightning.losses import residual
+from mf_lightning.losses import PER_ATOM, residual, structure_weights
 from mf_lightning.module import METRIC_UNITS, batch_to_dict, metric_components, normalised_reference
-from mf_lightning.units import EPS0_E_PER_V_A
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +72,8 @@ def collect_predictions(model, graphs: Sequence, batch_size: int = 8, collected:
         out = model(d, properties=(keys.ENERGY, *tasks))
         for task in tasks:
             w = d[weight_key(task)].view(-1) > 0
-            per_atom_rows = task in ("forces", "becs")
-            structure = (d[keys.BATCH] if per_atom_rows else torch.arange(n_graphs, device=device)) + start
-            mask = w[d[keys.BATCH]] if per_atom_rows else w
+            mask = structure_weights(task, d) > 0  # per row: atoms for per-atom tasks
+            structure = (d[keys.BATCH] if task in PER_ATOM else torch.arange(n_graphs, device=device)) + start
             err = metric_components(task, residual(task, out, d).detach())
             ref = metric_components(task, normalised_reference(task, d))
             for q in err:
@@ -98,10 +96,9 @@ def collect_ionic(model, structures: Sequence, references: Sequence[Optional[np.
     """eps_ion of the model (no relaxation: the labelled structures are DFT-relaxed) against the
     reference ionic tensors; structures above ``max_atoms`` atoms are skipped (3N backward passes)."""
     from mf_lightning.calculator import MACEFieldCalculator
-    from mf_lightning.dielectric import ionic_dielectric, model_hessian
+    from mf_lightning.dielectric import dielectric_properties
 
-    calc = MACEFieldCalculator(model, device=str(next(model.parameters()).device),
-                               dtype=str(model.dtype).replace("torch.", ""), head=head)
+    calc = MACEFieldCalculator(model, head=head)
     done, skipped, unstable = 0, 0, 0
     diag = np.eye(3, dtype=bool)
     for i, (atoms, ref) in enumerate(zip(structures, references)):
@@ -110,11 +107,7 @@ def collect_ionic(model, structures: Sequence, references: Sequence[Optional[np.
         if len(atoms) > max_atoms:
             skipped += 1
             continue
-        atoms = atoms.copy()
-        atoms.calc = calc
-        becs = calc.get_becs(atoms)
-        H = model_hessian(model, atoms, head=calc.head, dtype=calc.torch_dtype)
-        ion = ionic_dielectric(H, becs, atoms.get_masses(), atoms.get_volume())
+        ion = dielectric_properties(calc, atoms, ionic=True)
         unstable += bool(ion["unstable_modes_cm"])
         pred = ion["eps_ion"]
         ref = np.asarray(ref).reshape(3, 3)
@@ -175,15 +168,13 @@ def evaluate_datamodule(model, dm, split: str, out_dir: Path, batch_size: int = 
         collected = collect_predictions(model, graphs, batch_size=batch_size)
         entry: Dict[str, Any] = {}
         if ionic:
-            files = {s: src.test_file if (s == "test" and src.test_file) else src.file for s in splits}
-            frames = {}
+            file_of = {s: src.test_file if (s == "test" and src.test_file) else src.file for s in splits}
+            wanted = {}  # file -> frames needed from it (each file is read once)
             for s in splits:
-                wanted = {m["frame"] for m in src.meta[s]}
-                for f, atoms in iter_frames(resolve_file(files[s], src.root)):
-                    if f in wanted:
-                        frames[(s, f)] = atoms
-            order = [(s, m["frame"]) for s in splits for m in src.meta[s]]
-            structures = [frames[k] for k in order]
+                wanted.setdefault(file_of[s], set()).update(m["frame"] for m in src.meta[s])
+            frames = {(name, f): atoms for name, needed in wanted.items()
+                      for f, atoms in iter_frames(resolve_file(name, src.root)) if f in needed}
+            structures = [frames[(file_of[s], m["frame"])] for s in splits for m in src.meta[s]]
             refs = [np.asarray(a.info[ionic_key], float) if ionic_key in a.info else None for a in structures]
             entry["ionic"] = collect_ionic(model, structures, refs, src.head, collected, max_atoms=ionic_max_atoms)
         entry.update({

@@ -159,7 +159,7 @@ def evaluate_paths(model, file, out_dir, key: str = "REF_polarisation", unit: st
                    group_key: str = "polar_mpid", head: Optional[str] = None, batch_atoms: int = 2000,
                    max_plotted: int = 12) -> Dict[str, Any]:
     from mf_lightning.data.reader import read_records
-    from mf_lightning.predict import predict_response
+    from mf_lightning.predict import batches, predict_response
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -167,19 +167,9 @@ def evaluate_paths(model, file, out_dir, key: str = "REF_polarisation", unit: st
                            required=["polarisation"])
     paths = order_along_paths(records, lambda r: path_id(r, keys=("nonpolar_mpid", group_key)))
     predictions: Dict[str, np.ndarray] = {}
-    chunk: List = []
-
-    def flush():
-        for r, res in zip(chunk, predict_response(model, [r.atoms for r in chunk], head=head)):
-            predictions[r.id] = res["polarisation"]
-        chunk.clear()
-
-    for r in records:
-        if chunk and sum(len(c.atoms) for c in chunk) + len(r.atoms) > batch_atoms:
-            flush()
-        chunk.append(r)
-    if chunk:
-        flush()
+    for group in batches(((r.id, r.atoms) for r in records), max_atoms=batch_atoms, max_structures=64):
+        for (ident, _), res in zip(group, predict_response(model, [a for _, a in group], head=head)):
+            predictions[ident] = res["polarisation"]
     path_out, frame_out = path_rows(paths, predictions)
     _write_csv(out_dir / "paths.csv", path_out)
     _write_csv(out_dir / "frames.csv", frame_out)

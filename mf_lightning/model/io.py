@@ -188,21 +188,30 @@ def save_model(model, path) -> None:
     atomic_torch_save(payload, path)
 
 
-def _weights_only_load(path: Path):
+def guarded_torch_load(path, error: type, kind: str, pickle_message: str, corrupt_hint: str = "",
+                       allow_pickle: bool = False, map_location="cpu"):
+    """``torch.load`` (weights-only unless ``allow_pickle``) whose failures are ``error`` with a
+    message: no such ``kind``; truncated or corrupted (+ ``corrupt_hint``); or, for a file that
+    needs unpickling, ``pickle_message``. Shared by model files and training checkpoints."""
+    path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"{path}: no such model file")
+        raise error(f"{path}: no such {kind}")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one has no directory
-        raise ModelFileError(f"{path}: truncated or corrupted model file (not a complete torch archive)")
+        raise error(f"{path}: truncated or corrupted {kind} (not a complete torch archive).{corrupt_hint}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=not allow_pickle)
     except pickle.UnpicklingError as exc:
-        raise ModelFileError(
-            f"{path}: not a weights-only file (it needs unpickling of Python objects, which can run "
-            "code). If it is a mace-torch .model file you trust, upgrade it with "
-            "FieldMACE.from_mace(path, allow_pickle=True)."
-        ) from exc
+        raise error(f"{path}: {pickle_message}") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ModelFileError(f"{path}: truncated or corrupted model file ({type(exc).__name__}: {exc})") from exc
+        raise error(f"{path}: truncated or corrupted {kind} ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}).{corrupt_hint}") from exc
+
+
+def _weights_only_load(path: Path):
+    return guarded_torch_load(
+        path, ModelFileError, "model file",
+        "not a weights-only file (it needs unpickling of Python objects, which can run code). If it is a "
+        "mace-torch .model file you trust, upgrade it with FieldMACE.from_mace(path, allow_pickle=True).")
 
 
 def load_model(path, device: str = "cpu", dtype=None):

@@ -1,14 +1,14 @@
-"""Derived dielectric properties (eps_inf and n of known materials: tests/unit/data/test_units.py): eps_ion of an analytic rigid-ion
-model, and the model Hessian against finite differences of the model's forces."""
+"""Derived dielectric properties: eps_ion of an analytic rigid-ion model and the model Hessian
+against finite differences of the model's forces (eps_inf and n of known materials are in
+tests/unit/data/test_units.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from ase import Atoms
 
 from mf_lightning.dielectric import (
-    eps_inf_from_alpha, eps_poly, ionic_dielectric, model_hessian, optical_modes, refractive_index, wavenumber,
+    eps_poly, ionic_dielectric, model_hessian, optical_modes, refractive_index, wavenumber,
 )
 from mf_lightning.units import EPS0_E_PER_V_A
 from tests.helpers import elements_of, tiny_model

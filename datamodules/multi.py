@@ -105,10 +105,12 @@ class MultiSourceDataModule(pl.LightningDataModule):
         return [g for src in self.sources.values() for g in src.datasets["train"]]
 
     def _progress(self):
-        """(epoch, batches the trainer has processed in it): what a mid-epoch checkpoint records."""
+        """(epoch, batches the trainer has processed in it, batches it runs per epoch, after
+        ``limit_train_batches``): what a mid-epoch checkpoint records."""
         if self.trainer is None:
-            return 0, 0
-        return self.trainer.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            return 0, 0, float("inf")
+        t = self.trainer
+        return t.current_epoch, t.fit_loop.epoch_loop.batch_progress.current.processed, t.num_training_batches
 
     def _rank_world(self):
         if self.trainer is None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any, List
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +82,31 @@ def describe_batch(batch: Any, datamodule: Any = None) -> List[str]:
         return [table[int(i)] for i in torch.as_tensor(index).reshape(-1).tolist()]
     ptr = getattr(batch, "ptr", None)
     return [f"<{int(ptr.numel() - 1)} structures without ids>"] if ptr is not None else []
+
+
+class LastCheckpoint(Checkpoint):
+    """``<dirpath>/last.ckpt``, the file to resume from: rewritten every ``every_n_train_steps``
+    optimisation steps and at the end of every training epoch (after its validation, so it holds
+    the plateau scheduler's update and the best-model bookkeeping).
+
+    One callback owns the file. Lightning's ModelCheckpoint can save either every N steps or
+    per epoch, not both, and two ModelCheckpoints both saving "last" do not share the file: the
+    second writes ``last-v1.ckpt`` and resuming from ``last.ckpt`` silently uses the older one.
+    Saves go through the trainer (so through :class:`~mf_lightning.checkpointing.AtomicCheckpointIO`).
+    Being a ``Checkpoint``, Lightning runs its hooks after every other callback's, so the file
+    includes this step's EMA update and the other callbacks' state."""
+
+    def __init__(self, dirpath, every_n_train_steps: int = 20, filename: str = "last.ckpt"):
+        self.path = Path(dirpath) / filename
+        self.every_n_train_steps = int(every_n_train_steps)
+
+    def _save(self, trainer) -> None:
+        if not trainer.sanity_checking:
+            trainer.save_checkpoint(self.path)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_n_train_steps > 0 and trainer.global_step % self.every_n_train_steps == 0:
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._save(trainer)

@@ -80,6 +80,8 @@ class FieldMACEModule(pl.LightningModule):
         self.loss_fn = MultiTaskLoss(loss_weights, huber_delta)
         self.dataset_names = list(dataset_names)
         self._sums: Dict[str, Dict[str, torch.Tensor]] = {}
+        self._plateau: Optional[torch.optim.lr_scheduler.ReduceLROnPlateau] = None
+        self._plateau_state: Optional[dict] = None  # from a checkpoint, applied when it exists
         self.predictions: Dict[str, Dict[str, List[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
 
     # ------------------------------------------------------------------ steps
@@ -142,7 +144,14 @@ class FieldMACEModule(pl.LightningModule):
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
         self._eval_step("test", batch, dataloader_idx)
 
-    def _log_epoch(self, stage: str) -> None:
+    def _log_epoch(self, stage: str) -> Dict[str, torch.Tensor]:
+        """Log the epoch's metrics (sums reduced over ranks); returns them by name."""
+        logged: Dict[str, torch.Tensor] = {}
+
+        def log(name, value, **kw):
+            logged[name] = torch.as_tensor(value)
+            self.log(name, value, add_dataloader_idx=False, **kw)
+
         total_loss, total_n = 0.0, 0.0
         for prefix, sums in sorted(self._sums.items()):
             if not prefix.startswith(stage + "/"):
@@ -151,24 +160,45 @@ class FieldMACEModule(pl.LightningModule):
                        for k, v in sums.items()}
             total_loss += float(reduced["loss"])
             total_n += float(reduced["n"])
-            self.log(f"{prefix}/loss", reduced["loss"] / reduced["n"], add_dataloader_idx=False, sync_dist=False)
+            log(f"{prefix}/loss", reduced["loss"] / reduced["n"], sync_dist=False)
             for k in reduced:
                 if k.endswith("_sq"):
                     q = k[:-3]
                     count = torch.clamp(reduced[f"{q}_count"], min=1e-300)
-                    self.log(f"{prefix}/{q}_rmse", torch.sqrt(reduced[k] / count), add_dataloader_idx=False)
-                    self.log(f"{prefix}/{q}_mae", reduced[f"{q}_abs"] / count, add_dataloader_idx=False)
+                    log(f"{prefix}/{q}_rmse", torch.sqrt(reduced[k] / count))
+                    log(f"{prefix}/{q}_mae", reduced[f"{q}_abs"] / count)
         if total_n > 0:
-            self.log(f"{stage}/loss", total_loss / total_n, add_dataloader_idx=False, prog_bar=stage == "val")
+            log(f"{stage}/loss", total_loss / total_n, prog_bar=stage == "val")
         self._sums = {k: v for k, v in self._sums.items() if not k.startswith(stage + "/")}
+        return logged
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
+        logged = self._log_epoch("val")
+        # The plateau scheduler is stepped here, not by Lightning at the end of the fit epoch:
+        # checkpoints written at the epoch's end (ModelCheckpoint) then hold the stepped state,
+        # and a run resumed from one does not miss an update (Lightning skips the plateau update
+        # of an epoch it restarts from).
+        fitting = self.trainer.state.fn == "fit" and not self.trainer.sanity_checking
+        if self._plateau is not None and fitting:
+            monitor = self.hparams.monitor
+            if monitor not in logged:
+                raise KeyError(f"scheduler monitor {monitor!r} was not logged; logged: {sorted(logged)}")
+            self._plateau.step(float(logged[monitor]))
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
     # ------------------------------------------------------------------ optimisation
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        if self._plateau is not None:
+            checkpoint["plateau_scheduler"] = self._plateau.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        # applied now if the scheduler exists, else when configure_optimizers builds it
+        self._plateau_state = checkpoint.get("plateau_scheduler")
+        if self._plateau is not None and self._plateau_state is not None:
+            self._plateau.load_state_dict(self._plateau_state)
+
     def configure_optimizers(self):
         params = [p for p in self.model.parameters()]
         opt = torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
@@ -176,11 +206,12 @@ class FieldMACEModule(pl.LightningModule):
         kw = dict(self.hparams.scheduler_kwargs or {})
         if self.hparams.scheduler == "none":
             return opt
-        if self.hparams.scheduler == "plateau":
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=kw.get("factor", 0.8),
-                                                               patience=kw.get("patience", 50))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": self.hparams.monitor,
-                                                       "interval": "epoch"}}
+        if self.hparams.scheduler == "plateau":  # stepped in on_validation_epoch_end
+            self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=kw.get("factor", 0.8),
+                                                                       patience=kw.get("patience", 50))
+            if self._plateau_state is not None:
+                self._plateau.load_state_dict(self._plateau_state)
+            return opt
         if self.hparams.scheduler == "cosine":
             warmup = int(kw.get("warmup_steps", 0))
             total = int(kw.get("total_steps", 0)) or int(self.trainer.estimated_stepping_batches)

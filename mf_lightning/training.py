@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -190,7 +191,8 @@ def train(cfg: DictConfig) -> Optional[float]:
         check_checkpoint(ckpt_path, allow_pickle=allow_pickle)  # a clear error before Lightning's
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=not allow_pickle)
 
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    monitored = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor]
+    best = monitored[0].best_model_path if monitored else ""
     ckpt = best if best and os.path.exists(best) else None
     val = trainer.validate(module, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=not allow_pickle)
     test = trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=not allow_pickle)

@@ -144,6 +144,9 @@ def test_sigkill_at_a_random_step_then_resume_is_exact(tmp_path):
     assert a["global_step"] == b["global_step"] == 6
     for k, v in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=0, msg=f"{k} (killed at step {kill_at})")
+    # the optimiser and the plateau scheduler continue as if never interrupted, too
+    assert b["plateau_scheduler"] == a["plateau_scheduler"], kill_at
+    assert b["optimizer_states"][0]["param_groups"] == a["optimizer_states"][0]["param_groups"], kill_at
 
 
 def test_slurm_preemption_signal_saves_requeues_and_resumes(tmp_path):

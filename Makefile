@@ -11,12 +11,10 @@ TORCH_VERSION ?= 2.13.0
 export PIP_NO_INPUT := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-# glibc malloc returns freed memory to the OS after every big autograd buffer; keeping it
-# (no mmap, huge trim threshold) made a Z*/alpha training step ~2.2x faster on this CPU.
-export MALLOC_MMAP_MAX_ ?= 0
-export MALLOC_TRIM_THRESHOLD_ ?= 68719476736
+# glibc malloc settings are applied at run time by every entry point (mf_lightning/runtime.py),
+# so make, SLURM and notebooks all get them; no MALLOC_* variables here.
 
-.PHONY: venv test train demo clean
+.PHONY: venv test train bench demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +32,10 @@ test: venv
 
 train: venv
 	$(PY) train.py experiment=quickstart $(ARGS)
+
+# Speed and memory benchmarks (about an hour on 2 cores; idle machine): appends to bench/RESULTS.md
+bench: venv
+	PYTHON=$(abspath $(PY)) bench/run_all.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache outputs multirun

@@ -43,15 +43,13 @@ def rewrite_overrides(argv: list) -> list:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig):
-    import torch
-
     from datamodules import FieldDataModule
     from mf_lightning.evaluation.evaluate import evaluate_datamodule, table
     from mf_lightning.model.io import load_model
+    from mf_lightning.runtime import configure_process
     from mf_lightning.training import bind_to_model, make_datamodule
 
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg.torch_threads))
+    configure_process(cfg.get("torch_threads"), malloc=cfg.get("malloc_tuning", True))
     model = load_model(cfg.model_file, device=cfg.device, dtype=cfg.dtype)
     dm = make_datamodule(cfg)
     bind_to_model(dm, model, head=cfg.head)

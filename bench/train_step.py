@@ -1,77 +1,67 @@
 """Training-step cost: upstream mace-torch vs FieldMACE (coupling none) vs FieldMACE with all labels.
 
-    python bench/train_step.py                          # the headline: BaTiO3, batch 4, float64, 64 ch
-    python bench/train_step.py --structures sio2 batio3 --batch 1 4 --dtype float32 float64 --channels 64 128
+    python bench/train_step.py                         # the headline: BaTiO3, batch 4, float64, 64 ch
+    python bench/train_step.py --grid                  # sio2+batio3 x batch 1,4 x float32,64 x 64,128 ch
+    python bench/train_step.py --malloc tuned default  # the malloc settings both ways
+    python bench/train_step.py --kinds a b c c-e3nn    # + (c) with e3nn's own tensor products
 
-(a) upstream ``ScaleShiftMACE``, E/F/S loss (mace's own forward, ``training=True``);
-(b) ``FieldMACE`` with coupling ``none``, E/F/S loss through our loss and observables;
-(c) ``FieldMACE`` (``residual_tp``), E/F/S + P + Z* + alpha loss.
-Each configuration runs in a fresh subprocess (so peak RSS is its own): ``--warmup`` steps, then
-the median of ``--repeats`` timed steps (forward, loss, backward, optimiser step). Appends a
-markdown table to bench/RESULTS.md with the machine, torch version and date.
+Kinds: (a) upstream mace-torch ``ScaleShiftMACE`` with mace's own forward and an E/F/S loss;
+(b) ``FieldMACE`` coupling ``none``, E/F/S loss through our loss and observables;
+(c) ``FieldMACE`` ``residual_tp``, E/F/S + P + Z* + alpha loss; c-e3nn: (c) without the
+split-backward tensor products (mf_lightning/model/split_backward.py). Same architecture and
+frames for all (2 layers, L_max 1, max_ell 3, r_max 5). Each configuration runs in a fresh
+subprocess: ``--warmup`` steps, then the median of ``--repeats`` timed steps (forward, loss,
+backward, Adam step); peak RSS of that process. Appends a table to bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
+import itertools
 import json
-import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-FILES = {"sio2": "md/SiO2.xyz", "batio3": "md/BaTiO3.xyz"}
+from _common import RESULTS, append, child_setup, elements, fmt, header, peak_rss_gib, records, run_child
+
+KIND_TEXT = {"a": "upstream ScaleShiftMACE, E/F/S", "b": "FieldMACE none, E/F/S",
+             "c": "FieldMACE residual_tp, E/F/S+P+Z*+alpha", "c-e3nn": "(c) with e3nn's TorchScript TPs"}
 
 
-def one(kind: str, structure: str, batch: int, dtype: str, channels: int, warmup: int, repeats: int) -> dict:
+def one(spec: dict) -> dict:
+    malloc = child_setup(spec["threads"], spec["malloc"])
     import torch
 
-    sys.path.insert(0, str(ROOT))
     import mf_lightning
+    from mace.tools.torch_geometric.batch import Batch
     from mf_lightning.data import keys
     from mf_lightning.data.dataset import record_to_graph
-    from mf_lightning.data.reader import read_records
-    from mf_lightning.data.root import resolve_file
     from mf_lightning.losses import MultiTaskLoss
     from mf_lightning.module import batch_to_dict
-    from mace.tools.torch_geometric.batch import Batch
 
-    from omegaconf import OmegaConf
-
-    labels = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "data" / f"{structure}.yaml").labels)
-    tdtype = getattr(torch, dtype)
-    path = resolve_file(FILES[structure])
-    records = read_records(path, labels)[:batch]
-    z = sorted({int(x) for r in records for x in r.atoms.get_atomic_numbers()})
-    torch.manual_seed(0)
+    kind, dtype = spec["kind"], spec["dtype"]
+    recs = records(spec["structure"], spec["batch"])
+    z = elements(recs)
     form = "none" if kind in ("a", "b") else "residual_tp"
-    model = mf_lightning.build_model(atomic_numbers=z, num_channels=channels, dtype=dtype,
-                                     coupling={"form": form, "init": "random"}, seed=0)
-    graphs = [record_to_graph(r, z, model.r_max, ["Default"], "Default") for r in records]
-    batch_d = batch_to_dict(Batch.from_data_list(graphs), tdtype)
+    # (a) must be mace-torch's own code, so its tensor products stay e3nn's TorchScript ones.
+    split = kind not in ("a", "c-e3nn")
+    model = mf_lightning.build_model(atomic_numbers=z, num_channels=spec["channels"], dtype=dtype,
+                                     coupling={"form": form, "init": "random", "split_backward": split}, seed=0)
+    tdtype = getattr(torch, dtype)
+    graphs = [record_to_graph(r, z, model.r_max, ["Default"], "Default") for r in recs]
+    batch = batch_to_dict(Batch.from_data_list(graphs), tdtype)
     efs = {"energy": 1.0, "forces": 100.0, "stress": 1.0}
-    if kind == "a":
-        net = model.backbone  # the upstream module itself, with mace's own forward
-        loss_fn = None
-    else:
-        net = model
-        weights = dict(efs) if kind == "b" else {**efs, "polarisation": 100.0, "becs": 100.0, "polarisability": 100.0}
-        loss_fn = MultiTaskLoss(weights)
+    weights = efs if kind in ("a", "b") else {**efs, "polarisation": 100.0, "becs": 100.0, "polarisability": 100.0}
+    loss_fn = MultiTaskLoss(weights)
+    net = model.backbone if kind == "a" else model
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, amsgrad=True)
 
     def step():
-        d = dict(batch_d)
-        if kind == "a":
+        d = dict(batch)
+        if kind == "a":  # mace's own forward and the same Huber E/F/S terms
             out = net(d, training=True, compute_force=True, compute_stress=True)
-            n = (d[keys.PTR][1:] - d[keys.PTR][:-1]).to(tdtype)
-            loss = (((out["energy"] - d["ref_energy"]) / n) ** 2).mean() + 100 * ((out["forces"] - d["ref_forces"]) ** 2).mean() \
-                + ((out["stress"] - d["ref_stress"]) ** 2).mean()
+            loss, _ = loss_fn({keys.ENERGY: out["energy"], keys.FORCES: out["forces"], keys.STRESS: out["stress"]}, d)
         else:
             out = net(d, properties=loss_fn.properties(d), training=True)
             loss, _ = loss_fn(out, d)
@@ -79,72 +69,63 @@ def one(kind: str, structure: str, batch: int, dtype: str, channels: int, warmup
         loss.backward()
         opt.step()
 
-    for _ in range(warmup):
+    for _ in range(spec["warmup"]):
         step()
     times = []
-    for _ in range(repeats):
+    for _ in range(spec["repeats"]):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "atoms": sum(len(r.atoms) for r in records)}
+    return {"s": statistics.median(times), "gib": peak_rss_gib(), "atoms": sum(len(r.atoms) for r in recs), "malloc": malloc}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--structures", nargs="+", default=["batio3"], choices=sorted(FILES))
+    p.add_argument("--structures", nargs="+", default=["batio3"], choices=["sio2", "batio3"])
     p.add_argument("--batch", nargs="+", type=int, default=[4])
-    p.add_argument("--dtype", nargs="+", default=["float64"])
+    p.add_argument("--dtype", nargs="+", default=["float64"], choices=["float32", "float64"])
     p.add_argument("--channels", nargs="+", type=int, default=[64])
+    p.add_argument("--kinds", nargs="+", default=["a", "b", "c"], choices=list(KIND_TEXT))
+    p.add_argument("--malloc", nargs="+", default=["tuned"], choices=["tuned", "default"])
+    p.add_argument("--grid", action="store_true", help="every structure x batch 1,4 x float32,64 x 64,128 channels")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
-    p.add_argument("--_one", nargs=7, help=argparse.SUPPRESS)
+    p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--title", default="Training step")
+    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--_one", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._one:
-        kind, s, b, dt, ch, w, r = args._one
-        import torch
-
-        torch.set_num_threads(args.threads)
-        print(json.dumps(one(kind, s, int(b), dt, int(ch), int(w), int(r))))
+        print(json.dumps(one(json.loads(args._one))))
         return 0
-    import torch
-
-    rows = []
-    for s in args.structures:
-        for b in args.batch:
-            for dt in args.dtype:
-                for ch in args.channels:
-                    res = {}
-                    for kind in ("a", "b", "c"):
-                        cmd = [sys.executable, __file__, "--threads", str(args.threads), "--_one", kind, s, str(b), dt,
-                               str(ch), str(args.warmup), str(args.repeats)]
-                        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-                        if out.returncode:
-                            raise SystemExit(out.stderr[-3000:])
-                        res[kind] = json.loads(out.stdout.strip().splitlines()[-1])
-                        print(s, b, dt, ch, kind, res[kind], flush=True)
-                    rows.append((s, b, dt, ch, res))
-    malloc = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=64GiB" if os.environ.get("MALLOC_MMAP_MAX_") == "0" else "glibc defaults"
-    lines = [f"\n## Training step ({datetime.date.today()}, {platform.processor() or platform.machine()}, "
-             f"{os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads, malloc: {malloc})\n",
-             "Median of %d steps after %d warm-up; peak RSS of the whole process. (a) upstream ScaleShiftMACE E/F/S, "
-             "(b) FieldMACE coupling none E/F/S, (c) FieldMACE residual_tp E/F/S+P+Z*+alpha.\n" % (args.repeats, args.warmup),
-             "| structure | atoms | dtype | channels | (a) s | (b) s | (c) s | b/a | c/a | (a) GiB | (c) GiB | c/a mem |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for s, b, dt, ch, r in rows:
-        a, bb, c = r["a"], r["b"], r["c"]
-        lines.append(f"| {s} x{b} | {a['atoms']} | {dt} | {ch} | {a['median_s']:.2f} | {bb['median_s']:.2f} | "
-                     f"{c['median_s']:.2f} | {bb['median_s'] / a['median_s']:.2f} | {c['median_s'] / a['median_s']:.2f} | "
-                     f"{a['peak_rss_gib']:.2f} | {c['peak_rss_gib']:.2f} | {c['peak_rss_gib'] / a['peak_rss_gib']:.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = Path(args.out)
-    if not out.exists():
-        out.write_text("# Benchmarks (bench/)\n\nEach section is appended by a bench script run; see the script's docstring.\n")
-    with open(out, "a") as fh:
-        fh.write(text)
+    if args.grid:
+        args.structures, args.batch, args.dtype, args.channels = ["sio2", "batio3"], [1, 4], ["float32", "float64"], [64, 128]
+    kinds = args.kinds
+    cols = " | ".join(f"({k}) s" for k in kinds) + " | " + " | ".join(f"({k}) GiB" for k in kinds)
+    ratios = [k for k in ("b", "c") if k in kinds and "a" in kinds]
+    lines = [header(args.title, args.threads, " / ".join(args.malloc)),
+             f"`python bench/train_step.py {' '.join(sys.argv[1:])}`. Median of {args.repeats} steps after "
+             f"{args.warmup} warm-up, each configuration in its own process; peak RSS of that process. "
+             + "; ".join(f"({k}) {KIND_TEXT[k]}" for k in kinds) + ".\n",
+             f"| structure | atoms | dtype | ch | malloc | {cols} | " + " | ".join(f"{k}/a" for k in ratios)
+             + (" | c/a mem |" if "c" in ratios else " |"),
+             "|" + "---|" * (5 + 2 * len(kinds) + len(ratios) + ("c" in ratios))]
+    for s, b, dt, ch, mal in itertools.product(args.structures, args.batch, args.dtype, args.channels, args.malloc):
+        res = {}
+        for kind in kinds:
+            spec = dict(kind=kind, structure=s, batch=b, dtype=dt, channels=ch, malloc=mal, threads=args.threads,
+                        warmup=args.warmup, repeats=args.repeats)
+            res[kind] = run_child(__file__, spec, args.timeout)
+            print(s, b, dt, ch, mal, kind, res[kind], flush=True)
+        ok = {k: r for k, r in res.items() if "error" not in r}
+        atoms = next((r["atoms"] for r in ok.values()), "?")
+        t = " | ".join(fmt(ok[k]["s"]) if k in ok else res[k]["error"] for k in kinds)
+        m = " | ".join(fmt(ok[k]["gib"]) if k in ok else "-" for k in kinds)
+        r = " | ".join(fmt(ok[k]["s"] / ok["a"]["s"]) if k in ok and "a" in ok else "-" for k in ratios)
+        mem = (" | " + (fmt(ok["c"]["gib"] / ok["a"]["gib"]) if "c" in ok and "a" in ok else "-")) if "c" in ratios else ""
+        lines.append(f"| {s} x{b} | {atoms} | {dt} | {ch} | {mal} | {t} | {m} | {r}{mem} |")
+    append("\n".join(lines) + "\n", args.out)
     return 0
 
 

@@ -9,8 +9,9 @@ Properties (ASE units: eV, eV/A, eV/A^3; response properties in our internal uni
 * ``becs``: Born effective charges Z*, e, (n_atoms, 3, 3), ``becs[k, i, j] = d(Omega P_i)/dR_kj``
 * ``polarisability``: alpha, e/(V A), (3, 3)
 
-Asking for energy/forces/stress also returns P from the same backward pass (it costs almost
-nothing); Z* and alpha need second derivatives and are computed only when asked for.
+Asking for energy/forces/stress also returns P from the same backward pass (a few per cent more
+than forces alone, bench/RESULTS.md; ``compute_polarisation=False`` skips it for field-free
+runs); Z* and alpha need second derivatives and are computed only when asked for.
 The field may be a constant 3-vector (V/A), changed between calls with :meth:`set_field`, or a
 function ``f(t) -> 3-vector`` of the time ``calc.time`` (fs), which an MD driver advances.
 """
@@ -45,6 +46,7 @@ class MACEFieldCalculator(Calculator):
         dtype: Optional[str] = None,
         electric_field: FieldLike = (0.0, 0.0, 0.0),
         head: Optional[str] = None,
+        compute_polarisation: bool = True,
         **kwargs,
     ):
         """``device``/``dtype``: default to a module's own (it is used as given, moved or cast in
@@ -63,6 +65,7 @@ class MACEFieldCalculator(Calculator):
         if head is not None and head not in heads:
             raise ValueError(f"head {head!r} not in the model's heads {heads}")
         self.head = head or heads[-1]
+        self.compute_polarisation = bool(compute_polarisation)
         self.time = 0.0  # fs; read by a time-dependent field
         self._field = None
         self._field_used: Optional[np.ndarray] = None  # the field of the cached results
@@ -97,7 +100,9 @@ class MACEFieldCalculator(Calculator):
     # ------------------------------------------------------------------ compute
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        want = {keys.ENERGY, keys.FORCES, keys.POLARISATION}
+        want = {keys.ENERGY, keys.FORCES}
+        if self.compute_polarisation or keys.POLARISATION in properties:
+            want.add(keys.POLARISATION)
         periodic = bool(np.all(self.atoms.pbc)) and abs(self.atoms.get_volume()) > 1e-12
         if periodic:
             want.add(keys.STRESS)

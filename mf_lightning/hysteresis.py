@@ -32,6 +32,7 @@ import numpy as np
 
 from mf_lightning.md import FIELD_UNITS, FieldProtocol, Unwrapper, axis_vector, load_structure, read_log, run_md
 from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2
+from mf_lightning.runtime import configure_process
 
 log = logging.getLogger(__name__)
 V_PER_A_TO_MV_PER_CM = 100.0
@@ -173,6 +174,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    configure_process()  # glibc malloc settings (mf_lightning/runtime.py)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from mf_lightning.calculator import MACEFieldCalculator

@@ -40,6 +40,7 @@ import numpy as np
 from ase import units
 
 from mf_lightning.data.polarisation import fold_onto
+from mf_lightning.runtime import configure_process
 
 log = logging.getLogger(__name__)
 
@@ -345,6 +346,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     add_field_args(parser)
     args = parser.parse_args(argv)
+    configure_process()  # glibc malloc settings (mf_lightning/runtime.py)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from mf_lightning.calculator import MACEFieldCalculator

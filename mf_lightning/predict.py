@@ -307,6 +307,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    from mf_lightning.runtime import configure_process
+
+    configure_process()  # glibc malloc settings (mf_lightning/runtime.py)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from mf_lightning.model.io import load_model

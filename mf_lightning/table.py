@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-IGNORED_OVERRIDES = ("seed", "hydra.", "paths.", "torch_threads", "ckpt_path")
+IGNORED_OVERRIDES = ("seed", "hydra.", "paths.", "torch_threads", "malloc_tuning", "ckpt_path")
 
 
 def _overrides(run: Path) -> List[str]:

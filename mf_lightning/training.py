@@ -13,7 +13,6 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,6 +23,7 @@ from mf_lightning.data.dataset import ref_key, weight_key
 from mf_lightning.model.build import build_model
 from mf_lightning.model.field_mace import FieldMACE
 from mf_lightning.module import METRIC_UNITS, FieldMACEModule
+from mf_lightning.runtime import configure_process
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +165,7 @@ def results_table(metrics: Dict[str, Any], stage: str = "test") -> str:
 
 
 def train(cfg: DictConfig) -> Optional[float]:
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg.torch_threads))
+    configure_process(cfg.get("torch_threads"), malloc=cfg.get("malloc_tuning", True))
     pl.seed_everything(int(cfg.seed), workers=True)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,9 @@ torch.set_num_threads(int(os.environ.get("MF_TEST_THREADS", "1")))
 import ase.io  # noqa: E402
 
 import mf_lightning  # noqa: E402,F401  (import order: mace before e3nn)
+from mf_lightning.runtime import tune_malloc  # noqa: E402
+
+tune_malloc()  # what every entry point does (mf_lightning/runtime.py)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MF_DATA_DIR", REPO.parent / "shared" / "data"))

@@ -7,17 +7,16 @@ import time
 
 import ase.io
 import numpy as np
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mf_lightning.calculator import MACEFieldCalculator
+from mf_lightning.runtime import configure_process
 from mf_lightning.units import EPS0_E_PER_V_A, E_PER_A2_TO_UC_PER_CM2
 
 
 def response_demo(cfg: DictConfig) -> dict:
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg.torch_threads))
+    configure_process(cfg.get("torch_threads"), malloc=cfg.get("malloc_tuning", True))
     atoms = ase.io.read(cfg.demo.structure, index=int(cfg.demo.frame))
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg["atomic_numbers"] = sorted(set(int(z) for z in atoms.get_atomic_numbers()) | set(model_cfg["atomic_numbers"]))

@@ -31,6 +31,7 @@ import numpy as np
 
 from mf_lightning.data.polarisation import align_branch, order_along_paths, path_id, unwrap_branch
 from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2
+from mf_lightning.runtime import configure_process
 
 COMPONENTS = "xyz"
 
@@ -192,6 +193,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--max-plotted", type=int, default=12)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    configure_process()  # glibc malloc settings (mf_lightning/runtime.py)
 
     from mf_lightning.data.root import resolve_file
     from mf_lightning.model.io import load_model

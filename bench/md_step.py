@@ -1,0 +1,111 @@
+"""Inference (MD-step) cost per structure: upstream ``MACECalculator`` vs ``MACEFieldCalculator``
+on the same weights, for forces, forces + P, and forces + P + Z* + alpha.
+
+    python bench/md_step.py                                  # sio2 + batio3, float64 and float32, 64 ch
+    python bench/md_step.py --malloc tuned default
+
+One step = move the atoms (a new small random displacement, so nothing is cached), then ask the
+calculator: ``get_forces`` (every row also returns energy and stress, as mace's calculator
+does), ``get_polarisation`` with ``compute_polarisation`` on, or ``get_becs`` (Z* and alpha).
+The field model is a random-weight ``residual_tp`` FieldMACE; upstream runs mace-torch's own
+``ScaleShiftMACE`` with the same backbone weights (at E = 0 both give the same forces; checked
+every run). Median over ``--steps`` steps after 2 warm-up steps, each row in its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from _common import RESULTS, append, child_setup, elements, fmt, header, peak_rss_gib, records, run_child
+
+ROWS = {"upstream": "mace MACECalculator, E/F/S", "F": "ours, E/F/S", "F+P": "ours, E/F/S + P",
+        "F+P+Z*+alpha": "ours, E/F/S + P + Z* + alpha"}
+
+
+def models(z, dtype, channels):
+    import mf_lightning
+
+    kw = dict(atomic_numbers=z, num_channels=channels, dtype=dtype, seed=0)
+    field = mf_lightning.build_model(coupling={"form": "residual_tp", "init": "random"}, **kw)
+    plain = mf_lightning.build_model(coupling={"form": "residual_tp", "init": "random", "split_backward": False}, **kw)
+    return field, plain.backbone
+
+
+def one(spec: dict) -> dict:
+    malloc = child_setup(spec["threads"], spec["malloc"])
+    from mace.calculators import MACECalculator
+
+    from mf_lightning.calculator import MACEFieldCalculator
+
+    atoms = records(spec["structure"], 1)[0].atoms.copy()
+    atoms.calc = None
+    field_model, backbone = models(elements([records(spec["structure"], 1)[0]]), spec["dtype"], spec["channels"])
+    row = spec["row"]
+    if row == "upstream":
+        calc = MACECalculator(models=[backbone], device="cpu", default_dtype=spec["dtype"])
+        ask = calc.get_forces
+    else:
+        calc = MACEFieldCalculator(field_model, compute_polarisation=(row != "F"))
+        ask = {"F": calc.get_forces, "F+P": calc.get_polarisation, "F+P+Z*+alpha": calc.get_becs}[row]
+    rng = np.random.default_rng(0)
+    start = atoms.positions.copy()
+    times = []
+    for i in range(spec["steps"] + 2):
+        atoms.positions = start + rng.normal(scale=0.01, size=start.shape)
+        t0 = time.perf_counter()
+        ask(atoms)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    forces = calc.get_forces(atoms)
+    return {"s": statistics.median(times), "gib": peak_rss_gib(), "atoms": len(atoms), "malloc": malloc,
+            "forces": forces.tolist(), "positions": atoms.positions.tolist()}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--structures", nargs="+", default=["sio2", "batio3"], choices=["sio2", "batio3"])
+    p.add_argument("--dtype", nargs="+", default=["float64", "float32"], choices=["float32", "float64"])
+    p.add_argument("--channels", nargs="+", type=int, default=[64])
+    p.add_argument("--malloc", nargs="+", default=["tuned"], choices=["tuned", "default"])
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--_one", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args._one:
+        print(json.dumps(one(json.loads(args._one))))
+        return 0
+    names = list(ROWS)
+    lines = [header("MD step (inference)", args.threads, " / ".join(args.malloc)),
+             f"`python bench/md_step.py {' '.join(sys.argv[1:])}`: median seconds per step over {args.steps} "
+             "steps (new positions each step), one process per column; "
+             + "; ".join(f"{k}: {v}" for k, v in ROWS.items()) + ". Ratios are to ours, E/F/S.\n",
+             "| structure | atoms | dtype | ch | malloc | " + " | ".join(f"{n} s" for n in names)
+             + " | ours/upstream | (F+P)/F | (F+P+Z*+alpha)/F | peak GiB (Z*) | max abs dF vs upstream (eV/A) |",
+             "|" + "---|" * (5 + len(names) + 5)]
+    for s, dt, ch, mal in itertools.product(args.structures, args.dtype, args.channels, args.malloc):
+        res = {n: run_child(__file__, dict(row=n, structure=s, dtype=dt, channels=ch, malloc=mal, threads=args.threads,
+                                           steps=args.steps)) for n in names}
+        print(s, dt, ch, mal, {n: r.get("s", r.get("error")) for n, r in res.items()}, flush=True)
+        t = {n: r.get("s") for n, r in res.items()}
+        same = "-"
+        if "forces" in res["upstream"] and "forces" in res["F"]:
+            same = f"{np.abs(np.array(res['upstream']['forces']) - np.array(res['F']['forces'])).max():.1e}"
+        ratio = (lambda a, b: fmt(a / b) if a and b else "-")
+        lines.append(f"| {s} | {res['F'].get('atoms', '?')} | {dt} | {ch} | {mal} | "
+                     + " | ".join(fmt(t[n], ".3f") if t[n] else res[n]["error"] for n in names)
+                     + f" | {ratio(t['F'], t['upstream'])} | {ratio(t['F+P'], t['F'])} | {ratio(t['F+P+Z*+alpha'], t['F'])}"
+                     f" | {fmt(res['F+P+Z*+alpha'].get('gib'))} | {same} |")
+    append("\n".join(lines) + "\n", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

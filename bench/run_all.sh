@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Every benchmark, in the order bench/RESULTS.md reports them (about an hour on 2 CPU cores).
+# Run on an otherwise idle machine: two processes sharing two cores distort every timing.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-../.venv/bin/python}
+$PY train_step.py --title "Training step, headline (targets)" --kinds a b c c-e3nn --malloc tuned default --warmup 1 --repeats 2
+$PY train_step.py --title "Training step, grid" --grid --warmup 1 --repeats 2
+$PY md_step.py --dtype float64 --malloc tuned default
+$PY md_step.py --dtype float32
+$PY scaling.py
+$PY data_pipeline.py
+$PY profile_response.py

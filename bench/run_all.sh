@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-../.venv/bin/python}
-$PY train_step.py --title "Training step, headline (targets)" --kinds a b c c-e3nn --malloc tuned default --warmup 1 --repeats 2
+$PY train_step.py --title "Training step, headline (targets)" --kinds a b c c-e3nn --malloc tuned default --warmup 2 --repeats 2
 $PY train_step.py --title "Training step, grid" --grid --warmup 1 --repeats 2
 $PY md_step.py --dtype float64 --malloc tuned default
 $PY md_step.py --dtype float32

@@ -9,7 +9,8 @@ calculator: ``get_forces`` (every row also returns energy and stress, as mace's 
 does), ``get_polarisation`` with ``compute_polarisation`` on, or ``get_becs`` (Z* and alpha).
 The field model is a random-weight ``residual_tp`` FieldMACE; upstream runs mace-torch's own
 ``ScaleShiftMACE`` with the same backbone weights (at E = 0 both give the same forces; checked
-every run). Median over ``--steps`` steps after 2 warm-up steps, each row in its own process.
+every run). All rows run in one process, in interleaved rounds (one step of each row per round),
+median over ``--steps`` rounds after 2 warm-up steps per row.
 """
 
 from __future__ import annotations
@@ -39,33 +40,45 @@ def models(z, dtype, channels):
 
 
 def one(spec: dict) -> dict:
+    """All rows in one process, timed in interleaved rounds (one step of each row per round) so
+    machine noise hits every row alike; peak RSS after the warm-up of each row in the order of
+    ROWS (so the Z* row's figure is its own)."""
     malloc = child_setup(spec["threads"], spec["malloc"])
     from mace.calculators import MACECalculator
 
     from mf_lightning.calculator import MACEFieldCalculator
 
-    atoms = records(spec["structure"], 1)[0].atoms.copy()
+    rec = records(spec["structure"], 1)[0]
+    field_model, backbone = models(elements([rec]), spec["dtype"], spec["channels"])
+    upstream = MACECalculator(models=[backbone], device="cpu", default_dtype=spec["dtype"])
+    plain = MACEFieldCalculator(field_model, compute_polarisation=False)
+    ours = MACEFieldCalculator(field_model)
+    asks = {"upstream": upstream.get_forces, "F": plain.get_forces, "F+P": ours.get_polarisation,
+            "F+P+Z*+alpha": ours.get_becs}
+    atoms = rec.atoms.copy()
     atoms.calc = None
-    field_model, backbone = models(elements([records(spec["structure"], 1)[0]]), spec["dtype"], spec["channels"])
-    row = spec["row"]
-    if row == "upstream":
-        calc = MACECalculator(models=[backbone], device="cpu", default_dtype=spec["dtype"])
-        ask = calc.get_forces
-    else:
-        calc = MACEFieldCalculator(field_model, compute_polarisation=(row != "F"))
-        ask = {"F": calc.get_forces, "F+P": calc.get_polarisation, "F+P+Z*+alpha": calc.get_becs}[row]
     rng = np.random.default_rng(0)
     start = atoms.positions.copy()
-    times = []
-    for i in range(spec["steps"] + 2):
+    out = {row: {"atoms": len(atoms), "malloc": malloc, "times": []} for row in asks}
+
+    def move():
         atoms.positions = start + rng.normal(scale=0.01, size=start.shape)
-        t0 = time.perf_counter()
-        ask(atoms)
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    forces = calc.get_forces(atoms)
-    return {"s": statistics.median(times), "gib": peak_rss_gib(), "atoms": len(atoms), "malloc": malloc,
-            "forces": forces.tolist(), "positions": atoms.positions.tolist()}
+
+    for row, ask in asks.items():
+        for _ in range(2):
+            move()
+            ask(atoms)
+        out[row]["gib"] = peak_rss_gib()
+    for _ in range(spec["steps"]):
+        move()
+        for row, ask in asks.items():
+            t0 = time.perf_counter()
+            ask(atoms)
+            out[row]["times"].append(time.perf_counter() - t0)
+    for r in out.values():
+        r["s"] = statistics.median(r["times"])
+    out["max_dF"] = float(np.abs(upstream.get_forces(atoms) - plain.get_forces(atoms)).max())
+    return out
 
 
 def main() -> int:
@@ -85,19 +98,17 @@ def main() -> int:
     names = list(ROWS)
     lines = [header("MD step (inference)", args.threads, " / ".join(args.malloc)),
              f"`python bench/md_step.py {' '.join(sys.argv[1:])}`: median seconds per step over {args.steps} "
-             "steps (new positions each step), one process per column; "
+             "interleaved rounds (new positions each round), one process per line; "
              + "; ".join(f"{k}: {v}" for k, v in ROWS.items()) + ". Ratios are to ours, E/F/S.\n",
              "| structure | atoms | dtype | ch | malloc | " + " | ".join(f"{n} s" for n in names)
              + " | ours/upstream | (F+P)/F | (F+P+Z*+alpha)/F | peak GiB (Z*) | max abs dF vs upstream (eV/A) |",
              "|" + "---|" * (5 + len(names) + 5)]
     for s, dt, ch, mal in itertools.product(args.structures, args.dtype, args.channels, args.malloc):
-        res = {n: run_child(__file__, dict(row=n, structure=s, dtype=dt, channels=ch, malloc=mal, threads=args.threads,
-                                           steps=args.steps)) for n in names}
+        got = run_child(__file__, dict(structure=s, dtype=dt, channels=ch, malloc=mal, threads=args.threads, steps=args.steps))
+        res = {n: got.get(n, {"error": got.get("error", "failed")}) for n in names}
         print(s, dt, ch, mal, {n: r.get("s", r.get("error")) for n, r in res.items()}, flush=True)
         t = {n: r.get("s") for n, r in res.items()}
-        same = "-"
-        if "forces" in res["upstream"] and "forces" in res["F"]:
-            same = f"{np.abs(np.array(res['upstream']['forces']) - np.array(res['F']['forces'])).max():.1e}"
+        same = f"{got['max_dF']:.1e}" if "max_dF" in got else "-"
         ratio = (lambda a, b: fmt(a / b) if a and b else "-")
         lines.append(f"| {s} | {res['F'].get('atoms', '?')} | {dt} | {ch} | {mal} | "
                      + " | ".join(fmt(t[n], ".3f") if t[n] else res[n]["error"] for n in names)

@@ -10,8 +10,11 @@ Kinds: (a) upstream mace-torch ``ScaleShiftMACE`` with mace's own forward and an
 (c) ``FieldMACE`` ``residual_tp``, E/F/S + P + Z* + alpha loss; c-e3nn: (c) without the
 split-backward tensor products (mf_lightning/model/split_backward.py). Same architecture and
 frames for all (2 layers, L_max 1, max_ell 3, r_max 5). Each configuration runs in a fresh
-subprocess: ``--warmup`` steps, then the median of ``--repeats`` timed steps (forward, loss,
-backward, Adam step); peak RSS of that process. Appends a table to bench/RESULTS.md.
+subprocess that builds every kind, warms each up (``--warmup`` steps), then times ``--repeats``
+interleaved rounds (a step of each kind per round; forward, loss, backward, Adam step) and
+reports the medians: on a shared machine the noise then hits all kinds alike, so the ratios are
+steadier than the absolute times. Memory: the peak RSS after each kind's warm-up, taken in the
+order a, b, c (so (c)'s figure is its own). Appends a table to bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ KIND_TEXT = {"a": "upstream ScaleShiftMACE, E/F/S", "b": "FieldMACE none, E/F/S"
 
 
 def one(spec: dict) -> dict:
+    """All kinds in one process, timed in interleaved rounds (a, b, c, a, b, c, ...) so that a
+    slow patch of a shared machine hits every kind alike; the peak RSS after each kind's warm-up
+    (in the order given, (a) first) is that kind's memory: exact for the first, and for later
+    kinds the maximum so far, which is their own whenever they need more (as (c) does)."""
     malloc = child_setup(spec["threads"], spec["malloc"])
     import torch
 
@@ -40,21 +47,41 @@ def one(spec: dict) -> dict:
     from mf_lightning.losses import MultiTaskLoss
     from mf_lightning.module import batch_to_dict
 
-    kind, dtype = spec["kind"], spec["dtype"]
+    dtype = spec["dtype"]
+    tdtype = getattr(torch, dtype)
     recs = records(spec["structure"], spec["batch"])
     z = elements(recs)
-    form = "none" if kind in ("a", "b") else "residual_tp"
-    # (a) must be mace-torch's own code, so its tensor products stay e3nn's TorchScript ones.
-    split = kind not in ("a", "c-e3nn")
-    model = mf_lightning.build_model(atomic_numbers=z, num_channels=spec["channels"], dtype=dtype,
-                                     coupling={"form": form, "init": "random", "split_backward": split}, seed=0)
-    tdtype = getattr(torch, dtype)
-    graphs = [record_to_graph(r, z, model.r_max, ["Default"], "Default") for r in recs]
-    batch = batch_to_dict(Batch.from_data_list(graphs), tdtype)
     efs = {"energy": 1.0, "forces": 100.0, "stress": 1.0}
-    weights = efs if kind in ("a", "b") else {**efs, "polarisation": 100.0, "becs": 100.0, "polarisability": 100.0}
-    loss_fn = MultiTaskLoss(weights)
-    net = model.backbone if kind == "a" else model
+    steps = {}
+    for kind in spec["kinds"]:
+        form = "none" if kind in ("a", "b") else "residual_tp"
+        # (a) must be mace-torch's own code, so its tensor products stay e3nn's TorchScript ones.
+        split = kind not in ("a", "c-e3nn")
+        model = mf_lightning.build_model(atomic_numbers=z, num_channels=spec["channels"], dtype=dtype, seed=0,
+                                         coupling={"form": form, "init": "random", "split_backward": split})
+        graphs = [record_to_graph(r, z, model.r_max, ["Default"], "Default") for r in recs]
+        batch = batch_to_dict(Batch.from_data_list(graphs), tdtype)
+        weights = efs if kind in ("a", "b") else {**efs, "polarisation": 100.0, "becs": 100.0, "polarisability": 100.0}
+        net = model.backbone if kind == "a" else model
+        steps[kind] = make_step(kind, net, batch, MultiTaskLoss(weights), keys)
+    out = {kind: {"atoms": sum(len(r.atoms) for r in recs), "malloc": malloc, "times": []} for kind in steps}
+    for kind, step in steps.items():
+        for _ in range(spec["warmup"]):
+            step()
+        out[kind]["gib"] = peak_rss_gib()
+    for _ in range(spec["repeats"]):
+        for kind, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            out[kind]["times"].append(time.perf_counter() - t0)
+    for r in out.values():
+        r["s"] = statistics.median(r["times"])
+    return out
+
+
+def make_step(kind, net, batch, loss_fn, keys):
+    import torch
+
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, amsgrad=True)
 
     def step():
@@ -69,14 +96,7 @@ def one(spec: dict) -> dict:
         loss.backward()
         opt.step()
 
-    for _ in range(spec["warmup"]):
-        step()
-    times = []
-    for _ in range(spec["repeats"]):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return {"s": statistics.median(times), "gib": peak_rss_gib(), "atoms": sum(len(r.atoms) for r in recs), "malloc": malloc}
+    return step
 
 
 def main() -> int:
@@ -88,7 +108,7 @@ def main() -> int:
     p.add_argument("--kinds", nargs="+", default=["a", "b", "c"], choices=list(KIND_TEXT))
     p.add_argument("--malloc", nargs="+", default=["tuned"], choices=["tuned", "default"])
     p.add_argument("--grid", action="store_true", help="every structure x batch 1,4 x float32,64 x 64,128 channels")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timeout", type=float, default=1800)
@@ -105,19 +125,22 @@ def main() -> int:
     cols = " | ".join(f"({k}) s" for k in kinds) + " | " + " | ".join(f"({k}) GiB" for k in kinds)
     ratios = [k for k in ("b", "c") if k in kinds and "a" in kinds]
     lines = [header(args.title, args.threads, " / ".join(args.malloc)),
-             f"`python bench/train_step.py {' '.join(sys.argv[1:])}`. Median of {args.repeats} steps after "
-             f"{args.warmup} warm-up, each configuration in its own process; peak RSS of that process. "
+             f"`python bench/train_step.py {' '.join(sys.argv[1:])}`. Median of {args.repeats} interleaved rounds after "
+             f"{args.warmup} warm-up steps per kind, one process per configuration; peak RSS after each kind's warm-up. "
              + "; ".join(f"({k}) {KIND_TEXT[k]}" for k in kinds) + ".\n",
              f"| structure | atoms | dtype | ch | malloc | {cols} | " + " | ".join(f"{k}/a" for k in ratios)
              + (" | c/a mem |" if "c" in ratios else " |"),
              "|" + "---|" * (5 + 2 * len(kinds) + len(ratios) + ("c" in ratios))]
     for s, b, dt, ch, mal in itertools.product(args.structures, args.batch, args.dtype, args.channels, args.malloc):
-        res = {}
-        for kind in kinds:
-            spec = dict(kind=kind, structure=s, batch=b, dtype=dt, channels=ch, malloc=mal, threads=args.threads,
-                        warmup=args.warmup, repeats=args.repeats)
-            res[kind] = run_child(__file__, spec, args.timeout)
-            print(s, b, dt, ch, mal, kind, res[kind], flush=True)
+        spec = dict(kinds=kinds, structure=s, batch=b, dtype=dt, channels=ch, malloc=mal, threads=args.threads,
+                    warmup=args.warmup, repeats=args.repeats)
+        res = run_child(__file__, spec, args.timeout)
+        if "error" in res and kinds[-1] != "a":  # most likely (c) ran out of memory: the others alone
+            res = run_child(__file__, {**spec, "kinds": [k for k in kinds if not k.startswith("c")]}, args.timeout)
+            res.update({k: {"error": "out of memory" if "memory" in str(res.get("error", "")) else "failed"}
+                        for k in kinds if k.startswith("c")} if "error" not in res else {})
+        res = {k: res.get(k, {"error": res.get("error", "failed")}) for k in kinds}
+        print(s, b, dt, ch, mal, {k: r.get("s", r.get("error")) for k, r in res.items()}, flush=True)
         ok = {k: r for k, r in res.items() if "error" not in r}
         atoms = next((r["atoms"] for r in ok.values()), "?")
         t = " | ".join(fmt(ok[k]["s"]) if k in ok else res[k]["error"] for k in kinds)

@@ -34,6 +34,16 @@ def test_properties_match_the_model(model, dielectric_atoms):
     assert atoms.calc.get_becs().shape == (len(atoms), 3, 3)
 
 
+def test_forces_without_polarisation(model, dielectric_atoms):
+    """compute_polarisation=False (field-free MD) skips P but not the field's effect on forces;
+    asking for P still computes it."""
+    atoms = dielectric_atoms.copy()
+    full, lean = MACEFieldCalculator(model, electric_field=FIELD), MACEFieldCalculator(model, electric_field=FIELD, compute_polarisation=False)
+    np.testing.assert_array_equal(lean.get_forces(atoms), full.get_forces(atoms))
+    assert keys.POLARISATION in full.results and keys.POLARISATION not in lean.results
+    np.testing.assert_array_equal(lean.get_polarisation(atoms), full.get_polarisation(atoms))
+
+
 def test_stress_convention_matches_ase_numerical_stress(model, dielectric_atoms):
     atoms = dielectric_atoms.copy()
     calc = MACEFieldCalculator(model, electric_field=FIELD)

@@ -3,6 +3,7 @@ allocator state are its own), the machine header, and appending a section to ben
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -97,3 +98,16 @@ def records(structure: str, n: int):
 
 def elements(recs) -> list:
     return sorted({int(z) for r in recs for z in r.atoms.get_atomic_numbers()})
+
+
+def parse(parser, one, threads: int = 2):
+    """Add the options every script shares and parse. In a measured subprocess (``--_one``) run
+    ``one(spec)``, print its JSON and return None; otherwise return the arguments."""
+    parser.add_argument("--threads", type=int, default=threads)
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--_one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._one:
+        print(json.dumps(one(json.loads(args._one))))
+        return None
+    return args

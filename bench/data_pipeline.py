@@ -11,12 +11,11 @@ batches), in one process per config. Appends a table to bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 
-from _common import RESULTS, ROOT, append, child_setup, fmt, header, run_child
+from _common import ROOT, append, parse, child_setup, fmt, header, run_child
 
 
 def setup_once(name: str, cache: str, out: str):
@@ -48,12 +47,8 @@ def one(spec: dict) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", nargs="+", default=["sio2", "batio3", "mp_dielectric", "ferroelectric"])
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=str(RESULTS))
-    p.add_argument("--_one", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args._one:
-        print(json.dumps(one(json.loads(args._one))))
+    args = parse(p, one, threads=1)
+    if args is None:
         return 0
     lines = [header("Data pipeline", args.threads, "tuned"),
              f"`python bench/data_pipeline.py {' '.join(sys.argv[1:])}`: seconds for `setup()` without the graph "

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import sys
 import time
 
 import numpy as np
 
-from _common import RESULTS, append, child_setup, elements, fmt, header, peak_rss_gib, records, run_child
+from _common import append, child_setup, elements, fmt, header, parse, peak_rss_gib, records, run_child
 
 ROWS = {"upstream": "mace MACECalculator, E/F/S", "F": "ours, E/F/S", "F+P": "ours, E/F/S + P",
         "F+P+Z*+alpha": "ours, E/F/S + P + Z* + alpha"}
@@ -88,12 +87,8 @@ def main() -> int:
     p.add_argument("--channels", nargs="+", type=int, default=[64])
     p.add_argument("--malloc", nargs="+", default=["tuned"], choices=["tuned", "default"])
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=str(RESULTS))
-    p.add_argument("--_one", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args._one:
-        print(json.dumps(one(json.loads(args._one))))
+    args = parse(p, one)
+    if args is None:
         return 0
     names = list(ROWS)
     lines = [header("MD step (inference)", args.threads, " / ".join(args.malloc)),

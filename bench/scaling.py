@@ -11,14 +11,13 @@ Appends a table to bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 
 import numpy as np
 
-from _common import RESULTS, append, child_setup, elements, fmt, header, peak_rss_gib, records, run_child
+from _common import append, child_setup, elements, fmt, header, parse, peak_rss_gib, records, run_child
 
 REPEATS = [(1, 1, 1), (2, 1, 1), (2, 2, 1), (2, 2, 2), (4, 2, 2), (4, 4, 2), (4, 4, 4)]
 
@@ -54,12 +53,8 @@ def main() -> int:
     p.add_argument("--dtype", default="float64")
     p.add_argument("--channels", type=int, default=64)
     p.add_argument("--max-atoms", type=int, default=5000)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=str(RESULTS))
-    p.add_argument("--_one", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args._one:
-        print(json.dumps(one(json.loads(args._one))))
+    args = parse(p, one)
+    if args is None:
         return 0
     lines = [header(f"Scaling with system size (alpha-quartz supercells, {args.dtype}, {args.channels} channels)",
                      args.threads, "tuned"),

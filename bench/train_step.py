@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import sys
 import time
 
-from _common import RESULTS, append, child_setup, elements, fmt, header, peak_rss_gib, records, run_child
+from _common import append, child_setup, elements, fmt, header, parse, peak_rss_gib, records, run_child
 
 KIND_TEXT = {"a": "upstream ScaleShiftMACE, E/F/S", "b": "FieldMACE none, E/F/S",
              "c": "FieldMACE residual_tp, E/F/S+P+Z*+alpha", "c-e3nn": "(c) with e3nn's TorchScript TPs"}
@@ -110,14 +109,10 @@ def main() -> int:
     p.add_argument("--grid", action="store_true", help="every structure x batch 1,4 x float32,64 x 64,128 channels")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--title", default="Training step")
-    p.add_argument("--out", default=str(RESULTS))
-    p.add_argument("--_one", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args._one:
-        print(json.dumps(one(json.loads(args._one))))
+    args = parse(p, one)
+    if args is None:
         return 0
     if args.grid:
         args.structures, args.batch, args.dtype, args.channels = ["sio2", "batio3"], [1, 4], ["float32", "float64"], [64, 128]
@@ -128,26 +123,27 @@ def main() -> int:
              f"`python bench/train_step.py {' '.join(sys.argv[1:])}`. Median of {args.repeats} interleaved rounds after "
              f"{args.warmup} warm-up steps per kind, one process per configuration; peak RSS after each kind's warm-up. "
              + "; ".join(f"({k}) {KIND_TEXT[k]}" for k in kinds) + ".\n",
-             f"| structure | atoms | dtype | ch | malloc | {cols} | " + " | ".join(f"{k}/a" for k in ratios)
-             + (" | c/a mem |" if "c" in ratios else " |"),
+             f"| structure | atoms | dtype | ch | malloc | {cols} |" + "".join(f" {k}/a |" for k in ratios)
+             + (" c/a mem |" if "c" in ratios else ""),
              "|" + "---|" * (5 + 2 * len(kinds) + len(ratios) + ("c" in ratios))]
     for s, b, dt, ch, mal in itertools.product(args.structures, args.batch, args.dtype, args.channels, args.malloc):
         spec = dict(kinds=kinds, structure=s, batch=b, dtype=dt, channels=ch, malloc=mal, threads=args.threads,
                     warmup=args.warmup, repeats=args.repeats)
         res = run_child(__file__, spec, args.timeout)
-        if "error" in res and kinds[-1] != "a":  # most likely (c) ran out of memory: the others alone
-            res = run_child(__file__, {**spec, "kinds": [k for k in kinds if not k.startswith("c")]}, args.timeout)
-            res.update({k: {"error": "out of memory" if "memory" in str(res.get("error", "")) else "failed"}
-                        for k in kinds if k.startswith("c")} if "error" not in res else {})
+        others = [k for k in kinds if not k.startswith("c")]
+        if "error" in res and others and len(others) < len(kinds):  # most likely (c) ran out of memory
+            failure = {"error": res["error"]}
+            res = {**run_child(__file__, {**spec, "kinds": others}, args.timeout), **{k: failure for k in kinds if k not in others}}
         res = {k: res.get(k, {"error": res.get("error", "failed")}) for k in kinds}
         print(s, b, dt, ch, mal, {k: r.get("s", r.get("error")) for k, r in res.items()}, flush=True)
         ok = {k: r for k, r in res.items() if "error" not in r}
         atoms = next((r["atoms"] for r in ok.values()), "?")
         t = " | ".join(fmt(ok[k]["s"]) if k in ok else res[k]["error"] for k in kinds)
         m = " | ".join(fmt(ok[k]["gib"]) if k in ok else "-" for k in kinds)
-        r = " | ".join(fmt(ok[k]["s"] / ok["a"]["s"]) if k in ok and "a" in ok else "-" for k in ratios)
-        mem = (" | " + (fmt(ok["c"]["gib"] / ok["a"]["gib"]) if "c" in ok and "a" in ok else "-")) if "c" in ratios else ""
-        lines.append(f"| {s} x{b} | {atoms} | {dt} | {ch} | {mal} | {t} | {m} | {r}{mem} |")
+        r = "".join(f" {fmt(ok[k]['s'] / ok['a']['s']) if k in ok and 'a' in ok else '-'} |" for k in ratios)
+        if "c" in ratios:
+            r += f" {fmt(ok['c']['gib'] / ok['a']['gib']) if 'c' in ok and 'a' in ok else '-'} |"
+        lines.append(f"| {s} x{b} | {atoms} | {dt} | {ch} | {mal} | {t} | {m} |{r}")
     append("\n".join(lines) + "\n", args.out)
     return 0
 

@@ -111,3 +111,13 @@ def parse(parser, one, threads: int = 2):
         print(json.dumps(one(json.loads(args._one))))
         return None
     return args
+
+
+def labelled_batch(recs, z, r_max: float, dtype):
+    """The frames as one mace-torch batch dict with their labels (what the training loop sees)."""
+    from mace.tools.torch_geometric.batch import Batch
+
+    from mf_lightning.data.dataset import record_to_graph
+    from mf_lightning.module import batch_to_dict
+
+    return batch_to_dict(Batch.from_data_list([record_to_graph(r, z, r_max, ["Default"], "Default") for r in recs]), dtype)

@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 
-from _common import RESULTS, append, child_setup, elements, header, records
+from _common import RESULTS, append, child_setup, elements, header, labelled_batch, records
 
 
 def main() -> int:
@@ -32,20 +32,17 @@ def main() -> int:
     malloc = child_setup(args.threads, "tuned")
     import torch
     from mace.modules.utils import prepare_graph
-    from mace.tools.torch_geometric.batch import Batch
     from torch.profiler import ProfilerActivity, profile
 
     import mf_lightning
     from mf_lightning.data import keys
-    from mf_lightning.data.dataset import record_to_graph
-    from mf_lightning.module import batch_to_dict
 
     recs = records(args.structure, args.batch)
     z = elements(recs)
     model = mf_lightning.build_model(atomic_numbers=z, num_channels=args.channels, dtype=args.dtype,
                                      coupling={"form": "residual_tp", "init": "random"}, seed=0)
     tdtype = getattr(torch, args.dtype)
-    batch = batch_to_dict(Batch.from_data_list([record_to_graph(r, z, model.r_max, ["Default"], "Default") for r in recs]), tdtype)
+    batch = labelled_batch(recs, z, model.r_max, tdtype)
 
     def phases(training: bool, response: bool) -> dict:
         d = dict(batch)

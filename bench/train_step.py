@@ -25,7 +25,7 @@ import statistics
 import sys
 import time
 
-from _common import append, child_setup, elements, fmt, header, parse, peak_rss_gib, records, run_child
+from _common import append, child_setup, elements, fmt, header, labelled_batch, parse, peak_rss_gib, records, run_child
 
 KIND_TEXT = {"a": "upstream ScaleShiftMACE, E/F/S", "b": "FieldMACE none, E/F/S",
              "c": "FieldMACE residual_tp, E/F/S+P+Z*+alpha", "c-e3nn": "(c) with e3nn's TorchScript TPs"}
@@ -40,26 +40,22 @@ def one(spec: dict) -> dict:
     import torch
 
     import mf_lightning
-    from mace.tools.torch_geometric.batch import Batch
     from mf_lightning.data import keys
-    from mf_lightning.data.dataset import record_to_graph
     from mf_lightning.losses import MultiTaskLoss
-    from mf_lightning.module import batch_to_dict
 
     dtype = spec["dtype"]
     tdtype = getattr(torch, dtype)
     recs = records(spec["structure"], spec["batch"])
     z = elements(recs)
     efs = {"energy": 1.0, "forces": 100.0, "stress": 1.0}
-    steps = {}
+    steps, batch = {}, None
     for kind in spec["kinds"]:
         form = "none" if kind in ("a", "b") else "residual_tp"
         # (a) must be mace-torch's own code, so its tensor products stay e3nn's TorchScript ones.
         split = kind not in ("a", "c-e3nn")
         model = mf_lightning.build_model(atomic_numbers=z, num_channels=spec["channels"], dtype=dtype, seed=0,
                                          coupling={"form": form, "init": "random", "split_backward": split})
-        graphs = [record_to_graph(r, z, model.r_max, ["Default"], "Default") for r in recs]
-        batch = batch_to_dict(Batch.from_data_list(graphs), tdtype)
+        batch = batch if batch is not None else labelled_batch(recs, z, model.r_max, tdtype)  # same for every kind
         weights = efs if kind in ("a", "b") else {**efs, "polarisation": 100.0, "becs": 100.0, "polarisability": 100.0}
         net = model.backbone if kind == "a" else model
         steps[kind] = make_step(kind, net, batch, MultiTaskLoss(weights), keys)

@@ -3,8 +3,9 @@
 glibc malloc. A training step with forces, Z* and alpha allocates and frees tensors of hundreds
 of MB many times per step. glibc serves each block above its mmap threshold (128 KiB, rising to at
 most 32 MiB) with a fresh ``mmap`` and returns it with ``munmap`` (or trims the heap top), so
-every such tensor is faulted in page by page again: measured here, millions of minor page faults per step and 1.5-2.2x the step time
-(bench/RESULTS.md, "malloc"). :func:`tune_malloc` calls ``mallopt(M_MMAP_MAX, 0)`` (large
+every such tensor is faulted in page by page again: measured here, millions of minor page faults
+per step, and 1.4x (E/F/S) to 1.8x (with Z*/alpha) the step time (bench/RESULTS.md, "Training
+step, glibc malloc defaults"). :func:`tune_malloc` calls ``mallopt(M_MMAP_MAX, 0)`` (large
 blocks come from the heap) and ``mallopt(M_TRIM_THRESHOLD, -1)`` (freed memory is kept for
 reuse, never trimmed: documented in mallopt(3)). It is what
 ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<huge>`` in the environment does, applied at run
@@ -50,11 +51,6 @@ def tune_malloc(enabled: bool = True) -> str:
         ok = False
     if ok:
         _state["malloc"] = "tuned"
-    return _state["malloc"]
-
-
-def malloc_state() -> str:
-    """What :func:`tune_malloc` left in force in this process."""
     return _state["malloc"]
 
 

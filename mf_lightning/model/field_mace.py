@@ -44,7 +44,7 @@ class FieldMACE(torch.nn.Module):
         init: ``"zeros"`` or ``"random"``; ``init_scale`` scales the random init.
         split_backward: rewrite e3nn's tensor products so that their higher derivatives do not
             zero-fill the edge tensor once per irrep (:mod:`~mf_lightning.model.split_backward`;
-            the same numbers, bit for bit, in about 2/3 of the time for a Z*/alpha step). False
+            the same numbers, bit for bit, in 0.7-0.8 of the time for a Z*/alpha step). False
             keeps e3nn's TorchScript code (benchmarks compare the two).
     """
 

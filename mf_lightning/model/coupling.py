@@ -31,6 +31,26 @@ Which L orders take part is configurable: ``l_in`` (L's of the features entering
 E) and ``l_out`` (L's of the product that are added back). ``init`` is ``zeros`` (W = 0: an
 upgraded foundation model starts exactly at its zero-field behaviour for *all* E) or ``random``
 (e3nn's default init scaled by ``init_scale``).
+
+The field-squared term (``field_order=2``, the default)
+    Every form above is bilinear in (x, E), so the polarisability alpha = d^2F/dE^2 is at least
+    *quadratic* in the coupling weights W: at W = 0 a loss on alpha has exactly zero gradient
+    (a saddle), and even from a small random W it starts with a gradient of order W. A
+    factorised W = A B (one factor zero, the other random, as in LoRA) does not help: alpha is
+    then quadratic in A, and its gradient at A = 0 is again exactly zero (checked by
+    ``tests/unit/model/test_coupling_gradients.py``). What does help is a residual that is
+    quadratic in E but *linear* in its own weights:
+
+        x~ = x + W1(x (x) E) + W2(x (x) [E (x) E])
+
+    with [E (x) E] = (|E|^2 as 0e, E's l=2 part as 2e), the symmetric square of the field. W2
+    enters alpha linearly (on the scalars it is a per-atom, environment-dependent isotropic
+    polarisability; through the L>0 features and later layers it is anisotropic), so alpha has
+    a gradient from the first step even at W1 = W2 = 0, and an upgraded foundation model
+    (``init: zeros``) still starts exactly at its zero-field behaviour for every E. Measured on
+    alpha-quartz (experiments/README.md, "learning every label"): without it alpha's loss did
+    not move in the quickstart (eps_inf 0.99); with it eps_inf is learned. ``field_order=1``
+    keeps the purely bilinear coupling (models saved before the term existed load as such).
 """
 
 from __future__ import annotations
@@ -46,6 +66,7 @@ from mace.modules.irreps_tools import reshape_irreps, tp_out_irreps_with_instruc
 FIELD_IRREPS = o3.Irreps("1x1o")
 COUPLING_FORMS = ("none", "residual_tp", "basis_tp")
 INIT_MODES = ("zeros", "random")
+FIELD_SQUARED_IRREPS = o3.Irreps("1x0e + 1x2e")
 
 
 def field_to_irrep(field: torch.Tensor) -> torch.Tensor:
@@ -56,16 +77,30 @@ def field_to_irrep(field: torch.Tensor) -> torch.Tensor:
     return o3.spherical_harmonics(1, field, normalize=False, normalization="component") / math.sqrt(3.0)
 
 
+class FieldSquare(torch.nn.Module):
+    """``E -> [E (x) E]`` as ``0e + 2e`` (the symmetric square; its ``1e`` part vanishes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tp = o3.TensorProduct(FIELD_IRREPS, FIELD_IRREPS, FIELD_SQUARED_IRREPS,
+                                   [(0, 0, 0, "uuu", False), (0, 0, 1, "uuu", False)])
+
+    def forward(self, field_irrep: torch.Tensor) -> torch.Tensor:
+        return self.tp(field_irrep, field_irrep)
+
+
 def _selected(irreps: o3.Irreps, ls: Optional[Iterable[int]]) -> list[int]:
     keep = None if ls is None else {int(l) for l in ls}
     return [i for i, (_, ir) in enumerate(irreps) if keep is None or ir.l in keep]
 
 
 class FieldTensorProduct(torch.nn.Module):
-    """``x -> W(x[l_in] (x) E)[l_out]``: the bilinear residual shared by every form.
+    """``x -> W1(x[l_in] (x) E)[l_out] (+ W2(x[l_in] (x) [E (x) E])[l_out])``: the residual
+    shared by every form.
 
-    Channel-wise ('uvu') Clebsch-Gordan product of the selected irreps of x with the field, then
-    an irrep-wise e3nn ``Linear`` back to ``irreps`` (channels mix, irreps do not).
+    Channel-wise ('uvu') Clebsch-Gordan products of the selected irreps of x with the field (and,
+    for ``field_order=2``, with its symmetric square), then irrep-wise e3nn ``Linear`` maps back
+    to ``irreps`` (channels mix, irreps do not). Both terms vanish at E = 0.
     """
 
     def __init__(
@@ -76,8 +111,11 @@ class FieldTensorProduct(torch.nn.Module):
         init: str = "zeros",
         init_scale: float = 1e-2,
         where: str = "",
+        field_order: int = 2,
     ):
         super().__init__()
+        if field_order not in (1, 2):
+            raise ValueError(f"coupling field_order must be 1 or 2, got {field_order!r}")
         if init not in INIT_MODES:
             raise ValueError(f"coupling init must be one of {INIT_MODES}, got {init!r}")
         irreps = o3.Irreps(irreps)
@@ -97,11 +135,21 @@ class FieldTensorProduct(torch.nn.Module):
         instructions = [(i, j, k, "uvu", False) for i, j, k, _, _ in instructions]
         self.tp = o3.TensorProduct(irreps_in, FIELD_IRREPS, irreps_mid, instructions)
         self.linear = o3.Linear(irreps_mid, irreps, internal_weights=True, shared_weights=True)
+        linears = [self.linear]
+        self.square = None
+        mid2, instr2 = tp_out_irreps_with_instructions(irreps_in, FIELD_SQUARED_IRREPS, target)
+        if field_order == 2 and instr2:  # (no path, e.g. l_in=[1] into l_out=[0]: bilinear only)
+            instr2 = [(i, j, k, "uvu", False) for i, j, k, _, _ in instr2]
+            self.square = FieldSquare()
+            self.tp2 = o3.TensorProduct(irreps_in, FIELD_SQUARED_IRREPS, mid2, instr2)
+            self.linear2 = o3.Linear(mid2, irreps, internal_weights=True, shared_weights=True)
+            linears.append(self.linear2)
         with torch.no_grad():
-            if init == "zeros":
-                self.linear.weight.zero_()
-            else:
-                self.linear.weight.mul_(init_scale)
+            for linear in linears:
+                if init == "zeros":
+                    linear.weight.zero_()
+                else:
+                    linear.weight.mul_(init_scale)
         slices = irreps.slices()
         self._full = len(self.in_idx) == len(irreps)
         self.register_buffer(
@@ -112,7 +160,10 @@ class FieldTensorProduct(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, field_irrep: torch.Tensor) -> torch.Tensor:
         x_in = x if self._full else x.index_select(-1, self.in_columns)
-        return self.linear(self.tp(x_in, field_irrep))
+        out = self.linear(self.tp(x_in, field_irrep))
+        if self.square is not None:
+            out = out + self.linear2(self.tp2(x_in, self.square(field_irrep)))
+        return out
 
 
 class FieldCoupling(torch.nn.Module):

@@ -45,6 +45,7 @@ def build_model(
     pair_repulsion: bool = False,
     distance_transform: str = "None",
     coupling: Optional[Mapping[str, Any]] = None,
+    atomic_polarisabilities: Optional[Union[Sequence[float], Mapping[int, float]]] = None,
     dtype: str = "float64",
     seed: Optional[int] = None,
 ) -> FieldMACE:
@@ -54,6 +55,8 @@ def build_model(
     {Z: E0} (eV); default zeros. Several heads share the same E0s, scale and shift.
     ``coupling``: ``form``, ``layers``, ``l_in``, ``l_out``, ``init``, ``init_scale`` as in
     :class:`FieldMACE` (default: ``residual_tp`` on every couplable layer, small random init).
+    ``atomic_polarisabilities``: a_Z per element (e A^2/V; list in ``atomic_numbers`` order or
+    {Z: a}); default zeros (training fits them to the data, see :class:`FieldMACE`).
     """
     # None means "not known yet" (train.py fills them from the data); use neutral values here
     avg_num_neighbors = 10.0 if avg_num_neighbors is None else avg_num_neighbors
@@ -101,6 +104,8 @@ def build_model(
         atomic_inter_scale=np.full(len(heads), float(atomic_inter_scale)),
         atomic_inter_shift=np.full(len(heads), float(atomic_inter_shift)),
     )
+    if isinstance(atomic_polarisabilities, Mapping):
+        atomic_polarisabilities = [float(atomic_polarisabilities.get(k, atomic_polarisabilities.get(str(k), 0.0))) for k in z]
     coupling = dict(coupling or {})
     coupling.setdefault("form", "residual_tp")
     coupling.setdefault("init", "random")
@@ -108,5 +113,5 @@ def build_model(
         torch.manual_seed(int(seed))
     with default_dtype(torch_dtype):
         backbone = ScaleShiftMACE(**config)
-        model = FieldMACE(backbone, config_to_json(config), **coupling)
+        model = FieldMACE(backbone, config_to_json(config), atomic_polarisabilities=atomic_polarisabilities, **coupling)
     return model.to(torch_dtype)

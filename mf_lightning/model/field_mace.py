@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 from mf_lightning._deps import o3
@@ -42,6 +43,16 @@ class FieldMACE(torch.nn.Module):
         l_in, l_out: L orders of the features entering the product with E, and of the product
             added back (``None`` = all).
         init: ``"zeros"`` or ``"random"``; ``init_scale`` scales the random init.
+        field_order: 2 (default) adds the field-squared residual that makes alpha linear in its
+            weights (learnable from W = 0, see :mod:`~mf_lightning.model.coupling`); 1 is the
+            purely bilinear coupling.
+        atomic_polarisabilities: a_Z per element (e A^2/V, in ``atomic_numbers`` order), the
+            polarisability analogue of MACE's E0s: F gains -1/2 sum_i a_{Z_i} |E|^2, so alpha =
+            (1/Omega) sum_i a_{Z_i} I + (what the network learns). Training fits them once to the
+            training labels (non-negative least squares of Omega tr(alpha)/3 on composition,
+            :func:`fit_atomic_polarisabilities`), so the network starts at the right eps_inf and
+            learns the environment's part, as it learns energies on top of E0s. A fixed buffer;
+            zeros (default, and for ``from_mace`` and ``form="none"``) leave F unchanged.
         split_backward: rewrite e3nn's tensor products so that their higher derivatives do not
             zero-fill the edge tensor once per irrep (:mod:`~mf_lightning.model.split_backward`;
             the same numbers, bit for bit, in 0.7-0.8 of the time for a Z*/alpha step). False
@@ -59,6 +70,8 @@ class FieldMACE(torch.nn.Module):
         init: str = "zeros",
         init_scale: float = 1e-2,
         split_backward: bool = True,
+        field_order: int = 2,
+        atomic_polarisabilities: Optional[Sequence[float]] = None,
     ):
         super().__init__()
         if form not in cpl.COUPLING_FORMS:
@@ -68,6 +81,15 @@ class FieldMACE(torch.nn.Module):
         self.backbone = backbone
         self.backbone_config = backbone_config
         n_layers = len(backbone.interactions)
+        n_elements = len(backbone.atomic_numbers)
+        a = torch.zeros(n_elements, dtype=torch.get_default_dtype())
+        if atomic_polarisabilities is not None:
+            a = torch.as_tensor(np.asarray(atomic_polarisabilities, dtype=float), dtype=a.dtype).reshape(-1)
+            if a.numel() != n_elements:
+                raise ValueError(f"atomic_polarisabilities has {a.numel()} values for {n_elements} elements")
+            if form == "none" and bool((a != 0).any()):
+                raise ValueError("coupling form 'none' is plain MACE (P = Z* = alpha = 0): no atomic polarisabilities")
+        self.register_buffer("atomic_polarisabilities", a)
         self.couplings = torch.nn.ModuleDict()
         if form != "none":
             chosen = self._default_layers(form, l_in, l_out) if layers is None else list(layers)
@@ -76,7 +98,7 @@ class FieldMACE(torch.nn.Module):
                     raise ValueError(f"coupling layer {t} out of range: the model has {n_layers} layers")
                 self.couplings[str(int(t))] = cpl.make_coupling(
                     form, self._stage_irreps(form, int(t)), l_in=l_in, l_out=l_out,
-                    init=init, init_scale=init_scale, where=f"layer {t} ({form})",
+                    init=init, init_scale=init_scale, where=f"layer {t} ({form})", field_order=field_order,
                 )
         self.coupling_config = {
             "form": form,
@@ -85,7 +107,11 @@ class FieldMACE(torch.nn.Module):
             "l_out": None if l_out is None else [int(l) for l in l_out],
             "init": init,
             "init_scale": float(init_scale),
+            "field_order": int(field_order),
         }
+        # {task: scale} of the unit-free loss that trained this model (set by training, saved in
+        # the model file) so evaluation and fine-tuning measure losses the same way
+        self.loss_scales: Optional[Dict[str, float]] = None
         if split_backward:
             install_split_backward(self)
 
@@ -214,7 +240,10 @@ class FieldMACE(torch.nn.Module):
             node_es_list.append(readout(node_feats_list[feat_idx], node_heads)[arange, node_heads])
         node_inter_es = bb.scale_shift(torch.sum(torch.stack(node_es_list, dim=0), dim=0), node_heads)
         inter_e = scatter_sum(node_inter_es, batch, dim=-1, dim_size=num_graphs)
-        return e0 + inter_e
+        # -1/2 a_Z |E|^2 per atom: the fitted atomic polarisabilities (zero at E = 0)
+        node_a = node_attrs.to(self.atomic_polarisabilities.dtype) @ self.atomic_polarisabilities
+        pol_e = -0.5 * scatter_sum(node_a.to(field.dtype), batch, dim=-1, dim_size=num_graphs) * (field * field).sum(-1)
+        return e0 + inter_e + pol_e
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -230,6 +259,7 @@ class FieldMACE(torch.nn.Module):
         allow_pickle: bool = False,
         dtype: Optional[str] = None,
         heads: Optional[Sequence[str]] = None,
+        field_order: int = 2,
     ) -> "FieldMACE":
         """Upgrade a mace-torch ``MACE``/``ScaleShiftMACE`` (single- or multi-head).
 
@@ -252,7 +282,7 @@ class FieldMACE(torch.nn.Module):
             backbone = backbone.to(resolve_dtype(dtype))
         with default_dtype(backbone.atomic_energies_fn.atomic_energies.dtype):
             model = cls(backbone, config, form=form, layers=layers, l_in=l_in, l_out=l_out,
-                        init=init, init_scale=init_scale)
+                        init=init, init_scale=init_scale, field_order=field_order)
         return model.to(backbone.atomic_energies_fn.atomic_energies.dtype)
 
     def save(self, path) -> None:
@@ -260,3 +290,27 @@ class FieldMACE(torch.nn.Module):
         from mf_lightning.model.io import save_model
 
         save_model(self, path)
+
+
+def fit_atomic_polarisabilities(graphs, n_elements: int) -> Optional[np.ndarray]:
+    """a_Z >= 0 per element (e A^2/V) with Omega tr(alpha)/3 ~ sum_Z n_Z a_Z over the graphs
+    that carry an alpha label (non-negative least squares; elements never seen get 0). None if
+    no graph has an alpha label."""
+    from scipy.optimize import nnls
+
+    rows, targets = [], []
+    for g in graphs:
+        if float(g["weight_polarisability"]) <= 0:
+            continue
+        counts = g[keys.NODE_ATTRS].double().sum(0).numpy()
+        volume = abs(float(torch.linalg.det(g[keys.CELL].double().reshape(3, 3))))
+        alpha = g["ref_polarisability"].double().reshape(3, 3)
+        rows.append(counts)
+        targets.append(volume * float(torch.diagonal(alpha).sum()) / 3.0)
+    if not rows:
+        return None
+    A, b = np.array(rows), np.array(targets)
+    present = A.sum(0) > 0
+    a = np.zeros(n_elements)
+    a[present] = nnls(A[:, present], b)[0]
+    return a

@@ -183,6 +183,8 @@ def save_model(model, path) -> None:
         "dtype": str(model.dtype).replace("torch.", ""),
         "backbone_config": model.backbone_config,
         "coupling": model.coupling_config,
+        # the unit-free loss scales of the run that trained it (None: not trained here)
+        "loss_scales": getattr(model, "loss_scales", None),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     atomic_torch_save(payload, path)
@@ -228,11 +230,17 @@ def load_model(path, device: str = "cpu", dtype=None):
     saved_dtype = resolve_dtype(payload["dtype"])
     backbone = build_backbone(payload["backbone_config"], saved_dtype)
     with default_dtype(saved_dtype):
-        model = FieldMACE(backbone, payload["backbone_config"], **payload["coupling"])
+        # files written before the field-squared term existed hold a purely bilinear coupling
+        coupling = {"field_order": 1, **payload["coupling"]}
+        model = FieldMACE(backbone, payload["backbone_config"], **coupling)
+    state = dict(payload["state_dict"])
+    # files written before atomic polarisabilities existed: the term was absent, i.e. zero
+    state.setdefault("atomic_polarisabilities", torch.zeros_like(model.atomic_polarisabilities))
     try:
-        model.load_state_dict(payload["state_dict"], strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ModelFileError(f"{path}: weights do not match the stored architecture: {exc}") from exc
+    model.loss_scales = payload.get("loss_scales")
     model = model.to(device=device, dtype=resolve_dtype(dtype) if dtype is not None else saved_dtype)
     return model.eval()
 

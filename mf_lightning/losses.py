@@ -9,18 +9,80 @@ modulo the polarisation lattice Q_k = e a_k / Omega, so it receives the cell of 
 
 Normalisation per task: energy per atom (E/N, as in MACE), forces and Z* per atom, stress,
 P and alpha per structure.
+
+Unit-free scales. Each residual is divided by a scale s_t before the Huber loss: the RMS of
+that task's reference labels on the *training split* (:func:`label_scales`; energy per atom
+after the least-squares E0s are removed, since those are fitted, not learned). A term then
+measures an error relative to its label's size, whatever unit the file used: multiplying a
+label by 100 (and its unit accordingly) changes the scale by 100 and the loss not at all. The
+paper's weights, chosen for its files' units (Omega*P, Omega*alpha, chi/4pi), would otherwise
+silence P and alpha by 2-6 orders of magnitude in internal units (SPEC section 3); with the
+scales a weight means relative importance. The Huber delta applies to the scaled residual
+(default 1.0: errors beyond one label RMS, e.g. a wrong label, count linearly); it may be set
+per task. One scalar per task, also for Z*: per-element scales would weigh an error of 0.1 e on
+a light anion more than the same error on a cation, while the reported metric (and the
+physics: the acoustic sum rule ties the elements together) treats them alike.
+The scales are a persistent buffer of the loss, so they are saved in every checkpoint and
+restored on resume, and :func:`mf_lightning.training.train` also writes them into the exported
+model file (``FieldMACE.loss_scales``) for evaluation and fine-tuning.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+import logging
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from mf_lightning.data import keys
 from mf_lightning.data.dataset import TASKS, ref_key, weight_key
 
 PER_ATOM = {"forces", "becs"}
+log = logging.getLogger(__name__)
+
+
+def label_scales(graphs: Iterable, atomic_energies: Optional[Sequence[float]] = None,
+                 tasks: Sequence[str] = TASKS,
+                 atomic_polarisabilities: Optional[Sequence[float]] = None) -> Dict[str, float]:
+    """RMS of each task's labels over ``graphs`` (the training split), in the loss's
+    normalisation, i.e. the error of a network predicting zero on top of the model's fixed
+    per-element parts: energy per atom minus the E0s (``atomic_energies``, in the graphs'
+    element order; none: raw energy per atom), alpha minus (1/Omega) sum_i a_Z I
+    (``atomic_polarisabilities``, e A^2/V; none: raw alpha), P folded
+    onto the branch nearest zero (the loss compares P modulo its quantum), forces and Z* over
+    atoms and components, the rest over structures and components. A task without labels, or
+    with all-zero labels, gets 1.0."""
+    sq = {t: 0.0 for t in tasks}
+    count = {t: 0 for t in tasks}
+    e0 = None if atomic_energies is None else torch.as_tensor(np.asarray(atomic_energies, dtype=float).reshape(-1))
+    a0 = None if atomic_polarisabilities is None else torch.as_tensor(np.asarray(atomic_polarisabilities, dtype=float).reshape(-1))
+    for g in graphs:
+        for t in tasks:
+            if float(g[weight_key(t)].sum()) <= 0:
+                continue
+            ref = g[ref_key(t)].double()
+            if t == "energy":
+                counts = g[keys.NODE_ATTRS].double().sum(0)
+                base = float(counts @ e0[: counts.numel()].double()) if e0 is not None else 0.0
+                ref = (ref.reshape(-1) - base) / float(counts.sum())
+            elif t == "polarisability" and a0 is not None:
+                counts = g[keys.NODE_ATTRS].double().sum(0)
+                volume = torch.linalg.det(g[keys.CELL].double().reshape(3, 3)).abs()
+                ref = ref.reshape(3, 3) - float(counts @ a0[: counts.numel()]) / volume * torch.eye(3, dtype=ref.dtype)
+            elif t == "polarisation":
+                ref = fold_polarisation(ref.reshape(1, 3), g[keys.CELL].double().reshape(1, 3, 3))
+            sq[t] += float((ref ** 2).sum())
+            count[t] += ref.numel()
+    scales = {}
+    for t in tasks:
+        rms = (sq[t] / count[t]) ** 0.5 if count[t] else 0.0
+        if not np.isfinite(rms) or rms <= 0:
+            if count[t]:
+                log.warning("loss scale of %s: its labels are all zero; using 1.0", t)
+            rms = 1.0
+        scales[t] = float(rms)
+    return scales
 
 
 def fold_polarisation(dP: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
@@ -62,15 +124,39 @@ def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 class MultiTaskLoss(torch.nn.Module):
     """``weights``: {task: coefficient}; tasks with coefficient 0 are skipped entirely (and their
-    derivatives need not be computed: see :meth:`properties`)."""
+    derivatives need not be computed: see :meth:`properties`). ``scales``: {task: s_t} dividing
+    each residual (:func:`label_scales`; missing tasks: 1). ``huber_delta``: one value for every
+    task or {task: delta}, in units of the scaled residual."""
 
-    def __init__(self, weights: Mapping[str, float], huber_delta: float = 0.01):
+    def __init__(self, weights: Mapping[str, float], huber_delta: Union[float, Mapping[str, float]] = 1.0,
+                 scales: Optional[Mapping[str, float]] = None):
         super().__init__()
-        unknown = set(weights) - set(TASKS)
+        unknown = (set(weights) | set(scales or {}) |
+                   (set(huber_delta) if isinstance(huber_delta, Mapping) else set())) - set(TASKS)
         if unknown:
             raise ValueError(f"unknown loss tasks {sorted(unknown)}; known: {TASKS}")
         self.weights = {t: float(w) for t, w in weights.items() if float(w) != 0.0}
-        self.huber_delta = float(huber_delta)
+        if isinstance(huber_delta, Mapping):
+            self.huber_delta = {t: float(huber_delta.get(t, 1.0)) for t in TASKS}
+        else:
+            self.huber_delta = {t: float(huber_delta) for t in TASKS}
+        # persistent: saved in checkpoints and restored on resume, so a resumed run keeps its scales
+        self.register_buffer("scales", torch.ones(len(TASKS), dtype=torch.float64))
+        if scales:
+            self.set_scales(scales)
+
+    def set_scales(self, scales: Mapping[str, float]) -> None:
+        for t, v in scales.items():
+            if not (np.isfinite(float(v)) and float(v) > 0):
+                raise ValueError(f"loss scale of {t} must be a positive finite number, got {v}")
+            self.scales[TASKS.index(t)] = float(v)
+
+    def scale_of(self, task: str) -> float:
+        return float(self.scales[TASKS.index(task)])
+
+    @property
+    def scale_dict(self) -> Dict[str, float]:
+        return {t: self.scale_of(t) for t in TASKS}
 
     def properties(self, batch: Optional[Mapping[str, torch.Tensor]] = None) -> tuple:
         """Model outputs this loss needs for ``batch`` (only tasks labelled in it)."""
@@ -83,8 +169,8 @@ class MultiTaskLoss(torch.nn.Module):
         for task, coeff in self.weights.items():
             if task not in pred or float(batch[weight_key(task)].sum()) == 0:
                 continue  # no label of this task in the batch: contributes exactly 0
-            r = residual(task, pred, batch)
-            h = torch.nn.functional.huber_loss(r, torch.zeros_like(r), reduction="none", delta=self.huber_delta)
+            r = residual(task, pred, batch) / self.scale_of(task)
+            h = torch.nn.functional.huber_loss(r, torch.zeros_like(r), reduction="none", delta=self.huber_delta[task])
             per_row = h.reshape(h.shape[0], -1).mean(-1)
             parts[task] = weighted_mean(per_row, structure_weights(task, batch))
             total = total + coeff * parts[task]

@@ -9,6 +9,7 @@ folded onto the reference's branch and reported in uC/cm^2.
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -64,7 +65,8 @@ class FieldMACEModule(pl.LightningModule):
         model: FieldMACE,
         loss_weights: Mapping[str, float],
         dataset_names: Sequence[str] = ("data",),
-        huber_delta: float = 0.01,
+        huber_delta: Any = 1.0,
+        loss_scales: Optional[Mapping[str, float]] = None,
         lr: float = 1e-2,
         weight_decay: float = 1e-8,
         amsgrad: bool = True,
@@ -77,7 +79,9 @@ class FieldMACEModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.model = model
-        self.loss_fn = MultiTaskLoss(loss_weights, huber_delta)
+        # loss_scales: {task: RMS of its training labels} (losses.label_scales); also a buffer of
+        # the loss, so a resumed run restores the ones it started with
+        self.loss_fn = MultiTaskLoss(loss_weights, huber_delta, scales=loss_scales)
         self.dataset_names = list(dataset_names)
         self._sums: Dict[str, Dict[str, torch.Tensor]] = {}
         self._plateau: Optional[torch.optim.lr_scheduler.ReduceLROnPlateau] = None
@@ -172,8 +176,14 @@ class FieldMACEModule(pl.LightningModule):
         self._sums = {k: v for k, v in self._sums.items() if not k.startswith(stage + "/")}
         return logged
 
+    def on_fit_start(self) -> None:
+        self._fit_t0 = time.perf_counter()
+
     def on_validation_epoch_end(self) -> None:
         logged = self._log_epoch("val")
+        if self.trainer.state.fn == "fit" and hasattr(self, "_fit_t0"):
+            # wall time since fit started (this process): learning curves per minute
+            self.log("time/elapsed_s", time.perf_counter() - self._fit_t0, add_dataloader_idx=False)
         # The plateau scheduler is stepped here, not by Lightning at the end of the fit epoch:
         # checkpoints written at the epoch's end (ModelCheckpoint) then hold the stepped state,
         # and a run resumed from one does not miss an update (Lightning skips the plateau update

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -20,8 +21,9 @@ from datamodules import FieldDataModule, MultiSourceDataModule
 from mf_lightning.checkpointing import AtomicCheckpointIO, check_checkpoint
 from mf_lightning.data import keys
 from mf_lightning.data.dataset import ref_key, weight_key
+from mf_lightning.losses import label_scales
 from mf_lightning.model.build import build_model
-from mf_lightning.model.field_mace import FieldMACE
+from mf_lightning.model.field_mace import FieldMACE, fit_atomic_polarisabilities
 from mf_lightning.module import METRIC_UNITS, FieldMACEModule
 from mf_lightning.runtime import configure_process
 
@@ -106,11 +108,64 @@ def make_model(cfg: DictConfig, dm: MultiSourceDataModule, upgraded=None):
     model_cfg["atomic_numbers"] = dm.atomic_numbers
     model_cfg["heads"] = dm.heads
     stats = dataset_statistics(dm.train_graphs(), dm.atomic_numbers)
+    if model_cfg.get("atomic_polarisabilities") is None and model_cfg["coupling"].get("form") != "none":
+        a = fit_atomic_polarisabilities(dm.train_graphs(), len(dm.atomic_numbers))
+        if a is not None:
+            stats["atomic_polarisabilities"] = a.tolist()
     for key, value in stats.items():
         if model_cfg.get(key) is None:
             model_cfg[key] = value
+    model = build_model(**model_cfg)
+    if cfg.model.get("atomic_inter_shift") is None:
+        stats["atomic_inter_shift"] = centre_initial_energy(model, dm.train_graphs())
     log.info("dataset statistics: %s", {k: (np.round(v, 4) if not isinstance(v, list) else "...") for k, v in stats.items()})
-    return build_model(**model_cfg), stats
+    return model, stats
+
+
+def centre_initial_energy(model: FieldMACE, graphs: List, max_graphs: int = 32) -> float:
+    """Set the scale-shift block's shift so that the *initial* model's interaction energy per
+    atom averages zero over (up to ``max_graphs``) energy-labelled training structures, and
+    return it. E0s are the least-squares fit of the labels, so the labels' own residual
+    averages zero; a random readout does not, and its offset (per atom, of order the force RMS
+    that scales it) would otherwise make the energy term ten times every other term at step 0
+    and spend the first steps removing it. Like mace's own shift it is a fixed buffer after this
+    (saved in the state dict and in the model's config)."""
+    from mf_lightning.data.graphs import collate
+
+    labelled = [g for g in graphs if float(g[weight_key("energy")]) > 0][:max_graphs]
+    if not labelled:
+        return 0.0
+    shift_block = model.backbone.scale_shift
+    total, atoms = 0.0, 0
+    for start in range(0, len(labelled), 8):
+        chunk = labelled[start:start + 8]
+        batch = collate(chunk, dtype=model.dtype)
+        e0 = (batch[keys.NODE_ATTRS] @ model.backbone.atomic_energies_fn.atomic_energies.reshape(-1, batch[keys.NODE_ATTRS].shape[1]).T)
+        with torch.no_grad():
+            energy = model(batch, properties=(keys.ENERGY,))[keys.ENERGY]
+        total += float(energy.sum() - e0[:, 0].sum())
+        atoms += int(batch[keys.NODE_ATTRS].shape[0])
+    shift = -total / atoms
+    with torch.no_grad():
+        shift_block.shift.add_(shift)
+    model.backbone_config["atomic_inter_shift"] = shift_block.shift.reshape(-1).tolist()
+    return float(shift_block.shift.reshape(-1)[0])
+
+
+def loss_scales(cfg: DictConfig, dm: MultiSourceDataModule, model: FieldMACE) -> Dict[str, float]:
+    """The unit-free loss scales (RMS of each task's training labels, :func:`label_scales`).
+
+    ``loss.scales`` in the config overrides them task by task; a model that was trained here
+    (a fine-tuning source) brings its own, which are kept so the loss means what it meant."""
+    given = cfg.loss.get("scales") if "loss" in cfg else None
+    given = OmegaConf.to_container(given, resolve=True) if given else {}
+    inherited = getattr(model, "loss_scales", None) or {}
+    e0 = dataset_statistics(dm.train_graphs(), dm.atomic_numbers)["atomic_energies"]
+    a0 = model.atomic_polarisabilities.detach().cpu().double().numpy()
+    scales = {**label_scales(dm.train_graphs(), e0, atomic_polarisabilities=a0), **inherited,
+              **{k: float(v) for k, v in given.items()}}
+    log.info("loss scales (RMS of training labels, internal units): %s", {k: f"{v:.4g}" for k, v in scales.items()})
+    return scales
 
 
 def _final_metrics(results: List[Dict[str, float]], stage: str, names: List[str]) -> Dict[str, Any]:
@@ -176,7 +231,10 @@ def train(cfg: DictConfig) -> Optional[float]:
         bind_to_model(dm, upgraded)
     dm.setup()
     model, stats = make_model(cfg, dm, upgraded)
-    module = FieldMACEModule(model, dataset_names=dm.names, **OmegaConf.to_container(cfg.module, resolve=True))
+    scales = loss_scales(cfg, dm, model)
+    model.loss_scales = scales
+    module = FieldMACEModule(model, dataset_names=dm.names, loss_scales=scales,
+                             **OmegaConf.to_container(cfg.module, resolve=True))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     # numerics are set once: the trainer's precision follows the model's dtype unless given
@@ -197,6 +255,7 @@ def train(cfg: DictConfig) -> Optional[float]:
     test = trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=not allow_pickle)
     metrics = {"val": _final_metrics(val, "val", dm.names), "test": _final_metrics(test, "test", dm.names),
                "checkpoint": ckpt, "epochs": trainer.current_epoch, "statistics": stats,
+               "loss_scales": {t: module.loss_fn.scale_of(t) for t in scales},
                "n_structures": {n: {s: len(src.datasets[s]) for s in src.datasets} for n, src in dm.sources.items()}}
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     module.model.save(run_dir / "model.pt")

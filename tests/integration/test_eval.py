@@ -79,3 +79,37 @@ def test_eval_cli_on_an_extxyz_file(tmp_path):
     assert q["polarisation"]["all"]["mae"] == pytest.approx(np.mean(np.abs(p_err)) * E_PER_A2_TO_UC_PER_CM2, rel=1e-6)
     assert q["polarisation"]["unit"] == "uC/cm^2"
     assert (tmp_path / "run" / "parity" / "data_becs_diag.png").is_file()
+
+
+def test_eval_of_the_exported_model_reproduces_the_runs_validation_metrics(tmp_path):
+    """One set of weights: with EMA on (warm-up decay), validation during and after training,
+    checkpoint selection, the test numbers and the exported model.pt all use the averaged
+    weights, so eval.py on model.pt and the validation split gives metrics.json's numbers."""
+    from tests.integration.test_experiments import TOY, run_train
+
+    toy = [o.lstrip("+") for o in TOY if "limit_val_batches" not in o and "max_epochs" not in o]
+    run_train(tmp_path, "smoke", *toy, "trainer.max_epochs=2", "trainer.limit_val_batches=1.0",
+              "trainer.limit_train_batches=3", "data.eval_batch_size=4")
+    run = tmp_path / "run"
+    trained = json.loads((run / "metrics.json").read_text())
+    assert trained["loss_scales"]["forces"] > 0
+
+    env = {**os.environ, "MF_DATA_DIR": str(SHARED_DATA), "OMP_NUM_THREADS": "1",
+           "MF_CACHE_DIR": str(tmp_path / "cache")}
+    cmd = [sys.executable, "eval.py", f"model={run / 'model.pt'}", "data=sio2", "split=val", "seed=0",
+           f"hydra.run.dir={tmp_path}/eval", "torch_threads=1", "plots=false"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())["datasets"]["sio2"]["quantities"]
+    val = trained["val"]["sio2"]
+    for q in ("energy", "forces", "becs_diag", "polarisability_diag", "polarisation"):
+        assert evaluated[q]["all"]["rmse"] == pytest.approx(val[q]["rmse"], rel=1e-6), q
+    # and the averaged weights are not the live ones (EMA did something), yet both files agree
+    import torch
+    ckpt = torch.load(trained["checkpoint"], map_location="cpu", weights_only=True)
+    assert "current_model_state" in ckpt
+    live, avg = ckpt["current_model_state"], ckpt["state_dict"]
+    assert any(not torch.equal(live[k], avg[k]) for k in avg if avg[k].is_floating_point())
+    exported = torch.load(run / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
+    for k, v in exported.items():
+        torch.testing.assert_close(v, avg["model." + k].to(v.dtype), rtol=0, atol=0)

@@ -1,0 +1,191 @@
+"""Trivial baselines a trained model must beat, on the same split of a data config.
+
+A model that runs is not a model that learns: its test error means something only next to
+what a model with no knowledge of the structure scores. For each labelled quantity, on the
+split that training used (same data config, same seed):
+
+- ``zero``: predicts 0 (P folded onto the branch nearest zero, as the metric does; energy: the
+  least-squares E0s of the training split, i.e. "zero interaction energy");
+- ``mean``: the training split's mean, per element for per-atom quantities (Z*: the mean tensor
+  of each element; forces: zero) and per structure otherwise (alpha: the mean 3x3 tensor);
+
+and, where alpha is labelled, the MAE of eps_inf (eps_poly = 1 + tr(alpha)/(3 eps0)) of the
+training-mean alpha. With ``--model`` the model's own numbers are put beside them.
+
+    python -m mf_lightning.evaluation.baselines mp_dielectric [--model run/model.pt] [--split test]
+
+Writes a markdown table to stdout (and ``--out`` as JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from mf_lightning.data import keys
+from mf_lightning.data.dataset import TASKS, ref_key, weight_key
+from mf_lightning.losses import residual, structure_weights
+from mf_lightning.module import metric_components
+from mf_lightning.units import EPS0_E_PER_V_A
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def eps_poly(alpha: torch.Tensor) -> torch.Tensor:
+    """Isotropic eps_inf per structure from alpha (n, 3, 3) in e/(V A)."""
+    return 1.0 + torch.diagonal(alpha.reshape(-1, 3, 3), dim1=-2, dim2=-1).sum(-1) / (3.0 * EPS0_E_PER_V_A)
+
+
+def _fit_means(train: Sequence, n_elements: int) -> Dict[str, Any]:
+    """Per-element mean Z*, mean alpha / stress / P per structure, least-squares E0s."""
+    sums: Dict[str, torch.Tensor] = {}
+    counts: Dict[str, torch.Tensor] = {}
+    rows, energies = [], []
+    for g in train:
+        onehot = g[keys.NODE_ATTRS].double()
+        for t in TASKS:
+            if float(g[weight_key(t)]) <= 0:
+                continue
+            ref = g[ref_key(t)].double()
+            if t == "energy":
+                rows.append(onehot.sum(0).numpy())
+                energies.append(float(ref))
+            elif t in ("becs", "forces"):
+                flat = ref.reshape(ref.shape[0], -1)
+                sums[t] = sums.get(t, 0) + onehot.T @ flat
+                counts[t] = counts.get(t, 0) + onehot.sum(0)
+            else:
+                sums[t] = sums.get(t, 0) + ref.reshape(1, -1)
+                counts[t] = counts.get(t, 0) + 1.0
+    means: Dict[str, Any] = {}
+    for t in sums:
+        c = counts[t]
+        means[t] = sums[t] / (c.reshape(-1, 1) if torch.is_tensor(c) and c.ndim else c)
+        if torch.is_tensor(c) and c.ndim:
+            means[t] = torch.where(c.reshape(-1, 1) > 0, means[t], torch.zeros_like(means[t]))
+    e0 = np.zeros(n_elements)
+    if rows:
+        A = np.array(rows)
+        present = A.sum(0) > 0
+        e0[present] = np.linalg.lstsq(A[:, present], np.array(energies), rcond=None)[0]
+    means["e0"] = torch.as_tensor(e0)
+    return means
+
+
+def _predictions(kind: str, d: Dict[str, torch.Tensor], means: Dict[str, Any], tasks: List[str]) -> Dict[str, torch.Tensor]:
+    onehot = d[keys.NODE_ATTRS].double()
+    n_graphs = int(d[keys.PTR].numel() - 1)
+    counts = torch.zeros(n_graphs, onehot.shape[1], dtype=torch.float64).index_add_(0, d[keys.BATCH], onehot)
+    pred = {keys.ENERGY: counts @ means["e0"]}
+    for t in tasks:
+        if t == "energy":
+            continue
+        shape = d[ref_key(t)].shape
+        if kind == "zero" or t not in means:
+            pred[t] = torch.zeros(shape, dtype=torch.float64)
+        elif t in ("becs", "forces"):
+            pred[t] = (onehot @ means[t]).reshape(shape)
+        else:
+            pred[t] = means[t].expand(n_graphs, -1).reshape(shape).clone()
+    return pred
+
+
+def _accumulate(acc, name: str, d, pred, tasks) -> None:
+    for t in tasks:
+        w = structure_weights(t, d) > 0
+        for q, err in metric_components(t, residual(t, pred, d).detach()).items():
+            acc[name][q].append(err[w].double().reshape(-1))
+    if "polarisability" in tasks:
+        labelled = d[weight_key("polarisability")].view(-1) > 0
+        e_ref = eps_poly(d[ref_key("polarisability")].double())
+        e_pred = eps_poly(pred["polarisability"].double())
+        acc[name]["eps_inf_mae"].append((e_pred - e_ref)[labelled].abs())
+
+
+def _summarise(acc) -> Dict[str, Dict[str, float]]:
+    out: Dict[str, Dict[str, float]] = {}
+    for name, per_q in acc.items():
+        for q, chunks in per_q.items():
+            x = torch.cat(chunks)
+            value = float(x.mean()) if q == "eps_inf_mae" else float(x.pow(2).mean().sqrt())
+            out.setdefault(q if q == "eps_inf_mae" else f"{q}_rmse", {})[name] = value
+    return out
+
+
+def compare(dm, split: str = "test", model=None, batch_size: int = 8) -> Dict[str, Dict[str, float]]:
+    """{metric: {baseline or "model": value}} on ``split`` of every source of a set-up DataModule
+    (sources pooled); baselines fitted on the training split."""
+    from mace.tools.torch_geometric.dataloader import DataLoader
+
+    from mf_lightning.module import batch_to_dict
+
+    train = dm.train_graphs()
+    test = [g for src in dm.sources.values() for g in src.datasets[split]]
+    means = _fit_means(train, len(dm.atomic_numbers))
+    acc = defaultdict(lambda: defaultdict(list))
+    for batch in DataLoader(test, batch_size=batch_size, shuffle=False):
+        d = batch_to_dict(batch, torch.float64)
+        tasks = [t for t in TASKS if float(d[weight_key(t)].sum()) > 0]
+        for kind in ("zero", "mean"):
+            _accumulate(acc, kind, d, _predictions(kind, d, means, tasks), tasks)
+        if model is not None:
+            dm_ = {k: (v.to(model.dtype) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in d.items()}
+            out = model(dm_, properties=(keys.ENERGY, *tasks))
+            out = {k: v.detach().double() for k, v in out.items()}
+            _accumulate(acc, "model", d, out, tasks)
+    return _summarise(acc)
+
+
+def table(result: Dict[str, Dict[str, float]]) -> str:
+    cols = [c for c in ("zero", "mean", "model") if any(c in v for v in result.values())]
+    lines = ["| metric | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for metric, row in result.items():
+        lines.append(f"| {metric} | " + " | ".join(f"{row[c]:.4g}" if c in row else "-" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", help="a data config of conf/data (e.g. mp_dielectric)")
+    parser.add_argument("--model", help="an exported model.pt to score beside the baselines")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--seed", type=int, default=0, help="the split seed (training's)")
+    parser.add_argument("--out", help="also write the numbers as JSON here")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    from hydra import compose, initialize_config_dir
+
+    from mf_lightning.runtime import configure_process
+    from mf_lightning.training import bind_to_model, make_datamodule
+
+    configure_process(args.threads)
+    os.environ.setdefault("PROJECT_ROOT", str(REPO))
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"data={args.data}", f"seed={args.seed}",
+                                          "paths.output_dir=${oc.env:TMPDIR,/tmp}/mf-baselines"])
+    dm = make_datamodule(cfg)
+    model = None
+    if args.model:
+        from mf_lightning.model.io import load_model
+
+        model = load_model(args.model)
+        bind_to_model(dm, model)
+    dm.setup()
+    result = compare(dm, args.split, model)
+    print(table(result))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -120,12 +120,16 @@ class WarmupEMADecay:
     the average is still the initial weights after 48 steps); d_n reaches 0.995 after about
     1,800 updates. A class, not a closure, so the callback pickles (DDP spawn, SLURM)."""
 
-    def __init__(self, decay: float):
-        self.decay = float(decay)
+    def __init__(self, decay: float, warmup: bool = True):
+        self.decay, self.warmup = float(decay), bool(warmup)
 
     def __call__(self, averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
+        if not averaged.is_floating_point():
+            # integer buffers (mace's atomic_numbers, index tables) are not weights: averaging them
+            # in floating point and truncating back turned Z = 9 into 8 (0.995*9 + 0.005*9 < 9)
+            return current
         n = float(num_averaged)
-        d = min(self.decay, (1.0 + n) / (10.0 + n))
+        d = min(self.decay, (1.0 + n) / (10.0 + n)) if self.warmup else self.decay
         return averaged * d + current * (1.0 - d)
 
 
@@ -144,12 +148,13 @@ class EMA(EMAWeightAveraging):
       (averaged) weights. After fit the module holds the final average (Lightning's
       ``on_train_end``).
     - ``warmup=True``: the decay grows with the step count (:class:`WarmupEMADecay`).
+    - Integer buffers (the element table) are copied, never averaged: Lightning's averaging
+      function rounds them down through floating point and corrupted the exported element table.
     """
 
     def __init__(self, decay: float = 0.995, warmup: bool = True, **kwargs):
         super().__init__(decay=decay, **kwargs)
-        if warmup:
-            self._kwargs["avg_fn"] = WarmupEMADecay(decay)
+        self._kwargs["avg_fn"] = WarmupEMADecay(decay, warmup)
         self.decay, self.warmup = float(decay), bool(warmup)
 
     @staticmethod

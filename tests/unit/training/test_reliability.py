@@ -126,3 +126,19 @@ def test_batches_are_named_by_their_structures():
 
     assert describe_batch(Batch(), DM()) == ["sio2/SiO2.xyz:7", "sio2/SiO2.xyz:0"]
     assert describe_batch(Batch(), None) == ["<2 structures without ids>"]
+
+
+def test_ema_never_averages_integer_buffers():
+    """Averaging an integer buffer in floating point and truncating back corrupts it (Z = 9 -> 8);
+    the EMA copies integer buffers and averages only floating-point tensors (with warm-up)."""
+    from mf_lightning.callbacks import WarmupEMADecay
+
+    fn = WarmupEMADecay(0.995)
+    z = torch.tensor([1, 3, 9, 56, 83])
+    for n in range(1, 50):
+        assert torch.equal(fn(z.clone(), z.clone(), torch.tensor(n)), z)
+    avg = fn(torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64), torch.tensor(1))
+    torch.testing.assert_close(avg, torch.full((3,), 1 - 2 / 11, dtype=torch.float64))  # d_1 = 2/11
+    fixed = WarmupEMADecay(0.995, warmup=False)
+    torch.testing.assert_close(fixed(torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64), 1),
+                               torch.full((1,), 0.005, dtype=torch.float64))

@@ -30,7 +30,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from mf_lightning.md import FIELD_UNITS, FieldProtocol, Unwrapper, axis_vector, load_structure, read_log, run_md
+from mf_lightning.md import FIELD_UNITS, FieldProtocol, axis_vector, load_structure, read_log, run_md
 from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2
 from mf_lightning.runtime import configure_process
 
@@ -100,11 +100,10 @@ def quasi_static_loop(atoms, calc, E_max: float, n_points: int = 21, axis="z", f
         grid += list(np.linspace(E_max, -E_max, 2 * n_points - 1)[1:]) + list(np.linspace(-E_max, E_max, 2 * n_points - 1)[1:])
     atoms = atoms.copy()
     E_out, P_out, converged = [], [], []
-    unwrap = Unwrapper()
     for e in grid:
         calc.set_field(e * unit)
         converged.append(relax_structure(atoms, calc, fmax=fmax, steps=max_steps))
-        p = unwrap(calc.get_polarisation(atoms), atoms.cell.array)
+        p = calc.get_polarisation(atoms)  # the model's own P: single-valued, never folded
         E_out.append(e)
         P_out.append(float(p @ unit))
     return {"E": np.array(E_out), "P": np.array(P_out), "converged": np.array(converged)}

@@ -12,9 +12,10 @@ the right field.
 
 Log (every ``log_every`` steps) to an extxyz trajectory, one frame appended and flushed at a time
 (memory stays bounded however long the run): ``info`` has ``step``, ``time_fs``,
-``electric_field`` (V/A), ``polarisation`` (e/A^2, kept on one continuous branch: each value is
-shifted by whole quanta e a_k/Omega to the branch nearest the previous one),
-``polarisation_raw``, ``enthalpy`` (F, eV), ``kinetic_energy``, ``total_energy`` (F + K, the
+``electric_field`` (V/A), ``polarisation`` (e/A^2: the model's own P = -(1/Omega) dF/dE, as it
+comes; it is a smooth single-valued function of R and E, so it is never folded onto a branch:
+folding would alias any real change of more than half a quantum between two samples, such as
+ferroelectric switching. Branch folding is for Berry-phase reference labels only), ``enthalpy`` (F, eV), ``kinetic_energy``, ``total_energy`` (F + K, the
 conserved quantity of NVE at a constant field), ``temperature`` (K), ``volume``, ``stress``
 (eV/A^3, Voigt); every ``response_every`` steps also ``polarisability`` (9, e/(V A)) and, with
 ``becs=True``, the per-atom array ``becs`` (9, e). Momenta are stored, so a run restarts from its
@@ -39,7 +40,6 @@ from typing import Any, Callable, Dict, Optional, Sequence, Union
 import numpy as np
 from ase import units
 
-from mf_lightning.data.polarisation import fold_onto
 from mf_lightning.runtime import configure_process
 
 log = logging.getLogger(__name__)
@@ -140,20 +140,6 @@ def last_frame(path: Path):
     return ase.io.read(str(path), index=-1, format="extxyz")
 
 
-class Unwrapper:
-    """Keeps P(t) on one continuous branch (see :func:`fold_onto`)."""
-
-    def __init__(self, previous: Optional[np.ndarray] = None):
-        self.previous = None if previous is None else np.asarray(previous, dtype=float)
-
-    def __call__(self, p: np.ndarray, cell: np.ndarray) -> np.ndarray:
-        p = np.asarray(p, dtype=float)
-        if self.previous is not None:
-            p = fold_onto(p, self.previous, cell)[0]
-        self.previous = p
-        return p
-
-
 # ---------------------------------------------------------------------- driver
 def make_dynamics(atoms, ensemble: str, timestep_fs: float, temperature_K: float, friction_per_fs: float,
                   seed: int):
@@ -170,7 +156,7 @@ def make_dynamics(atoms, ensemble: str, timestep_fs: float, temperature_K: float
     raise ValueError(f"ensemble {ensemble!r}: nvt (Langevin) | nve")
 
 
-def _frame(atoms, calc, step: int, t_fs: float, p_unwrapped: np.ndarray, with_response: bool, becs: bool):
+def _frame(atoms, calc, step: int, t_fs: float, with_response: bool, becs: bool):
     from ase import Atoms
 
     res = calc.results
@@ -181,7 +167,7 @@ def _frame(atoms, calc, step: int, t_fs: float, p_unwrapped: np.ndarray, with_re
     kinetic = float(atoms.get_kinetic_energy())
     info = {
         "step": step, "time_fs": t_fs, "electric_field": calc.field_now().copy(),
-        "polarisation": p_unwrapped, "polarisation_raw": np.asarray(res["polarisation"]).copy(),
+        "polarisation": np.asarray(res["polarisation"]).copy(),
         "enthalpy": float(res["energy"]), "kinetic_energy": kinetic, "total_energy": float(res["energy"]) + kinetic,
         "temperature": float(atoms.get_temperature()), "volume": float(atoms.get_volume()),
     }
@@ -220,11 +206,9 @@ def run_md(atoms, calc, out, steps: int, timestep_fs: float = 1.0, ensemble: str
         atoms.set_cell(start.get_cell())
         atoms.set_positions(start.get_positions())
         atoms.set_momenta(start.get_momenta())
-        unwrap = Unwrapper(start.info["polarisation"])
         log.info("%s: restarting from step %d (t = %.1f fs)", out, step0, t0)
     else:
         step0, t0 = 0, 0.0
-        unwrap = Unwrapper()
         t_init = init_temperature_K if init_temperature_K is not None else (temperature_K if ensemble == "nvt" else None)
         if t_init is not None:
             from ase.md import velocitydistribution as vd
@@ -246,8 +230,7 @@ def run_md(atoms, calc, out, steps: int, timestep_fs: float = 1.0, ensemble: str
         bar = tqdm(total=steps, initial=step0, unit="step", desc="MD", file=sys.stderr)
     try:
         if step0 == 0:
-            ase.io.write(fh, _frame(atoms, calc, 0, 0.0, unwrap(calc.results["polarisation"], atoms.cell.array),
-                                    response_every is not None, becs), format="extxyz")
+            ase.io.write(fh, _frame(atoms, calc, 0, 0.0, response_every is not None, becs), format="extxyz")
             fh.flush()
         step, t = step0, t0
         while step < steps:
@@ -260,8 +243,7 @@ def run_md(atoms, calc, out, steps: int, timestep_fs: float = 1.0, ensemble: str
                 bar.update(1)
             if step % log_every == 0 or step == steps:
                 with_resp = response_every is not None and step % response_every == 0
-                p = unwrap(calc.results["polarisation"], atoms.cell.array)
-                ase.io.write(fh, _frame(atoms, calc, step, t, p, with_resp, becs), format="extxyz")
+                ase.io.write(fh, _frame(atoms, calc, step, t, with_resp, becs), format="extxyz")
                 fh.flush()
                 os.fsync(fh.fileno())
                 if not np.all(np.isfinite(forces)) or not np.isfinite(atoms.get_kinetic_energy()):

@@ -3,7 +3,7 @@
 ``python -m mf_lightning.spectra TRAJ --out DIR`` (TRAJ as written by :mod:`mf_lightning.md`).
 
 * IR: autocorrelation of the cell dipole current dM/dt (M = Omega P, e A; P on one continuous
-  branch), summed over Cartesian components; Raman: autocorrelation of the fluctuation of alpha
+  own P, smooth, never folded), summed over Cartesian components; Raman: autocorrelation of the fluctuation of alpha
   (all components; isotropic trace/3 and anisotropic traceless parts separately).
 * Each autocorrelation (unbiased estimator, FFT) is multiplied by the decaying half of a Hann
   window (1 at lag 0, 0 at the longest lag), cosine-transformed, and broadened with a Gaussian of

@@ -43,20 +43,17 @@ log = logging.getLogger(__name__)
 
 
 def label_scales(graphs: Iterable, atomic_energies: Optional[Sequence[float]] = None,
-                 tasks: Sequence[str] = TASKS,
-                 atomic_polarisabilities: Optional[Sequence[float]] = None) -> Dict[str, float]:
+                 tasks: Sequence[str] = TASKS) -> Dict[str, float]:
     """RMS of each task's labels over ``graphs`` (the training split), in the loss's
-    normalisation, i.e. the error of a network predicting zero on top of the model's fixed
-    per-element parts: energy per atom minus the E0s (``atomic_energies``, in the graphs'
-    element order; none: raw energy per atom), alpha minus (1/Omega) sum_i a_Z I
-    (``atomic_polarisabilities``, e A^2/V; none: raw alpha), P folded
+    normalisation, i.e. the error of a model predicting zero: energy per atom minus the E0s
+    (``atomic_energies``, in the graphs' element order; none: raw energy per atom; a raw energy
+    RMS would be the cohesive energy, hundreds of eV per atom), P folded
     onto the branch nearest zero (the loss compares P modulo its quantum), forces and Z* over
     atoms and components, the rest over structures and components. A task without labels, or
     with all-zero labels, gets 1.0."""
     sq = {t: 0.0 for t in tasks}
     count = {t: 0 for t in tasks}
     e0 = None if atomic_energies is None else torch.as_tensor(np.asarray(atomic_energies, dtype=float).reshape(-1))
-    a0 = None if atomic_polarisabilities is None else torch.as_tensor(np.asarray(atomic_polarisabilities, dtype=float).reshape(-1))
     for g in graphs:
         for t in tasks:
             if float(g[weight_key(t)].sum()) <= 0:
@@ -66,10 +63,6 @@ def label_scales(graphs: Iterable, atomic_energies: Optional[Sequence[float]] = 
                 counts = g[keys.NODE_ATTRS].double().sum(0)
                 base = float(counts @ e0[: counts.numel()].double()) if e0 is not None else 0.0
                 ref = (ref.reshape(-1) - base) / float(counts.sum())
-            elif t == "polarisability" and a0 is not None:
-                counts = g[keys.NODE_ATTRS].double().sum(0)
-                volume = torch.linalg.det(g[keys.CELL].double().reshape(3, 3)).abs()
-                ref = ref.reshape(3, 3) - float(counts @ a0[: counts.numel()]) / volume * torch.eye(3, dtype=ref.dtype)
             elif t == "polarisation":
                 ref = fold_polarisation(ref.reshape(1, 3), g[keys.CELL].double().reshape(1, 3, 3))
             sq[t] += float((ref ** 2).sum())

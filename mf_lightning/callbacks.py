@@ -124,9 +124,11 @@ class WarmupEMADecay:
         self.decay, self.warmup = float(decay), bool(warmup)
 
     def __call__(self, averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
-        if not averaged.is_floating_point():
-            # integer buffers (mace's atomic_numbers, index tables) are not weights: averaging them
-            # in floating point and truncating back turned Z = 9 into 8 (0.995*9 + 0.005*9 < 9)
+        if not averaged.is_floating_point() or torch.equal(averaged, current):
+            # Integer buffers (mace's atomic_numbers, the cutoff exponent) are not weights:
+            # averaging them in floating point and truncating back turned Z = 9 into 8. Constant
+            # float buffers (E0s, loss scales, CG tables) must stay bit-exact too: d x + (1-d) x
+            # is x only up to rounding, and the drift broke bit-exact resume.
             return current
         n = float(num_averaged)
         d = min(self.decay, (1.0 + n) / (10.0 + n)) if self.warmup else self.decay

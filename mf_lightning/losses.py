@@ -30,6 +30,7 @@ model file (``FieldMACE.loss_scales``) for evaluation and fine-tuning.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Dict, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -51,7 +52,7 @@ def label_scales(graphs: Iterable, atomic_energies: Optional[Sequence[float]] = 
     onto the branch nearest zero (the loss compares P modulo its quantum), forces and Z* over
     atoms and components, the rest over structures and components. A task without labels, or
     with all-zero labels, gets 1.0."""
-    sq = {t: 0.0 for t in tasks}
+    sq = {t: [] for t in tasks}  # per-graph sums, added exactly (math.fsum): order-independent
     count = {t: 0 for t in tasks}
     e0 = None if atomic_energies is None else torch.as_tensor(np.asarray(atomic_energies, dtype=float).reshape(-1))
     for g in graphs:
@@ -65,11 +66,11 @@ def label_scales(graphs: Iterable, atomic_energies: Optional[Sequence[float]] = 
                 ref = (ref.reshape(-1) - base) / float(counts.sum())
             elif t == "polarisation":
                 ref = fold_polarisation(ref.reshape(1, 3), g[keys.CELL].double().reshape(1, 3, 3))
-            sq[t] += float((ref ** 2).sum())
+            sq[t].append(float((ref ** 2).sum()))
             count[t] += ref.numel()
     scales = {}
     for t in tasks:
-        rms = (sq[t] / count[t]) ** 0.5 if count[t] else 0.0
+        rms = (math.fsum(sq[t]) / count[t]) ** 0.5 if count[t] else 0.0
         if not np.isfinite(rms) or rms <= 0:
             if count[t]:
                 log.warning("loss scale of %s: its labels are all zero; using 1.0", t)

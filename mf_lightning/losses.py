@@ -148,10 +148,6 @@ class MultiTaskLoss(torch.nn.Module):
     def scale_of(self, task: str) -> float:
         return float(self.scales[TASKS.index(task)])
 
-    @property
-    def scale_dict(self) -> Dict[str, float]:
-        return {t: self.scale_of(t) for t in TASKS}
-
     def properties(self, batch: Optional[Mapping[str, torch.Tensor]] = None) -> tuple:
         """Model outputs this loss needs for ``batch`` (only tasks labelled in it)."""
         tasks = [t for t in self.weights if batch is None or float(batch[weight_key(t)].sum()) > 0]

@@ -140,10 +140,10 @@ def centre_initial_energy(model: FieldMACE, graphs: List, max_graphs: int = 32) 
     for start in range(0, len(labelled), 8):
         chunk = labelled[start:start + 8]
         batch = collate(chunk, dtype=model.dtype)
-        e0 = (batch[keys.NODE_ATTRS] @ model.backbone.atomic_energies_fn.atomic_energies.reshape(-1, batch[keys.NODE_ATTRS].shape[1]).T)
         with torch.no_grad():
+            e0 = model.backbone.atomic_energies_fn(batch[keys.NODE_ATTRS])[:, 0]  # mace's E0 block, head 0
             energy = model(batch, properties=(keys.ENERGY,))[keys.ENERGY]
-        total += float(energy.sum() - e0[:, 0].sum())
+        total += float(energy.sum() - e0.sum())
         atoms += int(batch[keys.NODE_ATTRS].shape[0])
     shift = -total / atoms
     with torch.no_grad():
@@ -152,15 +152,18 @@ def centre_initial_energy(model: FieldMACE, graphs: List, max_graphs: int = 32) 
     return float(shift_block.shift.reshape(-1)[0])
 
 
-def loss_scales(cfg: DictConfig, dm: MultiSourceDataModule, model: FieldMACE) -> Dict[str, float]:
+def loss_scales(cfg: DictConfig, dm: MultiSourceDataModule, model: FieldMACE,
+                stats: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
     """The unit-free loss scales (RMS of each task's training labels, :func:`label_scales`).
 
-    ``loss.scales`` in the config overrides them task by task; a model that was trained here
-    (a fine-tuning source) brings its own, which are kept so the loss means what it meant."""
+    ``stats``: :func:`make_model`'s dataset statistics (their E0s); computed here when there
+    are none (an upgraded source model). ``loss.scales`` in the config overrides the scales task
+    by task; a model that was trained here (a fine-tuning source) brings its own, which are kept
+    so the loss means what it meant."""
     given = cfg.loss.get("scales") if "loss" in cfg else None
     given = OmegaConf.to_container(given, resolve=True) if given else {}
     inherited = getattr(model, "loss_scales", None) or {}
-    e0 = dataset_statistics(dm.train_graphs(), dm.atomic_numbers)["atomic_energies"]
+    e0 = (stats or dataset_statistics(dm.train_graphs(), dm.atomic_numbers))["atomic_energies"]
     # alpha: the RMS of its labels as they are, not after the fitted atomic polarisabilities.
     # Measured on alpha-quartz: scaled by the spread left after a_Z (about 1/20 of the RMS),
     # alpha's term was 10-20x every other term for the whole run and forces learned half as
@@ -253,7 +256,7 @@ def train(cfg: DictConfig) -> Optional[float]:
         bind_to_model(dm, upgraded)
     dm.setup()
     model, stats = make_model(cfg, dm, upgraded)
-    scales = loss_scales(cfg, dm, model)
+    scales = loss_scales(cfg, dm, model, stats)
     model.loss_scales = scales
     module = FieldMACEModule(model, dataset_names=dm.names, loss_scales=scales,
                              **OmegaConf.to_container(cfg.module, resolve=True))

@@ -26,38 +26,37 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 
 from mf_lightning.data import keys
 from mf_lightning.data.dataset import TASKS, ref_key, weight_key
 from mf_lightning.losses import residual, structure_weights
 from mf_lightning.module import metric_components
-from mf_lightning.units import EPS0_E_PER_V_A
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def eps_poly(alpha: torch.Tensor) -> torch.Tensor:
-    """Isotropic eps_inf per structure from alpha (n, 3, 3) in e/(V A)."""
-    return 1.0 + torch.diagonal(alpha.reshape(-1, 3, 3), dim1=-2, dim2=-1).sum(-1) / (3.0 * EPS0_E_PER_V_A)
+def eps_inf_poly(alpha: torch.Tensor) -> torch.Tensor:
+    """Isotropic eps_inf per structure from alpha (n, 3, 3) in e/(V A) (:mod:`mf_lightning.dielectric`)."""
+    from mf_lightning.dielectric import eps_inf_from_alpha, eps_poly
+
+    return torch.as_tensor(eps_poly(eps_inf_from_alpha(alpha.detach().cpu().reshape(-1, 3, 3).numpy())))
 
 
-def _fit_means(train: Sequence, n_elements: int) -> Dict[str, Any]:
-    """Per-element mean Z*, mean alpha / stress / P per structure, least-squares E0s."""
+def _fit_means(train: Sequence, atomic_numbers: Sequence[int]) -> Dict[str, Any]:
+    """Per-element mean Z*, mean alpha / stress / P per structure, least-squares E0s (those of
+    training, :func:`mf_lightning.training.dataset_statistics`)."""
+    from mf_lightning.training import dataset_statistics
+
     sums: Dict[str, torch.Tensor] = {}
     counts: Dict[str, torch.Tensor] = {}
-    rows, energies = [], []
     for g in train:
         onehot = g[keys.NODE_ATTRS].double()
         for t in TASKS:
-            if float(g[weight_key(t)]) <= 0:
+            if t == "energy" or float(g[weight_key(t)]) <= 0:
                 continue
             ref = g[ref_key(t)].double()
-            if t == "energy":
-                rows.append(onehot.sum(0).numpy())
-                energies.append(float(ref))
-            elif t in ("becs", "forces"):
+            if t in ("becs", "forces"):
                 flat = ref.reshape(ref.shape[0], -1)
                 sums[t] = sums.get(t, 0) + onehot.T @ flat
                 counts[t] = counts.get(t, 0) + onehot.sum(0)
@@ -70,12 +69,7 @@ def _fit_means(train: Sequence, n_elements: int) -> Dict[str, Any]:
         means[t] = sums[t] / (c.reshape(-1, 1) if torch.is_tensor(c) and c.ndim else c)
         if torch.is_tensor(c) and c.ndim:
             means[t] = torch.where(c.reshape(-1, 1) > 0, means[t], torch.zeros_like(means[t]))
-    e0 = np.zeros(n_elements)
-    if rows:
-        A = np.array(rows)
-        present = A.sum(0) > 0
-        e0[present] = np.linalg.lstsq(A[:, present], np.array(energies), rcond=None)[0]
-    means["e0"] = torch.as_tensor(e0)
+    means["e0"] = torch.as_tensor(dataset_statistics(train, atomic_numbers)["atomic_energies"], dtype=torch.float64)
     return means
 
 
@@ -104,8 +98,8 @@ def _accumulate(acc, name: str, d, pred, tasks) -> None:
             acc[name][q].append(err[w].double().reshape(-1))
     if "polarisability" in tasks:
         labelled = d[weight_key("polarisability")].view(-1) > 0
-        e_ref = eps_poly(d[ref_key("polarisability")].double())
-        e_pred = eps_poly(pred["polarisability"].double())
+        e_ref = eps_inf_poly(d[ref_key("polarisability")].double())
+        e_pred = eps_inf_poly(pred["polarisability"].double())
         acc[name]["eps_inf_mae"].append((e_pred - e_ref)[labelled].abs())
         acc[name]["eps_inf_mean"].append(e_pred[labelled])
         if name == "zero":  # once per batch
@@ -132,7 +126,7 @@ def compare(dm, split: str = "test", model=None, batch_size: int = 8) -> Dict[st
 
     train = dm.train_graphs()
     test = [g for src in dm.sources.values() for g in src.datasets[split]]
-    means = _fit_means(train, len(dm.atomic_numbers))
+    means = _fit_means(train, dm.atomic_numbers)
     acc = defaultdict(lambda: defaultdict(list))
     for batch in DataLoader(test, batch_size=batch_size, shuffle=False):
         d = batch_to_dict(batch, torch.float64)

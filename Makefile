@@ -14,7 +14,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # glibc malloc settings are applied at run time by every entry point (mf_lightning/runtime.py),
 # so make, SLURM and notebooks all get them; no MALLOC_* variables here.
 
-.PHONY: venv test train bench demo clean
+.PHONY: venv test fuzz train bench demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ venv: $(STAMP)
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Opt-in: property-based tests with fresh random examples (1,000 per test; MF_FUZZ_EXAMPLES=N
+# for more). `make test` runs the same tests derandomised, so CI is deterministic.
+fuzz: venv
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -m fuzz $(PYTEST_ARGS)
 
 train: venv
 	$(PY) train.py experiment=quickstart $(ARGS)

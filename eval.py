@@ -43,6 +43,12 @@ def rewrite_overrides(argv: list) -> list:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig):
+    from mf_lightning.cli.runner import run_hydra_job
+
+    return run_hydra_job(_main, cfg, "eval.py")
+
+
+def _main(cfg: DictConfig):
     from datamodules import FieldDataModule
     from mf_lightning.evaluation.evaluate import evaluate_datamodule, table
     from mf_lightning.model.io import load_model
@@ -53,11 +59,15 @@ def main(cfg: DictConfig):
     model = load_model(cfg.model_file, device=cfg.device, dtype=cfg.dtype)
     dm = make_datamodule(cfg)
     bind_to_model(dm, model, head=cfg.head)
-    dm.setup()
     split = cfg.split
     if split == "auto":
         plain = all(type(src) is FieldDataModule for src in dm.sources.values())
         split = "all" if plain else "test"
+    for src in dm.sources.values():  # a held-out file alone: the training file is not read
+        src.test_only = split == "test" and bool(src.test_file)
+    dm.setup()
+    for name, src in dm.sources.items():  # the units the labels were read in, before any number
+        print(f"{name}: labels " + ", ".join(f"{q} = {s['key']} [{s['unit']}]" for q, s in src.labels.items()))
     out_dir = Path(cfg.paths.output_dir)
     metrics = evaluate_datamodule(model, dm, split, out_dir, batch_size=int(cfg.batch_size), ionic=bool(cfg.ionic),
                                   ionic_key=cfg.ionic_key, ionic_max_atoms=int(cfg.ionic_max_atoms),

@@ -18,6 +18,12 @@ from omegaconf import DictConfig  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig):
+    from mf_lightning.cli.runner import run_hydra_job
+
+    return run_hydra_job(_main, cfg, "train.py")
+
+
+def _main(cfg: DictConfig):
     if cfg.demo.only:
         from mf_lightning.cli.demo import response_demo
 

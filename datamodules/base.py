@@ -66,6 +66,8 @@ class FieldDataModule(pl.LightningDataModule):
         output_dir: Optional[str] = None,
         drop_flagged: bool = False,
         name: Optional[str] = None,
+        labels_required: str = "all",
+        test_only: bool = False,
     ):
         super().__init__()
         self.name = name or self.default_name
@@ -84,6 +86,11 @@ class FieldDataModule(pl.LightningDataModule):
         self.cache = GraphCache(cache_dir)
         self.output_dir = output_dir
         self.drop_flagged = bool(drop_flagged)
+        # "all": every configured label key must occur in the file (a typo'd or wrong key is an
+        # error naming the file's keys, not an empty table); "any" for catch-all configs
+        self.labels_required = labels_required
+        # eval.py on a held-out test_file: read only that file (not the training file)
+        self.test_only = bool(test_only)
         self.datasets: Dict[str, List] = {}
         self.meta: Dict[str, List[Dict[str, Any]]] = {}
         self.manifest: Optional[dict] = None
@@ -102,10 +109,11 @@ class FieldDataModule(pl.LightningDataModule):
     def _settings(self) -> Dict[str, Any]:
         return {"r_max": self.r_max, "z": self.atomic_numbers, "heads": self.heads, "head": self.head,
                 "labels": self.labels, "field": self.electric_field, "meta": list(self.meta_keys),
-                "source": type(self).__name__}
+                "source": type(self).__name__, "labels_required": self.labels_required}
 
     def _records(self, path: Path) -> List[Record]:
-        records = read_records(path, self.labels, self.electric_field, meta_keys=tuple(self.meta_keys))
+        records = read_records(path, self.labels, self.electric_field, meta_keys=tuple(self.meta_keys),
+                               labels_required=self.labels_required)
         return self.annotate(records)
 
     def load_file(self, path: Path):
@@ -142,8 +150,11 @@ class FieldDataModule(pl.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.datasets:
             return
-        path = resolve_file(self.file, self.root)
         test_path = resolve_file(self.test_file, self.root) if self.test_file else None
+        if self.test_only:
+            self._setup_test_only(test_path)
+            return
+        path = resolve_file(self.file, self.root)
         if self.atomic_numbers is None:
             self.atomic_numbers = self.elements()
         graphs, meta = self.load_file(path)
@@ -178,6 +189,21 @@ class FieldDataModule(pl.LightningDataModule):
                      "dropped" if self.drop_flagged else "kept; data.drop_flagged=true drops them")
         if self.output_dir:
             write_manifest(Path(self.output_dir) / "splits" / f"{self.name}.json", self.manifest)
+
+    def _setup_test_only(self, test_path: Optional[Path]) -> None:
+        """Only the held-out ``test_file``, as the test split: the training file is neither read
+        nor audited, and the manifest names the file that was evaluated."""
+        from mf_lightning.errors import InputError
+
+        if test_path is None:
+            raise InputError(f"data source {self.name}: test_only needs data.test_file=<held-out file>")
+        if self.atomic_numbers is None:
+            self.atomic_numbers = self._element_table([test_path])
+        graphs, meta = self.load_file(test_path)
+        self.datasets = {"train": [], "val": [], "test": graphs}
+        self.meta = {"train": [], "val": [], "test": meta}
+        self.manifest = {"source": type(self).__name__, "name": self.name, "files": {"test": str(test_path)},
+                         "sha256": {"test": file_sha256(test_path)}, "ids": {"test": [m["id"] for m in meta]}}
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

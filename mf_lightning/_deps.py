@@ -6,6 +6,8 @@ Two traps, measured on torch 2.13 with mace-torch 0.3.16 / e3nn 0.4.4:
   torch>=2.6 default ``weights_only=True`` refuses. ``import mace`` sets
   ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` first, which makes that load pass. So mace must be
   imported before e3nn, and every module of this package gets both through here.
+* With ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` also set, torch refuses every load ("both were
+  set"): that variable is lifted during these imports and restored after them.
 * That variable then stays set for the whole process, so *any* later ``torch.load`` without an
   explicit ``weights_only=`` would silently unpickle (i.e. run code from the file). Once e3nn's
   constants are in memory we restore the variable to what it was before, and every load in this
@@ -18,6 +20,11 @@ import os
 
 _ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 _before = os.environ.get(_ENV)
+# A user who sets TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 (the stricter setting) would make torch refuse
+# e3nn's import-time load ("both were set") once mace sets _ENV: it is lifted for these imports
+# only and restored below, so the user's setting holds for every later load.
+_FORCE = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+_force_before = os.environ.pop(_FORCE, None)
 
 import warnings  # noqa: E402
 
@@ -34,6 +41,8 @@ if _before is None:
     os.environ.pop(_ENV, None)
 else:
     os.environ[_ENV] = _before
+if _force_before is not None:
+    os.environ[_FORCE] = _force_before
 
 # e3nn/mace build their modules through torch.jit.script, which torch 2.13 reports as deprecated
 # and whose type checker complains about e3nn's codegen; harmless, and printed for every block.

@@ -61,11 +61,10 @@ class MACEFieldCalculator(Calculator):
             self.torch_dtype = resolve_dtype(dtype or "float64")
             self.model = load_model(model, device=device, dtype=self.torch_dtype)
         self.device = device
-        heads = self.model.heads
-        if head is not None and head not in heads:
-            raise ValueError(f"head {head!r} not in the model's heads {heads}")
-        self.head = head or heads[-1]
         self.compute_polarisation = bool(compute_polarisation)
+        # energy and forces always, the response when asked: one head must have been trained on all
+        wanted = ["energy", "forces"] + (["polarisation", "becs", "polarisability"] if compute_polarisation else [])
+        self.head = self.model.resolve_head(head, wanted)
         self.time = 0.0  # fs; read by a time-dependent field
         self._field = None
         self._field_used: Optional[np.ndarray] = None  # the field of the cached results

@@ -12,14 +12,18 @@ import torch
 from pytorch_lightning.callbacks import Checkpoint, EMAWeightAveraging
 from pytorch_lightning.trainer.states import TrainerFn
 
+from mf_lightning.errors import RunFailedError
+
 log = logging.getLogger(__name__)
 
 
 class NonFiniteGuard(pl.Callback):
     """Detect a NaN/inf loss or gradient before the optimiser applies it.
 
-    ``action="skip"`` (default): the step's gradients are zeroed so the optimiser step changes
-    nothing (Adam's moments see zero gradients), the skip is counted (``train/skipped_steps``),
+    ``action="skip"`` (default): the step's gradients are set to None, so the optimiser skips
+    every parameter (torch's optimisers leave a parameter without a gradient untouched: no
+    update, no momentum, no weight decay; zeroed gradients would still move every weight by
+    about lr through Adam's moments), the skip is counted (``train/skipped_steps``),
     and after ``max_consecutive`` consecutive bad steps training stops with an error naming the
     structures of the last bad batch. ``action="stop"``: stop at the first bad step.
     ``action="ignore"``: do nothing (Lightning's default behaviour).
@@ -53,13 +57,21 @@ class NonFiniteGuard(pl.Callback):
         self.skipped += 1
         self.consecutive += 1
         where = f"step {trainer.global_step}, structures {self._batch_ids}"
+        largest = max((float(p.detach().abs().max()) for p in pl_module.parameters() if p.numel()), default=0.0)
+        if not math.isfinite(largest) or largest > DIVERGED_WEIGHT:
+            # the model, not the data: naming the batch's structures would blame innocent ones
+            cause = (f"the training diverged (largest weight {largest:.3g}): lower module.lr "
+                     f"(now {optimizer.param_groups[0]['lr']:g})")
+        else:
+            cause = ("check these structures' labels (python -m mf_lightning.data.audit) or lower the learning "
+                     "rate")
         if self.action == "stop" or self.consecutive >= self.max_consecutive:
             raise NonFiniteLossError(
                 f"non-finite loss or gradient ({self.consecutive} consecutive, {self.skipped} in all) at {where}; "
-                "check these structures' labels (python -m mf_lightning.data.audit) or lower the learning rate")
-        log.warning("non-finite loss or gradient at %s: step skipped (%d so far)", where, self.skipped)
+                + cause)
+        log.warning("non-finite loss or gradient at %s: step skipped (%d so far); %s", where, self.skipped, cause)
         for p in params:
-            p.grad.zero_()
+            p.grad = None
         pl_module.log("train/skipped_steps", float(self.skipped))
 
     def state_dict(self) -> dict:
@@ -70,8 +82,12 @@ class NonFiniteGuard(pl.Callback):
         self.consecutive = int(state_dict.get("consecutive", 0))
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(RunFailedError, RuntimeError):
+    """Training stopped on non-finite losses or gradients (the CLI exits 3 with its message)."""
+
+
+# |weight| beyond this (weights are O(1) by construction) means the optimisation diverged
+DIVERGED_WEIGHT = 1.0e4
 
 
 def describe_batch(batch: Any, datamodule: Any = None) -> List[str]:
@@ -103,10 +119,18 @@ class LastCheckpoint(Checkpoint):
 
     def _save(self, trainer) -> None:
         if not trainer.sanity_checking:
-            trainer.save_checkpoint(self.path)
+            # the full training state; Lightning's "weights_only" here is what is *saved* (it logged
+            # "weights_only was not set, defaulting to False" otherwise). Loading is always
+            # torch's weights_only=True (mf_lightning.checkpointing.AtomicCheckpointIO).
+            trainer.save_checkpoint(self.path, weights_only=False)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.every_n_train_steps > 0 and trainer.global_step % self.every_n_train_steps == 0:
+        # Not after an epoch's last batch: a kill during that epoch's validation would resume from
+        # a checkpoint whose epoch counts as trained, and Lightning would skip its validation
+        # (the plateau scheduler, ModelCheckpoint and EarlyStopping would miss the epoch). The
+        # end-of-epoch save below follows the validation; a kill before it redoes the last batch.
+        last = batch_idx + 1 >= trainer.num_training_batches
+        if self.every_n_train_steps > 0 and trainer.global_step % self.every_n_train_steps == 0 and not last:
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

@@ -19,11 +19,12 @@ from typing import Any, Dict, Optional
 
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from mf_lightning.errors import InputError
 from mf_lightning.model.io import atomic_torch_save, guarded_torch_load
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(InputError, RuntimeError):
+    """A checkpoint that is missing, truncated, corrupted, or needs unpickling."""
 
 
 def load_checkpoint(path, allow_pickle: bool = False, map_location="cpu") -> Dict[str, Any]:
@@ -36,12 +37,25 @@ def load_checkpoint(path, allow_pickle: bool = False, map_location="cpu") -> Dic
         allow_pickle=allow_pickle, map_location=map_location)
 
 
-def check_checkpoint(path, allow_pickle: bool = False) -> Path:
-    """Validate a checkpoint before Lightning resumes from it (see the module docstring)."""
+def check_checkpoint(path, allow_pickle: bool = False, module=None) -> Path:
+    """Validate a checkpoint before Lightning resumes from it (see the module docstring); with
+    ``module``, also that its weights fit that module (another element table, cutoff or width
+    gives one line naming the first mismatches, not torch's page of size mismatches)."""
     ckpt = load_checkpoint(path, allow_pickle=allow_pickle)
     missing = [k for k in ("state_dict", "global_step", "loops") if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: not a Lightning training checkpoint (no {missing})")
+    if module is not None:
+        own = module.state_dict()
+        theirs = ckpt["state_dict"]
+        wrong = [f"{k} {tuple(theirs[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+                 if k in theirs and tuple(theirs[k].shape) != tuple(v.shape)]
+        absent = [k for k in own if k not in theirs]
+        if wrong or absent:
+            detail = "; ".join(wrong[:2] + [f"missing {k}" for k in absent[:2]])
+            raise CheckpointError(f"{path}: was written by a different model ({len(wrong)} weights of another "
+                                  f"shape, {len(absent)} missing, e.g. {detail}): resume with the configuration "
+                                  "that wrote it (element table, r_max, channels, coupling)")
     return Path(path)
 
 

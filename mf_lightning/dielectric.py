@@ -122,7 +122,7 @@ def model_hessian(model, atoms, field=(0.0, 0.0, 0.0), head: Optional[str] = Non
     from mf_lightning.data.graphs import atoms_to_graph, collate
 
     graph = atoms_to_graph(atoms, model.atomic_numbers, model.r_max, heads=model.heads,
-                           head=head or model.heads[-1], electric_field=np.asarray(field, dtype=float),
+                           head=model.resolve_head(head, ("forces",)), electric_field=np.asarray(field, dtype=float),
                            source="model_hessian")
     device = next(model.parameters()).device
     batch = collate([graph], dtype=dtype, device=device)

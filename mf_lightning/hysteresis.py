@@ -20,7 +20,6 @@ Written: ``loop.csv`` (t, E, P), ``loop.json`` (the metrics, uC/cm^2 and MV/cm),
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -30,9 +29,11 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from mf_lightning.md import FIELD_UNITS, FieldProtocol, axis_vector, load_structure, read_log, run_md
+from mf_lightning.md import FIELD_UNITS, FieldProtocol, axis_vector, load_structure, read_log, run_md, warn_field_unit
 from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2
 from mf_lightning.runtime import configure_process
+from mf_lightning.cli.runner import cli_main, parser as cli_parser
+from mf_lightning.utils import dumps_json
 
 log = logging.getLogger(__name__)
 V_PER_A_TO_MV_PER_CM = 100.0
@@ -51,24 +52,48 @@ def _crossings(x: np.ndarray, y: np.ndarray):
     return out
 
 
+def _monotone_runs(E: np.ndarray):
+    """(start, end, direction) of the runs where the field only goes up (+1) or down (-1); a run's
+    end is the next one's start (the turning point)."""
+    step = np.sign(np.diff(E))
+    for k in range(1, len(step)):  # a flat step continues the current run
+        if step[k] == 0:
+            step[k] = step[k - 1]
+    runs, start = [], 0
+    for k in range(1, len(step) + 1):
+        if k == len(step) or step[k] != step[start]:
+            if step[start] != 0:
+                runs.append((start, k, int(step[start])))
+            start = k
+    return runs
+
+
 def loop_metrics(E: np.ndarray, P: np.ndarray, discard: float = 0.25) -> Dict[str, float]:
-    """P_r+-, E_c+- of a loop sampled in time order (E and P in any consistent units)."""
+    """P_r+-, E_c+- of a loop sampled in time order (E and P in any consistent units).
+
+    Per half cycle (a run of the field going down, or up): P_r+ (P_r-) is P where the falling
+    (rising) field crosses zero; E_c- (E_c+) is the field of the *last* downward (upward) zero
+    crossing of P in that run, counted only if P ends the run switched. A transient dip of P
+    through zero that recovers, or a crossing on the other half cycle, is never averaged in
+    (it once turned crossings at -27.1 and +18.6 MV/cm into an "E_c-" of -4.2). Each metric is
+    the mean over the half cycles after the first ``discard`` fraction of the samples."""
     E, P = np.asarray(E, dtype=float), np.asarray(P, dtype=float)
     start = int(discard * len(E))
     E, P = E[start:], P[start:]
-    remanent = _crossings(E, P)
-    coercive = _crossings(P, E)
-    pr_plus = [p for p, d in remanent if d < 0]
-    pr_minus = [p for p, d in remanent if d > 0]
-    ec_plus = [e for e, d in coercive if d > 0]
-    ec_minus = [e for e, d in coercive if d < 0]
+    found = {"P_r+": [], "P_r-": [], "E_c+": [], "E_c-": []}
+    for i0, i1, direction in _monotone_runs(E):
+        e, p = E[i0:i1 + 1], P[i0:i1 + 1]
+        found["P_r+" if direction < 0 else "P_r-"] += [v for v, _ in _crossings(e, p)]
+        switches = [v for v, d in _crossings(p, e) if d == direction]
+        if switches and np.sign(p[-1]) == direction:
+            found["E_c+" if direction > 0 else "E_c-"].append(switches[-1])
 
     def mean(v):
         return float(np.mean(v)) if v else float("nan")
 
-    return {"P_r_plus": mean(pr_plus), "P_r_minus": mean(pr_minus), "E_c_plus": mean(ec_plus),
-            "E_c_minus": mean(ec_minus), "n_crossings": {"P_r+": len(pr_plus), "P_r-": len(pr_minus),
-                                                         "E_c+": len(ec_plus), "E_c-": len(ec_minus)}}
+    return {"P_r_plus": mean(found["P_r+"]), "P_r_minus": mean(found["P_r-"]), "E_c_plus": mean(found["E_c+"]),
+            "E_c_minus": mean(found["E_c-"]), "n_crossings": {k: len(v) for k, v in found.items()},
+            "per_half_cycle": found}
 
 
 def dynamic_loop(atoms, calc, out_dir, E0: float, period_fs: float, cycles: float = 2.0, axis="z",
@@ -109,7 +134,21 @@ def quasi_static_loop(atoms, calc, E_max: float, n_points: int = 21, axis="z", f
     return {"E": np.array(E_out), "P": np.array(P_out), "converged": np.array(converged)}
 
 
-def write_loop(loop: Dict[str, np.ndarray], out_dir, discard: float, title: str = "") -> Dict[str, Any]:
+# SPEC section 5: the paper's BaTiO3 loop (0 K, E0 = 36 MV/cm, period 2 ps)
+PAPER_BATIO3 = {"P_r": 39.0, "E_c": 11.4}
+
+
+def paper_reference(atoms) -> Optional[Dict[str, float]]:
+    """The paper's loop values where they apply (BaTiO3), else None: never printed for another material."""
+    from mf_lightning.data.reader import reduced_formula
+
+    return dict(PAPER_BATIO3) if reduced_formula(atoms) == "BaTiO3" else None
+
+
+def write_loop(loop: Dict[str, np.ndarray], out_dir, discard: float, title: str = "",
+               reference: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
+    """loop.csv (time in fs for a dynamic loop, the field step's index for a quasi-static one),
+    loop.json (metrics, plus ``reference`` values, e.g. the paper's, if given) and loop.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,15 +159,18 @@ def write_loop(loop: Dict[str, np.ndarray], out_dir, discard: float, title: str 
     E_mv = np.asarray(loop["E"]) * V_PER_A_TO_MV_PER_CM
     P_uc = np.asarray(loop["P"]) * E_PER_A2_TO_UC_PER_CM2
     metrics = loop_metrics(E_mv, P_uc, discard=discard)
-    metrics.update(units={"P": "uC/cm^2", "E": "MV/cm"}, paper_batio3={"P_r": 39.0, "E_c": 11.4})
+    metrics["units"] = {"P": "uC/cm^2", "E": "MV/cm"}
+    if reference:
+        metrics["paper"] = reference
     if "converged" in loop:
         metrics["relaxations_not_converged"] = int((~np.asarray(loop["converged"])).sum())
     with open(out_dir / "loop.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["t_fs", "E_MV_per_cm", "P_uC_per_cm2"])
-        t = loop.get("t_fs", np.arange(len(E_mv)))
+        timed = "t_fs" in loop
+        w.writerow(["t_fs" if timed else "field_step", "E_MV_per_cm", "P_uC_per_cm2"])
+        t = loop["t_fs"] if timed else np.arange(len(E_mv))
         w.writerows(zip(np.asarray(t).tolist(), E_mv.tolist(), P_uc.tolist()))
-    (out_dir / "loop.json").write_text(json.dumps(metrics, indent=1))
+    (out_dir / "loop.json").write_text(dumps_json(metrics))
     fig, ax = plt.subplots(figsize=(5, 4))
     start = int(discard * len(E_mv))
     ax.plot(E_mv[: start + 1], P_uc[: start + 1], color="0.7", lw=1, label="initial")
@@ -149,8 +191,12 @@ def write_loop(loop: Dict[str, np.ndarray], out_dir, discard: float, title: str 
     return metrics
 
 
+PROG = "python -m mf_lightning.hysteresis"
+
+
+@cli_main(PROG)
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mf_lightning.hysteresis", description=__doc__.split("\n\n")[0])
+    parser = cli_parser(PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("structure")
     parser.add_argument("--frame", type=int, default=0)
     parser.add_argument("--supercell", type=int, nargs=3, default=None)
@@ -178,6 +224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from mf_lightning.calculator import MACEFieldCalculator
 
+    warn_field_unit(args)
     calc = MACEFieldCalculator(args.model, device=args.device)
     atoms = load_structure(args.structure, args.frame, args.supercell)
     E0 = args.E0 * FIELD_UNITS[args.field_unit]
@@ -189,7 +236,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         loop = quasi_static_loop(atoms, calc, E0, n_points=args.points, axis=args.axis, fmax=args.fmax)
         discard = args.discard if args.discard is not None else (args.points - 1) / len(loop["E"])
-    metrics = write_loop(loop, args.out, discard, title=f"{atoms.get_chemical_formula()} {args.mode}")
+    metrics = write_loop(loop, args.out, discard, title=f"{atoms.get_chemical_formula()} {args.mode}",
+                         reference=paper_reference(atoms))
     print(json.dumps(metrics, indent=1))
     return 0
 

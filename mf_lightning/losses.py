@@ -38,6 +38,7 @@ import torch
 
 from mf_lightning.data import keys
 from mf_lightning.data.dataset import TASKS, ref_key, weight_key
+from mf_lightning.data.polarisation import nearest_image
 
 PER_ATOM = {"forces", "becs"}
 log = logging.getLogger(__name__)
@@ -80,13 +81,9 @@ def label_scales(graphs: Iterable, atomic_energies: Optional[Sequence[float]] = 
 
 
 def fold_polarisation(dP: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-    """Fold P differences (n_graphs, 3) onto the branch nearest zero, per structure:
-    x = Q^-1 dP, dP_fold = Q (x - round(x)), with Q's columns the quanta e a_k / Omega."""
-    cell = cell.view(-1, 3, 3)
-    volume = torch.linalg.det(cell).abs().view(-1, 1, 1)
-    Q = cell.transpose(-1, -2) / volume  # columns a_k / Omega
-    x = torch.linalg.solve(Q, dP.unsqueeze(-1)).squeeze(-1)
-    return dP - (Q @ torch.round(x).detach().unsqueeze(-1)).squeeze(-1)
+    """P differences (n_graphs, 3) folded to the nearest lattice image of the quanta, per
+    structure (:func:`~mf_lightning.data.polarisation.nearest_image`): loss and metrics alike."""
+    return nearest_image(dP, cell)
 
 
 def per_atom(energy: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -40,7 +40,9 @@ from typing import Any, Callable, Dict, Optional, Sequence, Union
 import numpy as np
 from ase import units
 
+from mf_lightning.errors import InputError
 from mf_lightning.runtime import configure_process
+from mf_lightning.cli.runner import cli_main, parser as cli_parser
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,50 @@ def complete_frames_end(path: Path) -> tuple[int, int]:
     return frames, end
 
 
+def is_md_trajectory(path: Path) -> bool:
+    """Whether ``path`` starts like a trajectory this driver wrote (an atom count, then a comment
+    line with its ``step`` and ``time_fs``): only such a file is ever truncated or continued."""
+    try:
+        with open(path, "rb") as fh:
+            count, comment = fh.readline(), fh.readline(4096)
+    except OSError:
+        return False
+    return count.strip().isdigit() and b"step=" in comment and b"time_fs=" in comment
+
+
+def check_output(out: Path, inputs: Sequence = ()) -> None:
+    """Refuse an ``--out`` that is one of the inputs or an existing file of another kind (a model,
+    a structure, a table): the driver truncates and appends to its own trajectories only."""
+    out = Path(out)
+    for given in inputs:
+        if given is not None and Path(given).exists() and out.exists() and out.resolve() == Path(given).resolve():
+            raise InputError(f"--out {out} is also an input: choose another output file")
+    if out.exists() and out.stat().st_size > 0 and not is_md_trajectory(out):
+        raise InputError(f"--out {out} exists and is not an mf-lightning MD trajectory: refusing to overwrite it")
+
+
+def check_dynamics(steps: int, timestep_fs: float, temperature_K: float, friction_per_fs: float,
+                   log_every: int, response_every: Optional[int]) -> None:
+    """Non-physical or meaningless MD settings are input errors, before anything runs."""
+    problems = []
+    if not (isinstance(steps, (int, np.integer)) and steps >= 0):
+        problems.append(f"steps must be >= 0 (got {steps})")
+    if not (np.isfinite(timestep_fs) and timestep_fs > 0):
+        problems.append(f"the time step must be > 0 fs (got {timestep_fs})")
+    elif timestep_fs > 10:
+        log.warning("time step %g fs: far above the usual 0.5-2 fs; the dynamics may blow up", timestep_fs)
+    if not (np.isfinite(temperature_K) and temperature_K >= 0):
+        problems.append(f"the temperature must be >= 0 K (got {temperature_K})")
+    if not (np.isfinite(friction_per_fs) and friction_per_fs >= 0):
+        problems.append(f"the friction must be >= 0 per fs (got {friction_per_fs})")
+    if not log_every >= 1:
+        problems.append(f"log_every must be >= 1 (got {log_every})")
+    if response_every is not None and not response_every >= 1:
+        problems.append(f"response_every must be >= 1 (got {response_every})")
+    if problems:
+        raise InputError("; ".join(problems))
+
+
 def last_frame(path: Path):
     """The last complete frame of a trajectory (a partial frame after it is removed), or None."""
     import ase.io
@@ -192,6 +238,8 @@ def run_md(atoms, calc, out, steps: int, timestep_fs: float = 1.0, ensemble: str
     import ase.io
 
     out = Path(out)
+    check_dynamics(steps, timestep_fs, temperature_K, friction_per_fs, log_every, response_every)
+    check_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if response_every is not None and response_every % log_every:
         raise ValueError(f"response_every ({response_every}) must be a multiple of log_every ({log_every})")
@@ -283,6 +331,17 @@ def field_from_args(args) -> Union[FieldProtocol, Callable, None]:
                          period_fs=args.period_fs, t_on_fs=args.t_on_fs, t_off_fs=args.t_off_fs)
 
 
+# |E0| above this (V/A; 1 V/A = 100 MV/cm) is far beyond any dielectric's breakdown: a unit slip
+LARGE_FIELD_V_PER_A = 1.0
+
+
+def warn_field_unit(args) -> None:
+    e0 = abs(args.E0) * FIELD_UNITS[args.field_unit]
+    if e0 > LARGE_FIELD_V_PER_A:
+        log.warning("--E0 %g %s is %g MV/cm, far above breakdown fields: did you mean --field-unit MV/cm?",
+                    args.E0, args.field_unit, e0 * 100)
+
+
 def add_field_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("electric field")
     g.add_argument("--field-kind", default="none", choices=["none", "constant", "sine"])
@@ -296,17 +355,32 @@ def add_field_args(parser: argparse.ArgumentParser) -> None:
 
 
 def load_structure(path: str, frame: int = 0, supercell: Optional[Sequence[int]] = None):
+    """Frame ``frame`` of any file ASE reads; unreadable files and missing frames are input errors."""
     import ase.io
 
-    atoms = ase.io.read(path, index=frame)
+    from mf_lightning.data.graphs import check_geometry
+
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such structure file")
+    try:
+        atoms = ase.io.read(path, index=frame)
+    except (StopIteration, IndexError) as exc:
+        raise InputError(f"{path}: no frame {frame} (the file has fewer)") from exc
+    except Exception as exc:  # noqa: BLE001 - ASE raises many types for malformed files
+        raise InputError(f"{path}: cannot read a structure ({type(exc).__name__}: {' '.join(str(exc).split())})") from exc
     atoms.calc = None
+    check_geometry(atoms, f"{path}: frame {frame}")
     if supercell:
         atoms = atoms.repeat(tuple(int(x) for x in supercell))
     return atoms
 
 
+PROG = "python -m mf_lightning.md"
+
+
+@cli_main(PROG)
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mf_lightning.md", description=__doc__.split("\n\n")[0])
+    parser = cli_parser(PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("structure", help="any file ASE reads")
     parser.add_argument("--frame", type=int, default=0)
     parser.add_argument("--supercell", type=int, nargs=3, default=None)
@@ -333,6 +407,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from mf_lightning.calculator import MACEFieldCalculator
 
+    check_dynamics(args.steps, args.dt, args.temperature, args.friction, args.log_every, args.response_every)
+    check_output(Path(args.out), [args.structure, args.model])
+    warn_field_unit(args)
     calc = MACEFieldCalculator(args.model, device=args.device, dtype=args.dtype, head=args.head)
     atoms = load_structure(args.structure, args.frame, args.supercell)
     result = run_md(atoms, calc, args.out, steps=args.steps, timestep_fs=args.dt, ensemble=args.ensemble,

@@ -59,6 +59,26 @@ def normalised_reference(task: str, batch) -> torch.Tensor:
     return per_atom(ref, batch) if task == "energy" else ref
 
 
+def reference_and_prediction(task: str, out: Mapping[str, torch.Tensor], batch):
+    """(reference, prediction, error) per metric quantity, all on one branch, so that
+    ``prediction - reference == error`` and RMSE, R^2 and parity plots agree. For P the prediction
+    is the model's own (single-valued) P and the reference is folded onto the image nearest it;
+    a zero predictor then sits on the horizontal axis, not near the diagonal."""
+    err = metric_components(task, residual(task, out, batch).detach())
+    if task == "polarisation":
+        pred = metric_components(task, out[keys.POLARISATION].detach())
+        return {q: pred[q] - err[q] for q in err}, pred, err
+    ref = metric_components(task, normalised_reference(task, batch))
+    return ref, {q: ref[q] + err[q] for q in err}, err
+
+
+def zero_predictor_error(task: str, out: Mapping[str, torch.Tensor], batch) -> Dict[str, torch.Tensor]:
+    """The errors of predicting 0 for everything (P folded as for the model): the trivial
+    baseline printed beside each RMSE, so a user sees at once whether a quantity was learned."""
+    zeros = {k: torch.zeros_like(v) for k, v in out.items() if torch.is_tensor(v)}
+    return metric_components(task, residual(task, zeros, batch).detach())
+
+
 class FieldMACEModule(pl.LightningModule):
     def __init__(
         self,
@@ -126,8 +146,7 @@ class FieldMACEModule(pl.LightningModule):
             if task not in out or float(d[weight_key(task)].sum()) == 0:
                 continue
             w_rows = structure_weights(task, d).detach().double()
-            errors = metric_components(task, residual(task, out, d).detach())
-            refs = metric_components(task, normalised_reference(task, d)) if stage == "test" else {}
+            refs, preds, errors = reference_and_prediction(task, out, d)
             for q, err in errors.items():
                 err = err.double()
                 w = w_rows.unsqueeze(-1).expand_as(err)
@@ -136,8 +155,8 @@ class FieldMACEModule(pl.LightningModule):
                 sums[f"{q}_count"] = sums.get(f"{q}_count", 0) + w.sum()
                 if stage == "test":  # (reference, prediction) pairs for parity plots
                     mask = w_rows > 0
-                    ref = refs[q][mask].double()
-                    self.predictions[name][q].append(np.stack([ref.cpu().numpy(), (ref + err[mask]).cpu().numpy()]))
+                    self.predictions[name][q].append(np.stack([refs[q][mask].double().cpu().numpy(),
+                                                               preds[q][mask].double().cpu().numpy()]))
 
     def _labelled(self, d) -> tuple:
         return (keys.ENERGY, *[t for t in TASKS if float(d[weight_key(t)].sum()) > 0])

@@ -29,11 +29,17 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from mf_lightning.cli.runner import cli_main, parser as cli_parser
+from mf_lightning.errors import EXIT_OK, EXIT_PARTIAL, InputError
+from mf_lightning.utils import FileLock
+
 log = logging.getLogger(__name__)
 
 STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".xyz", ".extxyz", ".traj", ".json")
 STRUCTURE_NAMES = ("POSCAR", "CONTCAR")
-BASE_COLUMNS = ["id", "formula", "n_atoms", "eps_poly", "n", "eps_inf", "polarisability", "becs"]
+# model_sha256: the model that predicted the row (a table never mixes two models)
+BASE_COLUMNS = ["id", "formula", "n_atoms", "eps_poly", "n", "eps_inf", "polarisability", "becs", "model_sha256"]
+RESPONSE_QUANTITIES = ("polarisation", "becs", "polarisability")
 IONIC_COLUMNS = ["eps_ion", "eps_0", "eps_0_poly", "unstable_modes_cm", "relaxed"]
 
 Item = Tuple[str, Union[Any, Exception]]  # (id, Atoms) or (id, the error reading it)
@@ -46,14 +52,19 @@ def _is_structure_file(path: Path) -> bool:
 
 
 def expand_inputs(inputs: Sequence[str]) -> List[Path]:
-    """Files as given, folders searched recursively (sorted, so ids and order are stable)."""
+    """Files, folders searched recursively (sorted, so ids and order are stable), each as its
+    absolute, resolved path and listed once: ``three``, ``./three/`` and ``/abs/three`` give the
+    same ids, so a resumed table never holds a structure twice."""
     out: List[Path] = []
+    seen = set()
     for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and _is_structure_file(f)))
-        else:
-            out.append(p)  # a missing file is reported as an error row, not an exception here
+        p = Path(item).expanduser().absolute()
+        found = sorted(f for f in p.rglob("*") if f.is_file() and _is_structure_file(f)) if p.is_dir() else [p]
+        for f in found:  # a missing file is reported as an error row, not an exception here
+            f = f.resolve()
+            if f not in seen:
+                seen.add(f)
+                out.append(f)
     return out
 
 
@@ -80,8 +91,11 @@ def iter_structures(inputs: Sequence[str]) -> Iterator[Item]:
 
 def check_structure(atoms, atomic_numbers: Sequence[int]) -> None:
     """Raise ValueError with a clear reason if the model cannot give P/Z*/alpha for ``atoms``."""
+    from mf_lightning.data.graphs import check_geometry
+
     if len(atoms) == 0:
         raise ValueError("no atoms")
+    check_geometry(atoms, "structure")
     if not all(atoms.pbc):
         raise ValueError("not periodic in 3D (P, Z* and alpha need a bulk crystal)")
     volume = abs(float(np.linalg.det(atoms.get_cell().array)))
@@ -98,25 +112,29 @@ def check_structure(atoms, atomic_numbers: Sequence[int]) -> None:
 
 # ---------------------------------------------------------------------- model
 def predict_response(model, structures: Sequence, head: Optional[str] = None, field=(0.0, 0.0, 0.0),
-                     dtype=None) -> List[Dict[str, np.ndarray]]:
-    """P, Z* and alpha for a list of Atoms in one batched forward/backward (FieldMACE)."""
+                     dtype=None, quantities: Sequence[str] = RESPONSE_QUANTITIES,
+                     ids: Optional[Sequence[str]] = None) -> List[Dict[str, np.ndarray]]:
+    """Energy and ``quantities`` (of P, Z*, alpha) for a list of Atoms in one batched forward
+    (and backward) pass. P alone needs only first derivatives: far less memory than Z*/alpha."""
     from mf_lightning.data import keys
     from mf_lightning.data.graphs import atoms_to_graph, collate
 
+    unknown = set(quantities) - set(RESPONSE_QUANTITIES)
+    if unknown:
+        raise ValueError(f"unknown quantities {sorted(unknown)}; choose from {RESPONSE_QUANTITIES}")
     dtype = dtype or model.dtype
-    head = head or model.heads[-1]
+    head = model.resolve_head(head, quantities)
     graphs = [atoms_to_graph(a, model.atomic_numbers, model.r_max, heads=model.heads, head=head,
-                             electric_field=np.asarray(field, dtype=float), source=f"structure {i}")
+                             electric_field=np.asarray(field, dtype=float),
+                             source=ids[i] if ids else f"structure {i}")
               for i, a in enumerate(structures)]
     batch = collate(graphs, dtype=dtype, device=next(model.parameters()).device)
-    out = model(batch, properties=(keys.ENERGY, keys.POLARISATION, keys.BECS, keys.POLARISABILITY))
+    out = model(batch, properties=(keys.ENERGY, *quantities))
     ptr = batch[keys.PTR].cpu().numpy()
-    becs = out[keys.BECS].detach().cpu().double().numpy()
-    alpha = out[keys.POLARISABILITY].detach().cpu().double().numpy()
-    pol = out[keys.POLARISATION].detach().cpu().double().numpy()
-    energy = out[keys.ENERGY].detach().cpu().double().numpy()
-    return [{"energy": energy[g], "polarisation": pol[g], "polarisability": alpha[g],
-             "becs": becs[ptr[g]:ptr[g + 1]]} for g in range(len(structures))]
+    arrays = {q: out[q].detach().cpu().double().numpy() for q in (keys.ENERGY, *quantities)}
+    per_atom = {keys.BECS}
+    return [{q: (v[ptr[g]:ptr[g + 1]] if q in per_atom else v[g]) for q, v in arrays.items()}
+            for g in range(len(structures))]
 
 
 def batches(items: Iterable[Item], max_atoms: int, max_structures: int) -> Iterator[List[Item]]:
@@ -139,6 +157,41 @@ def batches(items: Iterable[Item], max_atoms: int, max_structures: int) -> Itera
 # ---------------------------------------------------------------------- output
 def _json(a, digits: int = 6) -> str:
     return json.dumps(np.round(np.asarray(a, dtype=float), digits).tolist())
+
+
+def check_table(path: Path, columns: List[str]) -> None:
+    """An existing ``--out`` must be one of this tool's tables with these columns; anything else
+    (a model file, another CSV, a table of other options) is refused before a byte is changed."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as fh:
+        first = fh.readline(1 << 16)
+    header = first.decode("utf-8", errors="replace").strip().split(",")
+    if header != columns:
+        what = "a table with other columns" if header[:1] == ["id"] else "not a table of this tool"
+        raise InputError(f"--out {path} exists and is {what}: use another --out, or the same options as the "
+                         "run that wrote it")
+
+
+def check_model_of_table(path: Path, model_sha: str) -> None:
+    """Resuming a table with another model would mix two models' predictions: refused."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, newline="") as fh:
+        others = {row.get("model_sha256") for row in csv.DictReader(fh)} - {None, "", model_sha}
+    if others:
+        raise InputError(f"--out {path} holds predictions of another model (sha256 {sorted(others)[0][:12]}...), "
+                         f"not of this one ({model_sha[:12]}...): use another --out")
+
+
+def model_checksum(model) -> str:
+    """SHA-256 of a model's tensors and its configuration (which model predicted a row)."""
+    import hashlib
+
+    from mf_lightning.model.io import tensor_checksum
+
+    config = json.dumps([model.backbone_config, model.coupling_config], sort_keys=True, default=str)
+    return hashlib.sha256((tensor_checksum(model.state_dict()) + config).encode()).hexdigest()
 
 
 def read_done_ids(path: Path) -> set:
@@ -169,7 +222,7 @@ class TableWriter:
             with open(self.path, newline="") as fh:
                 header = next(csv.reader(fh), [])
             if header != columns:
-                raise ValueError(f"{self.path} has columns {header}, expected {columns}: "
+                raise InputError(f"{self.path} has columns {header}, expected {columns}: "
                                  "use another --out, or the same options as the run that wrote it")
         self.fh = open(self.path, "a", newline="")
         self.writer = csv.DictWriter(self.fh, fieldnames=columns, extrasaction="ignore")
@@ -197,6 +250,12 @@ def row_for(ident: str, atoms, response: Dict[str, np.ndarray]) -> Dict[str, Any
             "becs": _json(response["becs"].reshape(len(atoms), 9))}
 
 
+def check_finite(response: Dict[str, np.ndarray]) -> None:
+    bad = [q for q, v in response.items() if not np.all(np.isfinite(v))]
+    if bad:
+        raise ValueError(f"non-finite prediction of {', '.join(bad)} (overlapping atoms? a model file gone bad?)")
+
+
 def ionic_columns(calc, atoms, relax: bool, fmax: float, relax_cell: bool) -> Dict[str, Any]:
     from mf_lightning.dielectric import dielectric_properties, eps_poly
 
@@ -216,8 +275,22 @@ def screen(items: Iterable[Item], model, out: Path, head: Optional[str] = None, 
     """Predict every (id, Atoms) item not already in ``out``; returns counts."""
     out = Path(out)
     errors_path = out.with_name(out.stem + ".errors.csv")
-    done = read_done_ids(out)
     columns = BASE_COLUMNS + (IONIC_COLUMNS if ionic else [])
+    head = model.resolve_head(head, RESPONSE_QUANTITIES)  # a wrong head is the user's, not a structure's
+    check_table(out, columns)  # before anything is truncated or appended
+    model_sha = model_checksum(model)
+    check_model_of_table(out, model_sha)
+    lock = FileLock(Path(str(out) + ".lock"), f"{out}: another process is writing this table").__enter__()
+    try:
+        return _screen(items, model, out, errors_path, columns, model_sha, head, field, ionic, relax, fmax,
+                       relax_cell, max_atoms, max_structures, progress, total)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _screen(items, model, out, errors_path, columns, model_sha, head, field, ionic, relax, fmax, relax_cell,
+            max_atoms, max_structures, progress, total) -> Dict[str, int]:
+    done = read_done_ids(out)
     writer = TableWriter(out, columns)
     error_writer = TableWriter(errors_path, ["id", "error"], fresh=True)  # failures are retried on resume
     counts = {"done_before": len(done), "predicted": 0, "failed": 0}
@@ -253,19 +326,25 @@ def screen(items: Iterable[Item], model, out: Path, head: Optional[str] = None, 
             responses: List[Optional[Dict]] = []
             if good:
                 try:
-                    responses = predict_response(model, [a for _, a in good], head=head, field=field)
+                    responses = predict_response(model, [a for _, a in good], head=head, field=field,
+                                                 ids=[i for i, _ in good])
                 except Exception:  # noqa: BLE001 - isolate the structure that fails
                     responses = []
                     for i, a in good:
                         try:
-                            responses.append(predict_response(model, [a], head=head, field=field)[0])
+                            responses.append(predict_response(model, [a], head=head, field=field, ids=[i])[0])
                         except Exception as exc:  # noqa: BLE001
                             responses.append(None)
                             failures.append((i, exc))
             for (ident, atoms), response in zip(good, responses):
                 if response is None:
                     continue
-                row = row_for(ident, atoms, response)
+                try:
+                    check_finite(response)
+                except ValueError as exc:
+                    failures.append((ident, exc))
+                    continue
+                row = {**row_for(ident, atoms, response), "model_sha256": model_sha}
                 if ionic:
                     try:
                         row.update(ionic_columns(calc, atoms, relax, fmax, relax_cell))
@@ -289,8 +368,12 @@ def screen(items: Iterable[Item], model, out: Path, head: Optional[str] = None, 
     return counts
 
 
+PROG = "python -m mf_lightning.predict"
+
+
+@cli_main(PROG)
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mf_lightning.predict", description=__doc__.split("\n\n")[0],
+    parser = cli_parser(PROG, description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("structures", nargs="+", help="structure files and/or folders")
     parser.add_argument("--model", required=True, help="an exported model (model.pt from train.py)")
@@ -323,7 +406,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"{args.out}: {counts['predicted']} predicted, {counts['done_before']} already there, "
           f"{counts['failed']} failed" + (f" (see {Path(args.out).with_name(Path(args.out).stem + '.errors.csv')})"
                                           if counts["failed"] else ""))
-    return 0 if counts["failed"] == 0 else 3
+    return EXIT_OK if counts["failed"] == 0 else EXIT_PARTIAL
 
 
 if __name__ == "__main__":

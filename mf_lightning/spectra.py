@@ -2,9 +2,12 @@
 
 ``python -m mf_lightning.spectra TRAJ --out DIR`` (TRAJ as written by :mod:`mf_lightning.md`).
 
-* IR: autocorrelation of the cell dipole current dM/dt (M = Omega P, e A; P on one continuous
-  own P, smooth, never folded), summed over Cartesian components; Raman: autocorrelation of the fluctuation of alpha
-  (all components; isotropic trace/3 and anisotropic traceless parts separately).
+* IR: autocorrelation of the cell dipole current dM/dt (M = Omega P, e A; P is the model's own,
+  smooth and never folded), summed over Cartesian components; Raman: autocorrelation of the
+  fluctuation of alpha (all components; isotropic trace/3 and anisotropic traceless parts).
+* Warnings (``summary.json`` and stderr) when the numbers cannot be trusted: resolution coarser
+  than the broadening, a trajectory shorter than 10 ps, a driven run (a field changing in time:
+  the fluctuation results do not apply and eps_0 is NaN), negative IR or loss-function values.
 * Each autocorrelation (unbiased estimator, FFT) is multiplied by the decaying half of a Hann
   window (1 at lag 0, 0 at the longest lag), cosine-transformed, and broadened with a Gaussian of
   ``sigma`` cm^-1 (default 20). Frequencies are wavenumbers, cm^-1; the resolution is
@@ -25,7 +28,6 @@ lists, resolution) and ``spectra.png`` (IR, Raman, Re eps, Im eps and loss).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -36,6 +38,8 @@ import numpy as np
 from ase import units
 
 from mf_lightning.units import EPS0_E_PER_V_A
+from mf_lightning.cli.runner import cli_main, parser as cli_parser
+from mf_lightning.utils import dumps_json
 
 C_CM_PER_FS = units._c * 100 * 1e-15  # speed of light, cm/fs
 AXIS_INDEX = {"x": 0, "y": 1, "z": 2}
@@ -65,20 +69,24 @@ def gaussian_broaden(y: np.ndarray, d_cm: float, sigma_cm: float, parity: int = 
     """Convolve (along axis 0, a grid starting at 0 cm^-1 with spacing ``d_cm``) with a unit-area
     Gaussian of ``sigma_cm``. The function is continued to negative wavenumbers as even
     (``parity=1``: spectra, Re eps) or odd (``parity=-1``: Im eps), so the lowest frequencies are
-    not pulled towards zero by the edge."""
+    not pulled towards zero by the edge. FFT convolution: O(N log N), so an 800 ps trajectory's
+    grid (millions of points, hundreds of kernel points) takes well under a second."""
+    from scipy.signal import fftconvolve
+
     if sigma_cm <= 0:
         return y
     y = np.asarray(y)
-    if y.ndim > 1:
-        return np.stack([gaussian_broaden(y[:, j], d_cm, sigma_cm, parity) for j in range(y.shape[1])], axis=1)
-    half = int(math.ceil(4 * sigma_cm / d_cm))
+    squeeze = y.ndim == 1
+    y2 = y[:, None] if squeeze else y.reshape(len(y), -1)
+    half = min(int(math.ceil(4 * sigma_cm / d_cm)), len(y2) - 1)
     k = np.exp(-0.5 * (np.arange(-half, half + 1) * d_cm / sigma_cm) ** 2)
     k /= k.sum()
-    n = len(y)
-    mirror = parity * y[1:half + 1][::-1]
-    tail = np.full(half, y[-1])  # beyond the grid: held at the last value
-    ext = np.concatenate([mirror, y, tail])
-    return np.convolve(ext, k, mode="same")[len(mirror):len(mirror) + n]
+    n = len(y2)
+    mirror = parity * y2[1:half + 1][::-1]
+    tail = np.repeat(y2[-1:], half, axis=0)  # beyond the grid: held at the last value
+    ext = np.concatenate([mirror, y2, tail])
+    out = fftconvolve(ext, k[:, None], mode="same", axes=0)[len(mirror):len(mirror) + n]
+    return out[:, 0] if squeeze else out.reshape(y.shape)
 
 
 def _one_sided(values: np.ndarray, dt_fs: float, pad: int):
@@ -157,7 +165,13 @@ def par_perp(tensor: np.ndarray, axis: int) -> Dict[str, float]:
 # ---------------------------------------------------------------------- analysis of a trajectory
 def analyse(times_fs: np.ndarray, p: np.ndarray, volume: np.ndarray, temperature_K: float,
             alpha: Optional[np.ndarray] = None, alpha_times_fs: Optional[np.ndarray] = None,
-            sigma_cm: float = 20.0, axis: int = 2, max_cm: float = 2000.0) -> Dict[str, Any]:
+            sigma_cm: float = 20.0, axis: int = 2, max_cm: float = 2000.0,
+            field: Optional[np.ndarray] = None) -> Dict[str, Any]:
+    """Spectra and dielectric constants of one trajectory. ``field`` (n, 3; V/A), if given, tells
+    a driven run (a field changing in time) from an equilibrium one. ``result["warnings"]`` lists
+    what makes the numbers unreliable: resolution coarser than the broadening, a trajectory too
+    short, a driven run (the fluctuation-dissipation results eps_0, eps(omega) and the loss function
+    do not apply: eps_0 is then NaN), negative IR intensities or a negative loss function."""
     times_fs = np.asarray(times_fs, dtype=float)
     dts = np.diff(times_fs)
     if len(times_fs) < 8 or not np.allclose(dts, dts[0], rtol=1e-6):
@@ -194,18 +208,51 @@ def analyse(times_fs: np.ndarray, p: np.ndarray, volume: np.ndarray, temperature
     else:
         eps_inf = np.eye(3)
         out["note"] = "no alpha in the trajectory (log it with --response-every): eps_inf taken as 1"
+    warnings = []
+    driven = field is not None and len(field) > 1 and float(np.ptp(np.asarray(field, float), axis=0).max()) > 1e-12
+    if driven:
+        warnings.append("driven run (the field changes in time): eps_0 from fluctuations, eps(omega) and the "
+                        "loss function assume equilibrium and do not apply; eps_0 is reported as NaN")
+        eps_ion = np.full((3, 3), np.nan)
     out["eps_inf"], out["eps_0"] = eps_inf, eps_inf + eps_ion
     out["eps_inf_par_perp"], out["eps_0_par_perp"] = par_perp(eps_inf, axis), par_perp(eps_inf + eps_ion, axis)
     ewn, eps = dielectric_function(p, dt, omega_mean, temperature_K, eps_inf, sigma_cm)
     out["eps_omega"] = np.stack([np.interp(out["wavenumber"], ewn, eps[:, j].real) +
                                  1j * np.interp(out["wavenumber"], ewn, eps[:, j].imag) for j in range(3)], axis=1)
+    length = describe_length(out["duration_fs"])
+    if sigma_cm > 0 and out["resolution_cm"] > sigma_cm:
+        warnings.append(f"the trajectory ({length}) resolves only {out['resolution_cm']:.0f} cm^-1, coarser than "
+                        f"the broadening sigma {sigma_cm:g} cm^-1: run at least "
+                        f"{describe_length(1.0 / (sigma_cm * C_CM_PER_FS))} for resolved lines")
+    if out["duration_fs"] < MIN_DURATION_FS:
+        warnings.append(f"the trajectory is short ({length}, {len(times_fs)} samples): spectra and fluctuation "
+                        f"averages need tens of ps (the paper: 200 ps)")
+    ir_max = float(np.max(np.abs(out["ir"]))) if out["ir"].size else 0.0
+    if ir_max > 0 and float(np.min(out["ir"])) < -NEGATIVE_TOL * ir_max:
+        warnings.append(f"negative IR intensities (down to {np.min(out['ir']) / ir_max:.0%} of the maximum): "
+                        f"windowing artefacts of a short or non-stationary trajectory")
+    loss = -np.imag(1.0 / out["eps_omega"])
+    if np.max(np.abs(loss)) > 0 and float(np.min(loss)) < -NEGATIVE_TOL * float(np.max(np.abs(loss))):
+        warnings.append("negative energy-loss function: the fluctuation estimate of eps(omega) is not converged")
+    out["warnings"] = warnings
     return out
+
+
+# below these the spectra CLI warns (see analyse)
+MIN_DURATION_FS = 10_000.0
+NEGATIVE_TOL = 0.01
+
+
+def describe_length(fs: float) -> str:
+    """A trajectory length as a person reads it: 50 fs, 1.5 ps, 200 ps."""
+    return f"{fs:.0f} fs" if fs < 1000 else f"{fs / 1000:.3g} ps"
 
 
 def analyse_trajectory(path, temperature_K: Optional[float] = None, skip_fs: float = 0.0, **kwargs) -> Dict[str, Any]:
     from mf_lightning.md import read_log
 
-    logged = read_log(path, keys=("time_fs", "polarisation", "volume", "temperature", "polarisability"))
+    logged = read_log(path, keys=("time_fs", "polarisation", "volume", "temperature", "polarisability",
+                                  "electric_field"))
     t = logged["polarisation_time_fs"]
     keep = t >= t[0] + skip_fs
     a_t = logged["polarisability_time_fs"]
@@ -214,7 +261,8 @@ def analyse_trajectory(path, temperature_K: Optional[float] = None, skip_fs: flo
         temperature_K = float(np.mean(logged["temperature"][keep]))
     return analyse(t[keep], logged["polarisation"][keep], logged["volume"][keep], temperature_K,
                    alpha=logged["polarisability"][a_keep] if a_keep.any() else None,
-                   alpha_times_fs=a_t[a_keep], **kwargs)
+                   alpha_times_fs=a_t[a_keep], field=logged["electric_field"][keep]
+                   if len(logged["electric_field"]) == len(t) else None, **kwargs)
 
 
 # ---------------------------------------------------------------------- outputs
@@ -246,7 +294,7 @@ def write_outputs(result: Dict[str, Any], out_dir, axis: int = 2) -> Dict[str, P
                comments="", fmt="%.6g")
     summary = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in result.items()
                if k not in ("wavenumber", "ir", "raman", "raman_isotropic", "raman_anisotropic", "eps_omega")}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out_dir / "summary.json").write_text(dumps_json(summary))
 
     others = [i for i in range(3) if i != axis]
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
@@ -281,7 +329,7 @@ def write_outputs(result: Dict[str, Any], out_dir, axis: int = 2) -> Dict[str, P
     a.plot(wn, loss[:, others].mean(1), "C1--", lw=0.8, label="-Im $1/\\epsilon$ perpendicular")
     a.set(title="absorption and energy loss", xlabel="wavenumber (cm$^{-1}$)")
     a.legend(fontsize=7)
-    fig.suptitle(f"{result['duration_fs'] / 1000:.1f} ps at {result['temperature_K']:.0f} K, "
+    fig.suptitle(f"{describe_length(result['duration_fs'])} at {result['temperature_K']:.0f} K, "
                  f"sigma {result['sigma_cm']:.0f} cm$^{{-1}}$, resolution {result['resolution_cm']:.0f} cm$^{{-1}}$",
                  fontsize=9)
     fig.tight_layout()
@@ -290,8 +338,12 @@ def write_outputs(result: Dict[str, Any], out_dir, axis: int = 2) -> Dict[str, P
     return {"csv": out_dir / "spectra.csv", "summary": out_dir / "summary.json", "figure": out_dir / "spectra.png"}
 
 
+PROG = "python -m mf_lightning.spectra"
+
+
+@cli_main(PROG)
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mf_lightning.spectra", description=__doc__.split("\n\n")[0])
+    parser = cli_parser(PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("trajectory", help="extxyz trajectory of mf_lightning.md")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--sigma", type=float, default=20.0, help="Gaussian broadening (cm^-1)")
@@ -306,7 +358,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     paths = write_outputs(result, args.out, axis=axis)
     print(json.dumps({"ir_peaks_cm": [round(p["wavenumber_cm"]) for p in result["ir_peaks"][:5]],
                       "raman_peaks_cm": [round(p["wavenumber_cm"]) for p in result.get("raman_peaks", [])[:5]],
-                      "eps_inf": result["eps_inf_par_perp"], "eps_0": result["eps_0_par_perp"]}, indent=1))
+                      "eps_inf": result["eps_inf_par_perp"], "eps_0": result["eps_0_par_perp"],
+                      "length": describe_length(result["duration_fs"]), "samples": result["n_samples"]}, indent=1))
+    for w in result["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
     print("written:", ", ".join(str(p) for p in paths.values()))
     return 0
 

@@ -9,7 +9,6 @@ markdown, CSV and LaTeX (``--out PREFIX``) and prints the markdown.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from collections import OrderedDict, defaultdict
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+from mf_lightning.cli.runner import cli_main, parser as cli_parser
 
 IGNORED_OVERRIDES = ("seed", "hydra.", "paths.", "torch_threads", "malloc_tuning", "ckpt_path")
 
@@ -123,8 +124,12 @@ def write_csv(path: Path, columns, rows, units, stat) -> None:
                        + [cells[c][1] if c in cells else "" for c in columns])
 
 
+PROG = "python -m mf_lightning.table"
+
+
+@cli_main(PROG)
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mf_lightning.table", description=__doc__.split("\n\n")[0])
+    p = cli_parser(PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("dirs", nargs="+", help="run or multirun folders")
     p.add_argument("--stage", default="test", choices=["val", "test"])
     p.add_argument("--stat", default="rmse", choices=["rmse", "mae"])

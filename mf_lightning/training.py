@@ -21,11 +21,13 @@ from datamodules import FieldDataModule, MultiSourceDataModule
 from mf_lightning.checkpointing import AtomicCheckpointIO, check_checkpoint
 from mf_lightning.data import keys
 from mf_lightning.data.dataset import ref_key, weight_key
+from mf_lightning.errors import RunFailedError
 from mf_lightning.losses import label_scales
 from mf_lightning.model.build import build_model
 from mf_lightning.model.field_mace import FieldMACE, fit_atomic_polarisabilities
 from mf_lightning.module import METRIC_UNITS, FieldMACEModule
 from mf_lightning.runtime import configure_process
+from mf_lightning.utils import FileLock, atomic_write_text, dumps_json
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +88,38 @@ def upgrade_source_model(cfg: DictConfig, dm: MultiSourceDataModule):
 
 
 def bind_to_model(dm: MultiSourceDataModule, model: FieldMACE, head: Optional[str] = None) -> None:
-    """Make the data use ``model``'s element table, cutoff and heads (before ``dm.setup()``):
-    each source keeps its head if the model has it, else uses ``head`` or the model's last."""
+    """Make the data use ``model``'s element table, cutoff and heads (before ``dm.setup()``).
+    Each source uses, in this order: ``head`` if given; its own head or its name if the model has
+    such a head; else the one head the model was trained on the source's labels with
+    (:meth:`FieldMACE.resolve_head`), which raises if that is ambiguous: never a silent guess."""
     dm.atomic_numbers = model.atomic_numbers
     for name, src in dm.sources.items():
         src.r_max = model.r_max
-        if head is not None or src.head not in model.heads:
-            src.head = head or model.heads[-1]
-            log.info("source %s uses the model's head %r", name, src.head)
+        if head is not None:
+            chosen = model.resolve_head(head)
+        elif src.head in model.heads:
+            chosen = src.head
+        elif name in model.heads:
+            chosen = name
+        else:
+            chosen = model.resolve_head(None, src.labels)
+        if chosen != src.head:
+            log.info("source %s uses the model's head %r", name, chosen)
+        src.head = chosen
     dm.fixed_heads = model.heads
+
+
+def head_quantities(cfg: DictConfig, dm: MultiSourceDataModule) -> Dict[str, List[str]]:
+    """{head: the quantities it is trained on} (labelled by its sources, with a loss weight > 0),
+    saved in the model file so a multi-head model can pick the head for each use."""
+    weights = cfg.loss.weights
+    out: Dict[str, List[str]] = {}
+    for src in dm.sources.values():
+        trained = out.setdefault(src.head, [])
+        for q in keys.ALL_PROPERTIES:
+            if q in src.labels and float(weights.get(q) or 0.0) > 0 and q not in trained:
+                trained.append(q)
+    return out
 
 
 def make_model(cfg: DictConfig, dm: MultiSourceDataModule, upgraded=None):
@@ -174,6 +199,17 @@ def loss_scales(cfg: DictConfig, dm: MultiSourceDataModule, model: FieldMACE,
     return scales
 
 
+def non_finite_metrics(metrics: Dict[str, Any]) -> List[str]:
+    """Names (stage/source/quantity/stat) of the NaN or infinite final metrics."""
+    bad = []
+    for stage in ("val", "test"):
+        for source, quantities in (metrics.get(stage) or {}).items():
+            for q, entry in quantities.items():
+                bad += [f"{stage}/{source}/{q}/{k}" for k, v in entry.items()
+                        if isinstance(v, float) and not np.isfinite(v)]
+    return bad
+
+
 def _final_metrics(results: List[Dict[str, float]], stage: str, names: List[str]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for r in results:
@@ -244,12 +280,27 @@ def results_table(metrics: Dict[str, Any], stage: str = "test") -> str:
     return "\n".join(lines)
 
 
+def _process_rank() -> int:
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
 def train(cfg: DictConfig) -> Optional[float]:
     configure_process(cfg.get("torch_threads"), malloc=cfg.get("malloc_tuning", True))
     pl.seed_everything(int(cfg.seed), workers=True)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if _process_rank() != 0:  # DDP ranks share rank 0's run folder (and its lock)
+        return _train(cfg, run_dir)
+    # one training per run folder: a second one would crash in the CSV logger and write
+    # last.ckpt alternately with the first
+    with FileLock(run_dir / ".train.lock", f"{run_dir}: another training is running in this run folder"):
+        return _train(cfg, run_dir)
 
+
+def _train(cfg: DictConfig, run_dir: Path) -> Optional[float]:
     dm = make_datamodule(cfg)
     upgraded = upgrade_source_model(cfg, dm)
     if upgraded is not None:  # the data must use the source model's element table and heads
@@ -258,6 +309,7 @@ def train(cfg: DictConfig) -> Optional[float]:
     model, stats = make_model(cfg, dm, upgraded)
     scales = loss_scales(cfg, dm, model, stats)
     model.loss_scales = scales
+    model.head_quantities = head_quantities(cfg, dm)
     module = FieldMACEModule(model, dataset_names=dm.names, loss_scales=scales,
                              **OmegaConf.to_container(cfg.module, resolve=True))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
@@ -270,7 +322,7 @@ def train(cfg: DictConfig) -> Optional[float]:
                                       precision=precision, plugins=plugins)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and ckpt_path not in ("last", "hpc", "best", "registry"):
-        check_checkpoint(ckpt_path, allow_pickle=allow_pickle)  # a clear error before Lightning's
+        check_checkpoint(ckpt_path, allow_pickle=allow_pickle, module=module)  # a clear error before Lightning's
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=not allow_pickle)
 
     monitored = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor]
@@ -283,13 +335,17 @@ def train(cfg: DictConfig) -> Optional[float]:
                "loss_scales": {t: module.loss_fn.scale_of(t) for t in scales},
                "label_rms": label_spread(module.predictions),
                "n_structures": {n: {s: len(src.datasets[s]) for s in src.datasets} for n, src in dm.sources.items()}}
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    atomic_write_text(run_dir / "metrics.json", dumps_json(metrics))
     module.model.save(run_dir / "model.pt")
     parity_plots(module.predictions, run_dir)
     if logger and hasattr(logger, "log_dir") and (Path(logger.log_dir) / "metrics.csv").exists():
-        (run_dir / "metrics.csv").write_text((Path(logger.log_dir) / "metrics.csv").read_text())
+        atomic_write_text(run_dir / "metrics.csv", (Path(logger.log_dir) / "metrics.csv").read_text())
     print(results_table(metrics))
     print(f"run directory: {run_dir} (metrics.json, metrics.csv, model.pt, checkpoints/, parity/)")
+    bad = non_finite_metrics(metrics)
+    if bad:  # e.g. atoms at zero distance in a split, or a diverged run: never a silent exit 0
+        raise RunFailedError(f"{len(bad)} non-finite metrics ({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}): "
+                             f"the run in {run_dir} failed; its model.pt must not be used")
     monitor = cfg.get("optimized_metric")  # what a sweeper minimises (a validation metric)
     values = [r[monitor] for r in val if monitor and monitor in r]
     return float(values[0]) if values else None

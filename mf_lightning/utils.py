@@ -27,3 +27,81 @@ def default_dtype(dtype: torch.dtype):
         yield
     finally:
         torch.set_default_dtype(before)
+
+
+def strict_json_value(obj):
+    """``obj`` with NaN/inf floats as None and numpy scalars/arrays as plain values: what
+    ``json.dumps(..., allow_nan=False)`` accepts (NaN is not valid JSON; other tools reject it)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): strict_json_value(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json_value(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return strict_json_value(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def dumps_json(obj, indent: int = 1) -> str:
+    """Strict JSON text (non-finite numbers written as null), for every file the tools write."""
+    import json
+
+    return json.dumps(strict_json_value(obj), indent=indent, allow_nan=False)
+
+
+class FileLock:
+    """An exclusive, non-blocking ``flock`` on ``path`` (released on exit or when the process
+    dies): a second process that wants the same output is refused with ``message`` instead of
+    interleaving rows or checkpoints with the first."""
+
+    def __init__(self, path, message: str):
+        from pathlib import Path
+
+        self.path, self.message, self.fh = Path(path), message, None
+
+    def __enter__(self):
+        import fcntl
+
+        from mf_lightning.errors import InputError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self.fh.close()
+            raise InputError(f"{self.message} (lock {self.path} is held); wait for it or choose another output") from exc
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write to a temporary file beside ``path``, fsync, rename: never a truncated file."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -8,6 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# CI is deterministic: under `make test` every property-based test draws the same examples on
+# every run (derandomised, no example database). `make fuzz` (HYPOTHESIS_PROFILE=fuzz) draws new
+# random examples, 1,000+ per test; any failure it finds is pinned as an explicit @example.
+_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings.register_profile("ci", max_examples=150, derandomize=True, database=None, **_COMMON)
+settings.register_profile("fuzz", max_examples=int(os.environ.get("MF_FUZZ_EXAMPLES", "1000")),
+                          derandomize=False, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Two torch threads are faster on an idle 2-core machine but 9-14x slower when anything else
 # runs beside them; tests are many small ops, so one thread is the stable choice.

@@ -7,6 +7,7 @@ import signal as signal_module
 
 import numpy as np
 import pytorch_lightning as pl
+from ase.calculators.calculator import Calculator, all_changes
 import torch
 
 import mf_lightning
@@ -76,11 +77,74 @@ def make_source(kind="ScaleShiftMACE", heads=("Default",), use_reduced_cg=False)
 # ---------------------------------------------------------------- fault injection (subprocess tests)
 class SignalAtStep(pl.Callback):
     """Sends ``signal`` (default SIGKILL: a hard crash, no cleanup) to its own process in the
-    middle of optimisation step ``step`` (after the backward pass, before the optimiser update)."""
+    middle of optimisation step ``step`` (after the backward pass, before the optimiser update),
+    or, with ``during="validation"``, in the middle of the validation that follows ``step`` steps
+    (after an epoch's last step, before its end-of-epoch checkpoint)."""
 
-    def __init__(self, step: int, signal: str = "SIGKILL"):
-        self.step, self.signal = int(step), getattr(signal_module, signal)
+    def __init__(self, step: int, signal: str = "SIGKILL", during: str = "train"):
+        self.step, self.signal, self.during = int(step), getattr(signal_module, signal), during
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        if trainer.global_step == self.step:
+        if self.during == "train" and trainer.global_step == self.step:
             os.kill(os.getpid(), self.signal)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if self.during == "validation" and not trainer.sanity_checking and trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signal)
+
+
+class DoubleWellFerroelectric(Calculator):
+    """A one-coordinate ferroelectric with an exactly known loop, for the loop drivers.
+
+    Atom 0's z displacement u from its site carries a charge Z:
+    F(u, E) = k (u^4/4 - u0^2 u^2/2) - Z u E_z and P_z = Z u / Omega (e/A^2). At E = 0 the minima
+    are u = +-u0, so P_r = Z u0 / Omega; the metastable minimum vanishes (the quasi-static coercive
+    field) at Z E_c = k 2 u0^3 / (3 sqrt 3). Z and k are set from the paper's BaTiO3 numbers
+    (P_r = 39 uC/cm^2, E_c = 11.4 MV/cm). In a wide cell the z quantum e/(a_x a_y) is small, so
+    switching changes P by several quanta between samples: folding would alias it."""
+
+    implemented_properties = ["energy", "forces", "polarisation"]
+
+    def __init__(self, site_z: float, volume: float, p_r_uc: float = 39.0, e_c_mv: float = 11.4, u0: float = 0.05):
+        super().__init__()
+        from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2
+
+        self.site_z, self.volume, self.u0 = site_z, volume, u0
+        self.Z = p_r_uc / E_PER_A2_TO_UC_PER_CM2 * volume / u0
+        self.k = self.Z * (e_c_mv / 100.0) * 3 * np.sqrt(3) / (2 * u0 ** 3)
+        self.time = 0.0
+        self._field = self._used = np.zeros(3)
+
+    def set_field(self, field) -> None:
+        self._field = field if callable(field) else np.asarray(field, dtype=float)
+        self.results = {}
+
+    def field_now(self) -> np.ndarray:
+        return np.asarray(self._field(self.time) if callable(self._field) else self._field, dtype=float)
+
+    def check_state(self, atoms, tol=1e-15):  # as MACEFieldCalculator: a new field is a change
+        changes = super().check_state(atoms, tol)
+        if self.results and not np.array_equal(self._used, self.field_now()):
+            changes = list(changes) + ["electric_field"]
+        return changes
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self._used = self.field_now()
+        u = self.atoms.positions[0, 2] - self.site_z
+        ez = self.field_now()[2]
+        forces = np.zeros((len(self.atoms), 3))
+        forces[0, 2] = -(self.k * (u ** 3 - self.u0 ** 2 * u) - self.Z * ez)
+        self.results = {"energy": self.k * (u ** 4 / 4 - self.u0 ** 2 * u ** 2 / 2) - self.Z * u * ez,
+                        "forces": forces, "polarisation": np.array([0.0, 0.0, self.Z * u / self.volume])}
+
+    def get_polarisation(self, atoms=None):
+        return self.get_property("polarisation", atoms)
+
+
+def double_well_crystal():
+    """One heavy atom in a wide cell (z quantum 25 uC/cm^2), displaced towards +P."""
+    from ase import Atoms
+
+    atoms = Atoms("Ba", positions=[[0.0, 0.0, 2.0 + 0.05]], cell=[8.0, 8.0, 4.0], pbc=True)
+    return atoms, DoubleWellFerroelectric(site_z=2.0, volume=atoms.get_volume())

@@ -19,10 +19,8 @@ from pathlib import Path
 from mf_lightning.calculator import MACEFieldCalculator
 from mf_lightning.cli.experiment_tools import REPO, ensure_model, fmt, markdown_table
 from mf_lightning.data.root import resolve_file
-from mf_lightning.hysteresis import dynamic_loop, quasi_static_loop, write_loop
+from mf_lightning.hysteresis import PAPER_BATIO3 as PAPER, dynamic_loop, quasi_static_loop, write_loop
 from mf_lightning.md import FIELD_UNITS, load_structure
-
-PAPER = {"P_r": 39.0, "E_c": 11.4}
 
 
 def main(argv=None) -> int:
@@ -50,12 +48,14 @@ def main(argv=None) -> int:
     rows = []
     loop = dynamic_loop(atoms, calc, out / "dynamic", E0, period, cycles=cycles, axis="z", timestep_fs=args.dt,
                         temperature_K=0.0, progress=not args.no_progress)
-    m = write_loop(loop, out / "dynamic", discard=0.25 / cycles, title=f"BaTiO3, T = {period / 1000:g} ps")
+    m = write_loop(loop, out / "dynamic", discard=0.25 / cycles, title=f"BaTiO3, T = {period / 1000:g} ps",
+                   reference=PAPER)
     rows.append([f"dynamic, period {period / 1000:g} ps", f"{fmt(m['P_r_plus'])} / {fmt(m['P_r_minus'])}",
                  f"{fmt(m['E_c_plus'])} / {fmt(m['E_c_minus'])}"])
     if not args.skip_quasistatic:
         qs = quasi_static_loop(atoms, calc, E0, n_points=args.points, axis="z", fmax=0.02, max_steps=args.relax_steps)
-        m = write_loop(qs, out / "quasistatic", discard=(args.points - 1) / len(qs["E"]), title="BaTiO3, quasi-static")
+        m = write_loop(qs, out / "quasistatic", discard=(args.points - 1) / len(qs["E"]), title="BaTiO3, quasi-static",
+                       reference=PAPER)
         rows.append(["quasi-static (relaxed)", f"{fmt(m['P_r_plus'])} / {fmt(m['P_r_minus'])}",
                      f"{fmt(m['E_c_plus'])} / {fmt(m['E_c_minus'])}"])
     rows.append(["paper (MACE-Field, 0 K, period 2 ps)", f"{PAPER['P_r']} / -{PAPER['P_r']}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Optional, Sequence
 
 import numpy as np
@@ -13,10 +14,64 @@ from mace.tools import AtomicNumberTable
 from mace.tools.torch_geometric import Batch
 
 from mf_lightning.data import keys
+from mf_lightning.errors import InputError
 from mf_lightning.utils import default_dtype
 
 
-class UnknownElementError(ValueError):
+class GeometryError(InputError, ValueError):
+    """A structure no model can be evaluated on (NaN or absurd coordinates, a NaN or singular
+    periodic cell, atoms on top of each other), named with its source."""
+
+
+# Coordinates beyond this are not a structure in Angstrom; atoms closer than this are on top of
+# each other (the closest physical pair, H2, is 0.74 A) and give NaN in every derivative.
+MAX_COORDINATE = 1.0e6
+MIN_DISTANCE = 0.1
+
+log = logging.getLogger(__name__)
+_WARNED_ISOLATED: set = set()
+
+
+def check_geometry(atoms, source: str = "<atoms>") -> None:
+    """Reject, before any neighbour list is built (matscipy's never returns on a NaN position),
+    what no model can evaluate: non-finite or absurd positions, a non-finite cell, a singular
+    cell that is periodic, or no atoms at all."""
+    pos = np.asarray(atoms.get_positions(), dtype=float)
+    if len(pos) == 0:
+        raise GeometryError(f"{source}: no atoms")
+    if not np.all(np.isfinite(pos)):
+        raise GeometryError(f"{source}: positions have NaN/inf entries")
+    if np.abs(pos).max() > MAX_COORDINATE:
+        raise GeometryError(f"{source}: positions of {np.abs(pos).max():.3g} A: not a structure in Angstrom")
+    cell = np.asarray(atoms.get_cell().array, dtype=float)
+    if not np.all(np.isfinite(cell)):
+        raise GeometryError(f"{source}: cell has NaN/inf entries")
+    if np.abs(cell).max() > MAX_COORDINATE:
+        raise GeometryError(f"{source}: cell vectors of {np.abs(cell).max():.3g} A")
+    if any(atoms.get_pbc()) and abs(np.linalg.det(cell)) < 1e-9:
+        raise GeometryError(f"{source}: periodic structure with a singular cell (volume {abs(np.linalg.det(cell)):.3g} A^3)")
+
+
+def check_distances(graph, n_atoms: int, source: str) -> None:
+    """Atoms on top of each other give NaN derivatives; isolated atoms (no neighbour within r_max)
+    give a response of exactly zero (eps_inf = 1, Z* = 0): an error and a warning."""
+    edges = graph.edge_index
+    if edges.numel():
+        vec = graph.positions[edges[1]] - graph.positions[edges[0]] + graph.shifts
+        d = torch.linalg.norm(vec, dim=-1)
+        if float(d.min()) < MIN_DISTANCE:
+            k = int(torch.argmin(d))
+            i, j = int(edges[0, k]), int(edges[1, k])
+            raise GeometryError(f"{source}: atoms {i} and {j} are {float(d[k]):.3g} A apart (less than "
+                                f"{MIN_DISTANCE} A): duplicated or overlapping atoms")
+    isolated = n_atoms - int(torch.unique(edges[0]).numel()) if edges.numel() else n_atoms
+    if isolated and source not in _WARNED_ISOLATED:  # once per source (an MD run calls this every step)
+        _WARNED_ISOLATED.add(source)
+        log.warning("%s: %d of %d atoms have no neighbour within the cutoff: their field response is zero "
+                    "(eps_inf = 1, Z* = 0 there)", source, isolated, n_atoms)
+
+
+class UnknownElementError(InputError, ValueError):
     """A structure holds an element the model's element table does not know."""
 
 
@@ -33,6 +88,9 @@ def atoms_to_graph(
 
     ``electric_field`` (V/A) is stored under :data:`keys.ELECTRIC_FIELD`; default zero.
     """
+    if not r_max > 0:
+        raise InputError(f"r_max must be positive (A), got {r_max}")
+    check_geometry(atoms, source)
     z = np.asarray(atoms.get_atomic_numbers())
     known = set(int(x) for x in atomic_numbers)
     unknown = sorted(set(int(x) for x in z) - known)
@@ -67,6 +125,7 @@ def atoms_to_graph(
     # volume (and so P, Z*, alpha, stress); otherwise store zeros so the model refuses them.
     if not (all(config.pbc) and abs(np.linalg.det(config.cell)) > 1e-9):
         graph.cell = torch.zeros_like(graph.cell)
+    check_distances(graph, len(z), source)
     return graph
 
 

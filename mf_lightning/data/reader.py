@@ -11,6 +11,7 @@ Every problem raises :class:`DataError` naming the file, the frame and the key.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +19,13 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import numpy as np
 
+from mf_lightning.errors import InputError
 from mf_lightning.data.units import SHAPES, check_unit, to_internal, voigt6_to_3x3
 
 VOLUME_LABELS = {"stress", "polarisation", "polarisability", "becs"}
 
 
-class DataError(ValueError):
+class DataError(InputError, ValueError):
     """Bad input data; the message names file, frame and key."""
 
     def __init__(self, path, frame: Optional[int], key: Optional[str], reason: str):
@@ -143,21 +145,56 @@ def iter_frames(path) -> Iterator[tuple[int, Any]]:
         raise DataError(path, None, None, "no structures in file")
 
 
+log = logging.getLogger(__name__)
+
+# keys under which files commonly store the applied field: named in a warning when not read
+FIELD_KEYS = ("REF_electric_field", "electric_field", "efield", "field")
+
+# Positions beyond this are not atoms in Angstrom (and lose every digit in float32 graphs).
+MAX_COORDINATE = 1.0e6
+# Internal values must survive the model's float32: anything beyond is an overflow, not a label.
+MAX_VALUE = float(np.finfo(np.float32).max)
+
+
+def _convert(quantity, unit, value, volume):
+    """Unit conversion with overflow silenced: the result is checked by :func:`_checked`."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return to_internal(quantity, unit, value, volume)
+
+
+def _checked(path, frame, key, quantity, value):
+    """Every label is checked *after* conversion (and volume division): a finite 1e308 in the file
+    that overflows on conversion, or beyond float32, is bad input, named by file, frame and key."""
+    if not np.all(np.isfinite(value)):
+        raise DataError(path, frame, key, f"{quantity} has NaN/inf values (after conversion to internal units)")
+    if value.size and np.abs(value).max() > MAX_VALUE:
+        raise DataError(path, frame, key, f"{quantity} overflows float32 ({np.abs(value).max():.3g})")
+    return value
+
+
 def read_records(
     path,
     labels: Optional[Mapping[str, Any]] = None,
     electric_field: Optional[Mapping[str, Any]] = None,
     meta_keys: tuple = (),
     required: Optional[List[str]] = None,
+    labels_required: str = "any",
 ) -> List[Record]:
     """Read every frame of ``path`` with the labels of ``labels`` in internal units.
 
     ``electric_field``: ``{"key": ..., "unit": ...}`` to read it per frame, or
-    ``{"value": [Ex, Ey, Ez]}`` (V/A) for a fixed value (default zero field).
+    ``{"value": [Ex, Ey, Ez]}`` (V/A) for a fixed value. ``None``: zero field, with a warning if
+    the file has a field-like key (:data:`FIELD_KEYS`) that is therefore not used.
     A label missing from a frame is simply absent (its loss weight will be 0) unless its
-    quantity is in ``required``.
+    quantity is in ``required``. ``labels_required``: ``"all"`` -- every configured label key must
+    be in at least one frame of the file; ``"any"`` -- at least one of them must (a file with none
+    of the configured keys would train or evaluate nothing); ``"none"`` -- no check. Otherwise a
+    :class:`DataError` names the missing keys and lists the keys the file has.
     """
+    if labels_required not in ("all", "any", "none"):
+        raise ValueError(f"labels_required={labels_required!r}: all | any | none")
     spec = parse_label_spec(labels)
+    unused_field_keys = set() if electric_field else {k for k in FIELD_KEYS}
     field_spec = dict(electric_field or {"value": [0.0, 0.0, 0.0]})
     if "key" in field_spec and "value" in field_spec:
         raise ValueError(f"electric_field spec has both 'key' and 'value' ({field_spec}): give one")
@@ -165,6 +202,7 @@ def read_records(
         check_unit("electric_field", field_spec.get("unit", "V/A"))
     required = set(required or [])
     records: List[Record] = []
+    seen_keys: set = set()
     for frame, atoms in iter_frames(path):
         n = len(atoms)
         if n == 0:
@@ -172,6 +210,9 @@ def read_records(
         pos = atoms.get_positions()
         if not np.all(np.isfinite(pos)):
             raise DataError(path, frame, "pos", "positions have NaN/inf entries")
+        if np.abs(pos).max() > MAX_COORDINATE:
+            raise DataError(path, frame, "pos", f"positions of {np.abs(pos).max():.3g} A (more than "
+                                                f"{MAX_COORDINATE:.0e} A): not a structure in Angstrom")
         present = {q: s for q, s in spec.items() if _lookup(atoms, s["key"]) is not None}
         missing = required - set(present)
         if missing:
@@ -184,9 +225,8 @@ def read_records(
                 value = _shape_label(quantity, raw, n)
             except ValueError as exc:
                 raise DataError(path, frame, s["key"], f"cannot read {quantity}: {exc}") from exc
-            if not np.all(np.isfinite(value)):
-                raise DataError(path, frame, s["key"], f"{quantity} has NaN/inf values")
-            out[quantity] = to_internal(quantity, s["unit"], value, volume)
+            out[quantity] = _checked(path, frame, s["key"], quantity,
+                                     _convert(quantity, s["unit"], value, volume))
         if "value" in field_spec:
             field = np.asarray(field_spec["value"], dtype=float)
         else:
@@ -198,9 +238,31 @@ def read_records(
                     field = _shape_label("electric_field", _as_array(raw), n)
                 except ValueError as exc:
                     raise DataError(path, frame, field_spec["key"], f"cannot read electric field: {exc}") from exc
-                field = to_internal("electric_field", field_spec.get("unit", "V/A"), field, volume)
-        if field.shape != (3,) or not np.all(np.isfinite(field)):
-            raise DataError(path, frame, field_spec.get("key", "electric_field"), f"field must be 3 finite numbers, got {field}")
+                field = _convert("electric_field", field_spec.get("unit", "V/A"), field, volume)
+        if field.shape != (3,):
+            raise DataError(path, frame, field_spec.get("key", "electric_field"), f"field must be 3 numbers, got {field}")
+        _checked(path, frame, field_spec.get("key", "electric_field"), "electric field", field)
+        if unused_field_keys and frame == 0:
+            unused_field_keys = {k for k in unused_field_keys if _lookup(atoms, k) is not None}
+            if unused_field_keys:
+                log.warning("%s: key(s) %s not used: evaluated at zero field. To apply the file's field, "
+                            "configure electric_field: {key: %s, unit: V/A}", path, sorted(unused_field_keys),
+                            sorted(unused_field_keys)[0])
         meta = {k: atoms.info[k] for k in meta_keys if k in atoms.info}
+        seen_keys.update(atoms.info)
+        seen_keys.update(k for k in atoms.arrays if k not in ("numbers", "positions"))
+        seen_keys.update(getattr(getattr(atoms, "calc", None), "results", {}) or {})
         records.append(Record(atoms=atoms, labels=out, electric_field=field, file=str(path), frame=frame, meta=meta))
+    _check_label_keys(path, spec, records, seen_keys, labels_required)
     return records
+
+
+def _check_label_keys(path, spec, records, seen_keys, labels_required: str) -> None:
+    if not spec or labels_required == "none":
+        return
+    found = {q for r in records for q in r.labels}
+    missing = [q for q in spec if q not in found]
+    if (labels_required == "all" and missing) or (labels_required == "any" and len(missing) == len(spec)):
+        keys = ", ".join(f"{spec[q]['key']} ({q})" for q in missing)
+        raise DataError(path, None, None, f"no frame has the label key(s) {keys}; the file's keys are "
+                                          f"{sorted(seen_keys) or 'none'}: set data.labels.<quantity>.key (or null)")

@@ -20,6 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
+from mf_lightning.errors import InputError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _PAPER = "https://raw.githubusercontent.com/mdi-group/2025-04-mace-field"
 
@@ -38,8 +40,8 @@ PUBLIC_FILES = {
 }
 
 
-class DataNotFoundError(FileNotFoundError):
-    pass
+class DataNotFoundError(InputError, FileNotFoundError):
+    """A data file found under none of the data roots."""
 
 
 def user_cache_dir() -> Path:
@@ -47,11 +49,15 @@ def user_cache_dir() -> Path:
 
 
 def candidate_roots(root: Optional[str] = None) -> list[Path]:
+    """The data roots in search order. A root the user named (``root``, ``MF_DATA_DIR``) that does
+    not exist is an error: silently falling back to ../shared/data would read other data."""
     roots = []
-    if root:
-        roots.append(Path(root).expanduser())
-    if os.environ.get("MF_DATA_DIR"):
-        roots.append(Path(os.environ["MF_DATA_DIR"]).expanduser())
+    for given, what in ((root, "data root"), (os.environ.get("MF_DATA_DIR"), "MF_DATA_DIR")):
+        if given:
+            path = Path(given).expanduser()
+            if not path.is_dir():
+                raise DataNotFoundError(f"{what} {path} is not an existing folder")
+            roots.append(path)
     shared = REPO_ROOT.parent / "shared" / "data"
     if shared.is_dir():
         roots.append(shared)

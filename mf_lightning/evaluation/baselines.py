@@ -19,7 +19,6 @@ Writes a markdown table to stdout (and ``--out`` as JSON).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections import defaultdict
@@ -32,6 +31,8 @@ from mf_lightning.data import keys
 from mf_lightning.data.dataset import TASKS, ref_key, weight_key
 from mf_lightning.losses import residual, structure_weights
 from mf_lightning.module import metric_components
+from mf_lightning.cli.runner import cli_main, parser as cli_parser
+from mf_lightning.utils import dumps_json
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -149,8 +150,12 @@ def table(result: Dict[str, Dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+PROG = "python -m mf_lightning.evaluation.baselines"
+
+
+@cli_main(PROG)
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli_parser(PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("data", help="a data config of conf/data (e.g. mp_dielectric)")
     parser.add_argument("--model", help="an exported model.pt to score beside the baselines")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -181,7 +186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
     print(table(result))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1))
+        Path(args.out).write_text(dumps_json(result))
     return result
 
 

@@ -25,8 +25,9 @@ import torch
 
 from mf_lightning.data import keys
 from mf_lightning.data.dataset import TASKS, weight_key
-from mf_lightning.losses import PER_ATOM, residual, structure_weights
-from mf_lightning.module import METRIC_UNITS, batch_to_dict, metric_components, normalised_reference
+from mf_lightning.losses import PER_ATOM, structure_weights
+from mf_lightning.module import METRIC_UNITS, batch_to_dict, reference_and_prediction, zero_predictor_error
+from mf_lightning.utils import dumps_json
 
 log = logging.getLogger(__name__)
 
@@ -34,26 +35,33 @@ UNITS = {**METRIC_UNITS, "n": "", "eps_ion_diag": "", "eps_ion_offdiag": ""}
 
 
 class Collected:
-    """(reference, prediction, structure index) rows per quantity."""
+    """(reference, prediction, structure index, zero-predictor error) rows per quantity; reference
+    and prediction on one branch (:func:`~mf_lightning.module.reference_and_prediction`)."""
 
     def __init__(self):
         self.rows: Dict[str, List[tuple]] = defaultdict(list)
 
-    def add(self, q: str, ref: np.ndarray, pred: np.ndarray, structure: np.ndarray) -> None:
-        self.rows[q].append((np.asarray(ref, float), np.asarray(pred, float), np.asarray(structure, int)))
+    def add(self, q: str, ref: np.ndarray, pred: np.ndarray, structure: np.ndarray,
+            zero_error: Optional[np.ndarray] = None) -> None:
+        ref = np.asarray(ref, float)
+        self.rows[q].append((ref, np.asarray(pred, float), np.asarray(structure, int),
+                             -ref if zero_error is None else np.asarray(zero_error, float)))
 
     def arrays(self, q: str):
-        ref, pred, s = zip(*self.rows[q])
-        return np.concatenate(ref), np.concatenate(pred), np.concatenate(s)
+        ref, pred, s, zero = zip(*self.rows[q])
+        return np.concatenate(ref), np.concatenate(pred), np.concatenate(s), np.concatenate(zero)
 
 
-def stats(ref: np.ndarray, pred: np.ndarray) -> Dict[str, float]:
+def stats(ref: np.ndarray, pred: np.ndarray, zero_error: Optional[np.ndarray] = None) -> Dict[str, float]:
+    """RMSE, MAE, R^2 of ``pred`` against ``ref`` (one branch), and the RMSE of predicting 0."""
     err = (pred - ref).ravel()
     if err.size == 0:
         return {"n_values": 0}
     ss_tot = float(((ref - ref.mean()) ** 2).sum())
+    zero = -ref if zero_error is None else zero_error
     return {"rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err))),
-            "r2": float(1 - (err ** 2).sum() / ss_tot) if ss_tot > 0 else float("nan"), "n_values": int(err.size)}
+            "r2": float(1 - (err ** 2).sum() / ss_tot) if ss_tot > 0 else float("nan"),
+            "zero_rmse": float(np.sqrt(np.mean(np.asarray(zero, float) ** 2))), "n_values": int(err.size)}
 
 
 def collect_predictions(model, graphs: Sequence, batch_size: int = 8, collected: Optional[Collected] = None,
@@ -74,11 +82,11 @@ def collect_predictions(model, graphs: Sequence, batch_size: int = 8, collected:
             w = d[weight_key(task)].view(-1) > 0
             mask = structure_weights(task, d) > 0  # per row: atoms for per-atom tasks
             structure = (d[keys.BATCH] if task in PER_ATOM else torch.arange(n_graphs, device=device)) + start
-            err = metric_components(task, residual(task, out, d).detach())
-            ref = metric_components(task, normalised_reference(task, d))
-            for q in err:
-                r = ref[q][mask].double().cpu().numpy()
-                collected.add(q, r, r + err[q][mask].double().cpu().numpy(), structure[mask].cpu().numpy())
+            ref, pred, _ = reference_and_prediction(task, out, d)
+            zero = zero_predictor_error(task, out, d)
+            for q in ref:
+                collected.add(q, ref[q][mask].double().cpu().numpy(), pred[q][mask].double().cpu().numpy(),
+                              structure[mask].cpu().numpy(), zero[q][mask].double().cpu().numpy())
             if task == "polarisability":
                 from mf_lightning.dielectric import eps_inf_from_alpha, refractive_index
 
@@ -121,28 +129,29 @@ def summarise(collected: Collected, flagged: Sequence[bool]) -> Dict[str, Any]:
     flagged = np.asarray(flagged, dtype=bool)
     out: Dict[str, Any] = {}
     for q in collected.rows:
-        ref, pred, s = collected.arrays(q)
+        ref, pred, s, zero = collected.arrays(q)
         bad = flagged[s] if flagged.size else np.zeros(len(s), bool)
         entry = {"unit": UNITS.get(q, ""), "n_structures": int(len(np.unique(s))),
-                 "all": stats(ref, pred), "unflagged": stats(ref[~bad], pred[~bad])}
+                 "all": stats(ref, pred, zero), "unflagged": stats(ref[~bad], pred[~bad], zero[~bad])}
         if bad.any():
-            entry["flagged"] = stats(ref[bad], pred[bad])
+            entry["flagged"] = stats(ref[bad], pred[bad], zero[bad])
         out[q] = entry
     return out
 
 
 def parity_inputs(collected: Collected) -> Dict[str, List[np.ndarray]]:
-    return {q: [np.stack([r.reshape(-1), p.reshape(-1)]) for r, p, _ in rows] for q, rows in collected.rows.items()}
+    return {q: [np.stack([r.reshape(-1), p.reshape(-1)]) for r, p, *_ in rows] for q, rows in collected.rows.items()}
 
 
 def table(metrics: Dict[str, Any]) -> str:
-    lines = ["| dataset | quantity | RMSE | MAE | R^2 | RMSE unflagged | unit | structures |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | quantity | RMSE | MAE | R^2 | RMSE unflagged | RMSE of 0 | unit | structures |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, m in metrics["datasets"].items():
         for q, e in m["quantities"].items():
             a, u = e["all"], e["unflagged"]
             lines.append(f"| {name} | {q} | {a.get('rmse', float('nan')):.4g} | {a.get('mae', float('nan')):.4g} | "
-                         f"{a.get('r2', float('nan')):.4f} | {u.get('rmse', float('nan')):.4g} | {e['unit']} | "
+                         f"{a.get('r2', float('nan')):.4f} | {u.get('rmse', float('nan')):.4g} | "
+                         f"{a.get('zero_rmse', float('nan')):.4g} | {e['unit']} | "
                          f"{e['n_structures']} |")
     return "\n".join(lines)
 
@@ -177,8 +186,11 @@ def evaluate_datamodule(model, dm, split: str, out_dir: Path, batch_size: int = 
             structures = [frames[(file_of[s], m["frame"])] for s in splits for m in src.meta[s]]
             refs = [np.asarray(a.info[ionic_key], float) if ionic_key in a.info else None for a in structures]
             entry["ionic"] = collect_ionic(model, structures, refs, src.head, collected, max_atoms=ionic_max_atoms)
+        evaluated = sorted({str(resolve_file(src.test_file if (s == "test" and src.test_file) else src.file, src.root))
+                            for s in splits})
         entry.update({
-            "file": str(resolve_file(src.file, src.root)), "head": src.head,
+            "file": evaluated[0] if len(evaluated) == 1 else evaluated, "head": src.head,
+            "labels": {q: dict(s) for q, s in src.labels.items()},  # key and file unit of each label
             "n_structures": len(graphs), "n_atoms": int(sum(g.num_nodes for g in graphs)),
             "flagged": [m["id"] for m, f in zip(meta, flags) if f],
             "quantities": summarise(collected, [bool(f) for f in flags]),
@@ -186,7 +198,7 @@ def evaluate_datamodule(model, dm, split: str, out_dir: Path, batch_size: int = 
         metrics["datasets"][name] = entry
         parity[name] = parity_inputs(collected)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (out_dir / "metrics.json").write_text(dumps_json(metrics))
     if plots:
         from mf_lightning.training import parity_plots
 

@@ -28,7 +28,6 @@ current matminer, scikit-learn, monty and pymatgen.)
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -38,6 +37,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
+
+from mf_lightning.cli.runner import cli_main, parser as cli_parser
+from mf_lightning.utils import dumps_json
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +184,7 @@ def score(df, predicted: Dict[str, float], leaked: Dict[str, str], out_dir: Path
         "matbench_scores": json.loads(json.dumps(task.scores, default=float)),
         "reference": {"leaderboard_best_mae": 0.271, "paper_zero_shot_mae": 0.29},
     }
-    (out_dir / "scores.json").write_text(json.dumps(result, indent=1))
+    (out_dir / "scores.json").write_text(dumps_json(result))
     return result
 
 
@@ -219,12 +221,12 @@ def run(model, out_dir, file: Optional[str] = None, root: Optional[str] = None,
     else:
         training = [a for p in train_paths for _, a in iter_frames(p)]
         leaked = leakage(dict(subset["structure"].items()), training)
-        leak_path.write_text(json.dumps({"train_files": train_paths, "n": len(subset), "matches": leaked}, indent=1))
+        leak_path.write_text(dumps_json({"train_files": train_paths, "n": len(subset), "matches": leaked}))
     if limit is not None:
         result = {"limited_to": limit, "n_predicted": len(predicted), "n_leaked": len(leaked),
                   "mae_predicted": mae(subset["n"][list(predicted)], list(predicted.values())),
                   "note": "a --limit run is not a matbench score (folds need every entry)"}
-        (out_dir / "scores.json").write_text(json.dumps(result, indent=1))
+        (out_dir / "scores.json").write_text(dumps_json(result))
         return result
     result = score(df, predicted, leaked, out_dir,
                    metadata={"model": "MACE-Field (mf-lightning), zero-shot", "source": source,
@@ -233,8 +235,12 @@ def run(model, out_dir, file: Optional[str] = None, root: Optional[str] = None,
     return result
 
 
+PROG = "python -m mf_lightning.evaluation.matbench"
+
+
+@cli_main(PROG)
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mf_lightning.evaluation.matbench", description=__doc__.split("\n\n")[0])
+    parser = cli_parser(PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="an exported model (model.pt)")
     parser.add_argument("--out", required=True, help="output folder (resumable)")
     parser.add_argument("--file", default=None, help=f"the task file (default: <data root>/{TASK_FILE})")

@@ -6,9 +6,9 @@ For every path of FILE (frames grouped by their (``nonpolar_mpid``, ``polar_mpid
 fractional-coordinate interpolation, :func:`~mf_lightning.data.polarisation.order_along_paths`):
 
 1. the model's P (zero field) of every frame;
-2. reference and predicted P each put on one continuous branch (each frame shifted by whole
-   quanta e a_k / Omega of its own cell towards the previous frame), and the model's branch
-   shifted by whole quanta to start nearest the reference's;
+2. the reference P as the file has it (one branch per path, SPEC section 4) and the model's P
+   as computed (smooth, single-valued: never folded frame to frame), shifted once by whole quanta
+   e a_k / Omega of the first frame's cell so that it starts nearest the reference;
 3. P_s = P(polar end) - P(non-polar end), per Cartesian component, in uC/cm^2.
 
 Writes ``paths.csv`` (one row per path: frames, P_s reference and model, |P_s|), ``frames.csv``
@@ -19,7 +19,6 @@ and every component). A path with a single frame has no P_s and is listed with `
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -29,17 +28,22 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from mf_lightning.data.polarisation import align_branch, order_along_paths, path_id, unwrap_branch
+from mf_lightning.data.polarisation import align_branch, order_along_paths, path_id
 from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2
 from mf_lightning.runtime import configure_process
+from mf_lightning.cli.runner import cli_main, parser as cli_parser
+from mf_lightning.utils import dumps_json
 
 COMPONENTS = "xyz"
 
 
 def spontaneous_polarisation(p_ref: np.ndarray, p_model: np.ndarray, cells: np.ndarray) -> Dict[str, np.ndarray]:
-    """Both P series (n, 3; e/A^2) of one ordered path on continuous, aligned branches, and P_s."""
-    ref = unwrap_branch(p_ref, cells)
-    model = align_branch(p_model, ref, cells)
+    """P series (n, 3; e/A^2) of one ordered path and P_s = P[last] - P[first], reference on the
+    file's own branch (never refolded frame to frame: sparsely sampled paths change by more than
+    half a quantum between frames), the model's P as computed (smooth and single-valued), shifted
+    once by whole quanta so that its first frame sits nearest the reference's."""
+    ref = np.asarray(p_ref, dtype=float)
+    model = align_branch(p_model, ref[0], cells[0])
     return {"reference": ref, "model": model, "ps_reference": ref[-1] - ref[0], "ps_model": model[-1] - model[0]}
 
 
@@ -168,21 +172,26 @@ def evaluate_paths(model, file, out_dir, key: str = "REF_polarisation", unit: st
                            required=["polarisation"])
     paths = order_along_paths(records, lambda r: path_id(r, keys=("nonpolar_mpid", group_key)))
     predictions: Dict[str, np.ndarray] = {}
+    # P only (a first derivative): Z* and alpha would cost second derivatives and ~10x the memory
     for group in batches(((r.id, r.atoms) for r in records), max_atoms=batch_atoms, max_structures=64):
-        for (ident, _), res in zip(group, predict_response(model, [a for _, a in group], head=head)):
+        for (ident, _), res in zip(group, predict_response(model, [a for _, a in group], head=head,
+                                                           quantities=("polarisation",))):
             predictions[ident] = res["polarisation"]
     path_out, frame_out = path_rows(paths, predictions)
     _write_csv(out_dir / "paths.csv", path_out)
     _write_csv(out_dir / "frames.csv", frame_out)
     result = summary(path_out)
-    (out_dir / "summary.json").write_text(json.dumps(result, indent=1))
+    (out_dir / "summary.json").write_text(dumps_json(result))
     plot(path_out, frame_out, out_dir, max_paths=max_plotted)
     return result
 
 
+PROG = "python -m mf_lightning.evaluation.paths"
+
+
+@cli_main(PROG)
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mf_lightning.evaluation.paths",
-                                     description="P along distortion paths and P_s, reference vs model")
+    parser = cli_parser(PROG, description="P along distortion paths and P_s, reference vs model")
     parser.add_argument("file", help="extxyz file of path frames (e.g. mp_ferroelectric/ferroelectric-valid.xyz)")
     parser.add_argument("--model", required=True)
     parser.add_argument("--out", required=True, help="output folder")
@@ -191,6 +200,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--group-key", default="polar_mpid", help="per-frame key of the polar end of the path")
     parser.add_argument("--head", default=None)
     parser.add_argument("--max-plotted", type=int, default=12)
+    parser.add_argument("--batch-atoms", type=int, default=2000,
+                        help="atoms per forward pass (lower it if memory runs out)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     configure_process()  # glibc malloc settings (mf_lightning/runtime.py)
@@ -200,7 +211,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     model = load_model(args.model, device=args.device)
     result = evaluate_paths(model, resolve_file(args.file), args.out, key=args.key, unit=args.unit,
-                            group_key=args.group_key, head=args.head, max_plotted=args.max_plotted)
+                            group_key=args.group_key, head=args.head, max_plotted=args.max_plotted,
+                            batch_atoms=args.batch_atoms)
     print(json.dumps(result, indent=1))
     print(f"written: {args.out}/paths.csv, frames.csv, summary.json, polarisation_along_paths.png, ps_parity.png")
     return 0

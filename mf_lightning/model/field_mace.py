@@ -22,6 +22,7 @@ from mace.modules.utils import prepare_graph
 from mace.tools.scatter import scatter_sum
 
 from mf_lightning.data import keys
+from mf_lightning.errors import HeadError
 from mf_lightning.utils import default_dtype, resolve_dtype
 from mf_lightning.model import coupling as cpl
 from mf_lightning.model.observables import compute_observables, needs
@@ -112,6 +113,9 @@ class FieldMACE(torch.nn.Module):
         # {task: scale} of the unit-free loss that trained this model (set by training, saved in
         # the model file) so evaluation and fine-tuning measure losses the same way
         self.loss_scales: Optional[Dict[str, float]] = None
+        # {head: [quantities it was trained on]} (set by training, saved in the model file):
+        # lets a multi-head model name the head for P, Z* and alpha without guessing
+        self.head_quantities: Optional[Dict[str, List[str]]] = None
         if split_backward:
             install_split_backward(self)
 
@@ -145,6 +149,31 @@ class FieldMACE(torch.nn.Module):
     @property
     def heads(self) -> List[str]:
         return list(self.backbone.heads)
+
+    def resolve_head(self, head: Optional[str] = None, quantities: Iterable[str] = ()) -> str:
+        """The head to use for ``quantities``: ``head`` if given (it must exist), the only head of
+        a single-head model, or the one head trained on all of ``quantities`` (from
+        ``head_quantities``). Anything else is ambiguous and raises, naming the heads and what
+        each was trained on: a multi-head model never falls back to an arbitrary head (after
+        ``finetune_replay`` the last head, ``replay``, never saw P, Z* or alpha)."""
+        heads = self.heads
+        if head is not None:
+            if head not in heads:
+                raise HeadError(f"head {head!r} is not one of the model's heads {heads}")
+            return head
+        if len(heads) == 1:
+            return heads[0]
+        trained = self.head_quantities or {}
+        wanted = set(quantities)
+        if wanted and trained:
+            fit = [h for h in heads if wanted <= set(trained.get(h, ()))]
+            if len(fit) == 1:
+                return fit[0]
+        described = "; ".join(f"{h!r} (trained on {', '.join(trained[h]) if trained.get(h) else 'unrecorded labels'})"
+                              for h in heads)
+        need = f" for {', '.join(sorted(wanted))}" if wanted else ""
+        raise HeadError(f"this model has several heads: {described}. No single head was trained{need}: "
+                         f"name one explicitly (head=..., --head, data.head=...)")
 
     @property
     def dtype(self) -> torch.dtype:

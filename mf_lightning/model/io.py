@@ -11,6 +11,7 @@ rename), so a crash during a save leaves the previous file intact.
 from __future__ import annotations
 
 import copy
+import errno
 import os
 import pickle
 import tempfile
@@ -26,11 +27,13 @@ from mace.modules.models import MACE, ScaleShiftMACE
 from mace.modules.blocks import ScaleShiftBlock
 from mace.tools.scripts_utils import extract_config_mace_model
 
+from mf_lightning.errors import InputError
+
 FORMAT = "mf-lightning/field-mace"
 FORMAT_VERSION = 1
 
 
-class ModelFileError(RuntimeError):
+class ModelFileError(InputError, RuntimeError):
     """A model file is missing, truncated, corrupted, or not of a kind we may load."""
 
 
@@ -160,9 +163,16 @@ def build_backbone(config_json: Dict[str, Any], dtype: torch.dtype) -> ScaleShif
 
 # ---------------------------------------------------------------- files
 def atomic_torch_save(obj, path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over it."""
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over it.
+
+    Temporary files left by earlier writes of the same ``path`` that were killed (SIGKILL runs no
+    clean-up) are removed first: one writer per target is the rule (a training run holds a lock
+    on its run folder). A write that fails because the disk is full raises ``OSError(ENOSPC)``
+    naming the file, not torch's ``enforce fail at inline_container.cc``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -170,13 +180,34 @@ def atomic_torch_save(obj, path) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except RuntimeError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if "file write failed" in str(exc) or "unexpected pos" in str(exc):
+            raise OSError(errno.ENOSPC, "No space left on device (disk full)", str(path)) from exc
+        raise
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
 
+def tensor_checksum(state: Dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(state.items()):
+        t = t.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def save_model(model, path) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -185,7 +216,11 @@ def save_model(model, path) -> None:
         "coupling": model.coupling_config,
         # the unit-free loss scales of the run that trained it (None: not trained here)
         "loss_scales": getattr(model, "loss_scales", None),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        # {head: quantities trained on}: how a multi-head model picks its head (resolve_head)
+        "head_quantities": getattr(model, "head_quantities", None),
+        "state_dict": state,
+        # torch does not check the zip CRC on load: a flipped bit in a weight loads silently
+        "sha256": tensor_checksum(state),
     }
     atomic_torch_save(payload, path)
 
@@ -234,6 +269,10 @@ def load_model(path, device: str = "cpu", dtype=None):
         coupling = {"field_order": 1, **payload["coupling"]}
         model = FieldMACE(backbone, payload["backbone_config"], **coupling)
     state = dict(payload["state_dict"])
+    stored = payload.get("sha256")  # files written before checksums existed have none
+    if stored is not None and tensor_checksum(state) != stored:
+        raise ModelFileError(f"{path}: the weights do not match the file's checksum: the file is corrupted "
+                             "(a changed byte); use another copy")
     # files written before atomic polarisabilities existed: the term was absent, i.e. zero
     state.setdefault("atomic_polarisabilities", torch.zeros_like(model.atomic_polarisabilities))
     try:
@@ -241,6 +280,7 @@ def load_model(path, device: str = "cpu", dtype=None):
     except RuntimeError as exc:
         raise ModelFileError(f"{path}: weights do not match the stored architecture: {exc}") from exc
     model.loss_scales = payload.get("loss_scales")
+    model.head_quantities = payload.get("head_quantities")
     model = model.to(device=device, dtype=resolve_dtype(dtype) if dtype is not None else saved_dtype)
     return model.eval()
 
@@ -253,8 +293,9 @@ def load_mace_pickle(path, allow_pickle: bool = False) -> torch.nn.Module:
     if not allow_pickle:
         raise ModelFileError(
             f"{path}: a mace-torch .model file is a pickled Python module; loading it executes code "
-            "stored in the file. Pass allow_pickle=True (config: model.allow_pickle=true) only for "
-            "files from a source you trust."
+            "stored in the file. Only for files from a source you trust, opt in: --allow-pickle "
+            "(python -m mf_lightning.data.distill), model.allow_pickle=true (train.py), or "
+            "allow_pickle=True (FieldMACE.from_mace in Python)."
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)

@@ -35,6 +35,8 @@ def labelled_file(path, frames, model):
         a.info["REF_energy"] = teacher.get_potential_energy(atoms)
         a.info["REF_polarisation"] = teacher.get_polarisation(atoms)
         a.info["REF_polarisability"] = teacher.get_polarisability(atoms).reshape(9)
+        # zero-field labels in a file that writes a field anyway (as the shared BaTiO3 file does)
+        a.info["REF_electric_field"] = np.array([0.3, 0.3, 0.3])
         out.append(a)
     ase.io.write(path, out, format="extxyz")
     return out
@@ -53,6 +55,9 @@ def test_eval_cli_on_an_extxyz_file(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| data | becs_diag |" in proc.stdout
+    # a plain file is evaluated at zero field (the hand-computed errors below are), and the
+    # REF_electric_field it has but that is not used is named
+    assert "REF_electric_field" in proc.stdout + proc.stderr and "zero field" in proc.stdout + proc.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     data = metrics["datasets"]["data"]
     assert metrics["split"] == "all"
@@ -78,6 +83,7 @@ def test_eval_cli_on_an_extxyz_file(tmp_path):
     p_err = [calc.get_polarisation(a) - r.info["REF_polarisation"] for a, r in zip(frames, labelled)]
     assert q["polarisation"]["all"]["mae"] == pytest.approx(np.mean(np.abs(p_err)) * E_PER_A2_TO_UC_PER_CM2, rel=1e-6)
     assert q["polarisation"]["unit"] == "uC/cm^2"
+    assert q["polarisation"]["all"]["zero_rmse"] > 0 and "RMSE of 0" in proc.stdout
     assert (tmp_path / "run" / "parity" / "data_becs_diag.png").is_file()
 
 
@@ -116,3 +122,31 @@ def test_eval_of_the_exported_model_reproduces_the_runs_validation_metrics(tmp_p
     assert exported["backbone.atomic_numbers"].tolist() == payload["backbone_config"]["atomic_numbers"] == [8, 14]
     for k, v in exported.items():
         torch.testing.assert_close(v, avg["model." + k].to(v.dtype), rtol=0, atol=0)
+
+
+def test_p_metrics_of_a_zero_predictor_are_on_one_branch():
+    """A model that predicts P = 0 against labels several quanta from zero: R^2 <= 0 (not 0.86, as
+    when folded errors were divided by the unfolded labels' variance), its RMSE equals the
+    zero-predictor line, and the parity points lie on the horizontal axis, not the diagonal."""
+    import torch
+
+    from mf_lightning.data import keys
+    from mf_lightning.data.dataset import ref_key
+    from mf_lightning.data.polarisation import polarisation_quanta
+    from mf_lightning.evaluation.evaluate import stats
+    from mf_lightning.module import reference_and_prediction, zero_predictor_error
+
+    rng = np.random.default_rng(0)
+    cells = np.array([np.diag(rng.uniform(4, 6, 3)) for _ in range(40)])
+    small = rng.normal(0, 0.004, (40, 3))  # the physical part, well inside half a quantum
+    whole = rng.integers(-3, 4, (40, 3))  # the branch each label happens to be on
+    labels = np.array([s + polarisation_quanta(c) @ n for s, c, n in zip(small, cells, whole)])
+    batch = {ref_key("polarisation"): torch.tensor(labels), keys.CELL: torch.tensor(cells)}
+    out = {keys.POLARISATION: torch.zeros(40, 3, dtype=torch.float64)}
+    ref, pred, err = reference_and_prediction("polarisation", out, batch)
+    r, p = ref["polarisation"].numpy(), pred["polarisation"].numpy()
+    assert np.all(p == 0)
+    np.testing.assert_allclose(p - r, err["polarisation"].numpy(), atol=1e-12)
+    np.testing.assert_allclose(r, small * E_PER_A2_TO_UC_PER_CM2, atol=1e-9)  # the branch nearest 0
+    s = stats(r, p, zero_predictor_error("polarisation", out, batch)["polarisation"].numpy())
+    assert s["r2"] <= 0.0 + 1e-9 and s["rmse"] == pytest.approx(s["zero_rmse"])

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import ase.io
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -120,33 +122,42 @@ def test_resume_from_last_checkpoint_is_exact(tmp_path):
         torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=0, msg=k)
 
 
-def test_sigkill_at_a_random_step_then_resume_is_exact(tmp_path):
-    """A real SIGKILL in the middle of a random optimisation step (mid-epoch), then
-    ``ckpt_path=.../last.ckpt``: the final weights equal an uninterrupted run's, bit for bit
-    (float64, CPU). last.ckpt is written every step here (``every_n_train_steps=1``) and the
-    training loader skips the batches the checkpoint had already seen."""
-    import random
-
+def test_sigkill_mid_step_or_mid_validation_then_resume_is_exact(tmp_path):
+    """A real SIGKILL (a) in the middle of an optimisation step (mid-epoch) and (b) in the middle
+    of an epoch's validation, after its last step and before its end-of-epoch checkpoint (where a
+    resume used to skip that validation: plateau, ModelCheckpoint and EarlyStopping missed the
+    epoch). Then ``ckpt_path=.../last.ckpt``: the final weights, optimiser and plateau state equal
+    an uninterrupted run's, bit for bit (float64, CPU). last.ckpt is written every step here
+    (``every_n_train_steps=1``) and the training loader skips the batches already seen.
+    Deterministic: the mid-step kill is at step 4 (``MF_KILL_STEP`` picks another; every step
+    1-5 has been checked)."""
     common = ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "callbacks.early_stopping=null",
               "callbacks.last_checkpoint.every_n_train_steps=1", "trainer.enable_progress_bar=false"]
-    # any step (epochs are steps 0-2 and 3-5; step 3 resumes from the checkpoint written at the
-    # end of epoch 0, which must not make epoch 1 skip batches); printed on failure
-    kill_at = random.randint(1, 5)
+    # epochs are steps 0-2 and 3-5; step 3 resumes from the checkpoint written at the end of
+    # epoch 0, which must not make epoch 1 skip batches
+    kill_at = int(os.environ.get("MF_KILL_STEP", "4"))
     run_train(tmp_path, "smoke", *common, run="straight")
-    run_train(tmp_path, "smoke", *common, "+callbacks.killer._target_=tests.helpers.SignalAtStep",
-              f"+callbacks.killer.step={kill_at}", run="killed", returncode=-9)
-    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == kill_at, kill_at
-    assert not list(last.parent.glob("*.tmp")), "a temporary checkpoint file was left behind"
-    run_train(tmp_path, "smoke", *common, f"ckpt_path={last}", run="killed")
     a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
-    b = torch.load(last, weights_only=True)
-    assert a["global_step"] == b["global_step"] == 6
-    for k, v in a["state_dict"].items():
-        torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=0, msg=f"{k} (killed at step {kill_at})")
-    # the optimiser and the plateau scheduler continue as if never interrupted, too
-    assert b["plateau_scheduler"] == a["plateau_scheduler"], kill_at
-    assert b["optimizer_states"][0]["param_groups"] == a["optimizer_states"][0]["param_groups"], kill_at
+    for during, step, expect_saved in (("train", kill_at, kill_at), ("validation", 3, 2)):
+        run = f"killed_{during}"
+        run_train(tmp_path, "smoke", *common, "+callbacks.killer._target_=tests.helpers.SignalAtStep",
+                  f"+callbacks.killer.step={step}", f"+callbacks.killer.during={during}", run=run, returncode=-9)
+        last = tmp_path / run / "checkpoints" / "last.ckpt"
+        # mid-validation: the newest checkpoint is from before the epoch's last step
+        assert torch.load(last, weights_only=True)["global_step"] == expect_saved, (during, step)
+        assert not list(last.parent.glob("*.tmp")), "a temporary checkpoint file was left behind"
+        run_train(tmp_path, "smoke", *common, f"ckpt_path={last}", run=run)
+        b = torch.load(last, weights_only=True)
+        assert a["global_step"] == b["global_step"] == 6
+        for k, v in a["state_dict"].items():
+            torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=0, msg=f"{k} (killed {during} at {step})")
+        # the optimiser and the plateau scheduler continue as if never interrupted, too
+        assert b["plateau_scheduler"] == a["plateau_scheduler"], (during, step)
+        assert b["optimizer_states"][0]["param_groups"] == a["optimizer_states"][0]["param_groups"], (during, step)
+        if during == "validation":  # the interrupted epoch's validation ran on resume
+            scores = [{k: v[k] for k in ("best_model_score", "current_score")}
+                      for c in (a, b) for name, v in sorted(c["callbacks"].items()) if "ModelCheckpoint" in name]
+            assert scores and scores[: len(scores) // 2] == scores[len(scores) // 2:], scores
 
 
 def test_slurm_preemption_signal_saves_requeues_and_resumes(tmp_path):
@@ -238,4 +249,32 @@ def test_finetune_keeps_the_source_at_zero_field_and_reports_replay(tmp_path, so
     assert {"becs_diag", "polarisation"} <= set(metrics["val"]["sio2"])
     import mf_lightning
 
-    assert mf_lightning.load_model(tmp_path / "run" / "model.pt").heads == ["sio2", "replay"]  # one per source
+    from mf_lightning.calculator import MACEFieldCalculator
+
+    model = mf_lightning.load_model(tmp_path / "run" / "model.pt")
+    assert model.heads == ["sio2", "replay"]  # one per source
+    # which head learnt what is in the model file; P, Z* and alpha come from the sio2 head, never
+    # silently from the last (replay) one, and a use that needs both heads' labels must name one
+    assert model.head_quantities == {"sio2": ["polarisation", "becs", "polarisability"],
+                                     "replay": ["energy", "forces", "stress"]}
+    assert model.resolve_head(None, ["polarisation", "becs"]) == "sio2"
+    assert model.resolve_head(None, ["forces"]) == "replay"
+    with pytest.raises(ValueError, match=r"several heads: 'sio2' \(trained on polarisation.*'replay'"):
+        MACEFieldCalculator(model)
+    with pytest.raises(ValueError, match="not one of the model's heads"):
+        MACEFieldCalculator(model, head="typo")
+    assert MACEFieldCalculator(model, head="replay").head == "replay"
+    from mf_lightning.predict import predict_response
+
+    atoms = ase.io.read(SHARED_DATA / "md" / "SiO2.xyz", index=0)
+    by_default = predict_response(model, [atoms])[0]
+    np.testing.assert_array_equal(by_default["becs"], predict_response(model, [atoms], head="sio2")[0]["becs"])
+    # eval.py with a single-source data config binds the head of that name
+    from datamodules import MDTrajectoryDataModule, MultiSourceDataModule
+    from mf_lightning.training import bind_to_model
+
+    sio2 = MDTrajectoryDataModule(file=str(SHARED_DATA / "md" / "SiO2.xyz"), name="sio2",
+                                  labels={"becs": {"key": "born_charge", "unit": "e"}})
+    dm = MultiSourceDataModule(sources={"sio2": sio2})
+    bind_to_model(dm, model)
+    assert dm.sources["sio2"].head == "sio2"

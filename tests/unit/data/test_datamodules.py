@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from mf_lightning.data.dataset import TASKS, ref_key, weight_key
 from mf_lightning.data.graphs import UnknownElementError
 from mf_lightning.data.polarisation import path_coordinates
-from mf_lightning.data.reader import Record
+from mf_lightning.data.reader import DataError, Record
 from mace.tools.torch_geometric.batch import Batch
 from tests.conftest import REPO, SHARED_DATA
 
@@ -75,10 +75,28 @@ def test_manifest_written_and_reproducible(loaded, tmp_path):
 
 
 def test_held_out_test_file(tmp_path):
-    dm = datamodule("sio2", tmp_path, test_file=str(SHARED_DATA / "md" / "BaTiO3.xyz"), atomic_numbers="[8,14,22,56]")
+    import ase.io
+
+    held_out = tmp_path / "held_out.xyz"
+    ase.io.write(held_out, ase.io.read(SHARED_DATA / "md" / "SiO2.xyz", index="160:"), format="extxyz")
+    dm = datamodule("sio2", tmp_path, test_file=str(held_out))
     dm.setup()
-    assert len(dm.datasets["test"]) == 59 and len(dm.datasets["train"]) + len(dm.datasets["val"]) == 201
-    assert dm.manifest["files"]["test"].endswith("BaTiO3.xyz")
+    assert len(dm.datasets["test"]) == 41 and len(dm.datasets["train"]) + len(dm.datasets["val"]) == 201
+    assert dm.manifest["files"]["test"].endswith("held_out.xyz")
+    # eval.py on the held-out file alone: the training file is neither read nor named
+    only = datamodule("sio2", tmp_path / "only", test_file=str(held_out), test_only="true")
+    only.setup()
+    assert len(only.datasets["test"]) == 41 and not only.datasets["train"] and not only.datasets["val"]
+    assert list(only.manifest["files"]) == ["test"]
+
+
+def test_a_label_key_in_no_frame_is_an_error_listing_the_files_keys(tmp_path):
+    """SiO2's label keys on the BaTiO3 file: total_energy, born_charge and polarizability are in
+    no frame. An error names them and lists the keys the file has, instead of an empty table."""
+    dm = datamodule("sio2", tmp_path, test_file=str(SHARED_DATA / "md" / "BaTiO3.xyz"), atomic_numbers="[8,14,22,56]")
+    with pytest.raises(DataError, match=r"no frame has the label key\(s\) total_energy \(energy\), born_charge "
+                                        r"\(becs\), polarizability \(polarisability\); the file's keys are \[.*REF_becs"):
+        dm.setup()
 
 
 def test_mixed_batch_carries_exactly_each_sources_labels(loaded):

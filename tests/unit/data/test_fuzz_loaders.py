@@ -5,7 +5,8 @@ the frame and key where one applies). Never a hang, another exception type, or a
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings, strategies as st
+import pytest
+from hypothesis import example, given, strategies as st
 
 from mf_lightning.data.reader import DataError, read_records
 
@@ -37,6 +38,13 @@ def frame_text(rng: np.random.Generator, n: int = 3) -> str:
 VALID = "".join(frame_text(np.random.default_rng(s)) for s in range(3))
 TOKENS = ["nan", "NaN", "inf", "-inf", "1e308", "1e400", "-0", "x", "", "é", "∞", "1,5", ";", "\t", '"', "=",
           "Lattice=", "999999999999999999999", "0x10", "--1"]
+
+
+def _first_value(text: str, after: str, token: str) -> str:
+    """``text`` with the number that follows the first ``after`` replaced by ``token``."""
+    i = text.index(after) + len(after)
+    j = min(k for k in (text.find(" ", i), text.find('"', i)) if k >= 0)
+    return text[:i] + token + text[j:]
 
 
 @st.composite
@@ -80,8 +88,16 @@ def corruption(draw):
     return kind, text
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Examples (derandomised) and their number come from the profile in tests/conftest.py. Every
+# failure a fuzz run has found is pinned here, so CI checks it on every run.
+@pytest.mark.fuzz
 @given(case=corruption())
+@example(case=("token", _first_value(VALID, 'REF_polarisability="', "1e308")))  # overflowed on conversion
+@example(case=("token", _first_value(VALID, 'REF_polarisation="', "1e308")))  # finite, huge after / Omega
+@example(case=("token", _first_value(VALID, "REF_energy=", "1e39")))  # beyond float32
+@example(case=("token", _first_value(VALID, 'REF_electric_field="', "1e39")))
+@example(case=("token", _first_value(VALID, "\nSi ", "1e30")))  # 1e30 A positions
+@example(case=("token", _first_value(VALID, "\nO ", "1e308")))
 def test_corrupted_extxyz_loads_correctly_or_raises_data_error(tmp_path, case):
     kind, text = case
     path = tmp_path / "fuzz.xyz"

@@ -91,33 +91,36 @@ def test_audit_cli_and_cross_file_duplicates(tmp_path, capsys):
     assert "again.xyz,0,again.xyz:0,SiO2" in csv_text and "SiO2.xyz:0" in csv_text
 
 
-def test_audit_flags_a_branch_jump(tmp_path):
-    """A path frame shifted by one whole quantum is flagged; folding puts it back."""
+def test_audit_flags_a_branch_jump_but_not_a_sparse_path(tmp_path):
+    """An interior path frame shifted by one whole quantum is flagged, and folding puts it back.
+    The shipped file's paths, with steps of more than half a quantum between sparse frames
+    (SPEC 4: each path is on one branch), are not flagged."""
     import numpy as np
     from ase.io import read, write
 
     from mf_lightning.data.polarisation import fold_onto, path_coordinates, polarisation_quanta
 
     spec = {"polarisation": {"key": "REF_polarisation", "unit": "e/A^2"}}
-    frames = read(SHARED_DATA / "mp_ferroelectric" / "ferroelectric-valid.xyz", index=":")
+    source = SHARED_DATA / "mp_ferroelectric" / "ferroelectric-valid.xyz"
+    all_rows = audit.audit_records(read_records(source, spec, meta_keys=("nonpolar_mpid", "polar_mpid")))
+    assert not any("p_branch" in r["flags"] for r in all_rows)
+    frames = read(source, index=":")
     ids = sorted({f.info["polar_mpid"] for f in frames})
-    for path_id in ids:  # a clean path of >= 3 frames
+    for path_id in ids:  # a path of >= 3 frames
         members = [f for f in frames if f.info["polar_mpid"] == path_id]
-        if len(members) < 3:
-            continue
-        write(tmp_path / "path.xyz", members)
-        records = read_records(tmp_path / "path.xyz", spec, meta_keys=("polar_mpid",))
-        if not any(r["flags"] for r in audit.audit_records(records)):
+        if len(members) >= 3:
             break
-    polar_end = int(np.argmax(path_coordinates(records)))
-    Q = polarisation_quanta(members[polar_end].cell.array)
-    members[polar_end].info["REF_polarisation"] = members[polar_end].info["REF_polarisation"] + Q[:, 2]
+    write(tmp_path / "path.xyz", members)
+    records = read_records(tmp_path / "path.xyz", spec, meta_keys=("polar_mpid",))
+    middle = int(np.argsort(path_coordinates(records))[1])
+    Q = polarisation_quanta(members[middle].cell.array)
+    members[middle].info["REF_polarisation"] = members[middle].info["REF_polarisation"] + Q[:, 2]
     write(tmp_path / "path.xyz", members)
     shifted = read_records(tmp_path / "path.xyz", spec, meta_keys=("polar_mpid",))
     rows = audit.audit_records(shifted)
-    assert "p_branch" in rows[polar_end]["flags"]
-    assert rows[polar_end]["p_off_branch"] > 0.5
-    folded, x = fold_onto(shifted[polar_end].labels["polarisation"], records[polar_end].labels["polarisation"],
-                          shifted[polar_end].atoms.cell.array)
+    assert [i for i, r in enumerate(rows) if "p_branch" in r["flags"]] == [middle]
+    assert rows[middle]["p_off_branch"] > 0.75
+    folded, x = fold_onto(shifted[middle].labels["polarisation"], records[middle].labels["polarisation"],
+                          shifted[middle].atoms.cell.array)
     np.testing.assert_allclose(x, [0, 0, 1], atol=1e-9)
-    np.testing.assert_allclose(folded, records[polar_end].labels["polarisation"], atol=1e-12)
+    np.testing.assert_allclose(folded, records[middle].labels["polarisation"], atol=1e-12)

@@ -11,6 +11,7 @@ import pytest
 
 from mf_lightning.calculator import MACEFieldCalculator
 from mf_lightning.dielectric import eps_inf_from_alpha, refractive_index
+from mf_lightning.errors import EXIT_INPUT, EXIT_PARTIAL
 from mf_lightning.predict import main
 from tests.helpers import elements_of, tiny_model
 
@@ -42,7 +43,7 @@ def test_screening_skips_bad_files_and_resumes(screening_case):
     root, model, atoms = screening_case
     out = root / "out" / "table.csv"
     args = [str(root / "structures"), "--model", str(root / "model.pt"), "--out", str(out), "--no-progress"]
-    assert main(args) == 3  # some structures failed
+    assert main(args) == EXIT_PARTIAL  # some structures failed (listed in table.errors.csv)
     rows = {r["id"].replace(str(root / "structures") + "/", ""): r for r in rows_of(out)}
     assert set(rows) == {"quartz.cif", "sub/POSCAR", "two.extxyz", "two.extxyz@1"}
     errors = {r["id"].rsplit("/", 1)[-1]: r["error"] for r in rows_of(out.with_name("table.errors.csv"))}
@@ -64,7 +65,7 @@ def test_screening_skips_bad_files_and_resumes(screening_case):
     data = out.read_text()
     lines = data.splitlines(keepends=True)
     out.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
-    assert main(args) == 3
+    assert main(args) == EXIT_PARTIAL
     again = rows_of(out)
     assert len(again) == 4 and len({r["id"] for r in again}) == 4
     assert sorted(r["id"] for r in again) == sorted(r["id"] for r in rows_of(out))
@@ -81,3 +82,51 @@ def test_ionic_columns(screening_case, tmp_path):
     eps_inf, eps_ion, eps_0 = (np.array(json.loads(row[k])) for k in ("eps_inf", "eps_ion", "eps_0"))
     np.testing.assert_allclose(eps_0, eps_inf + eps_ion, atol=1e-5)
     np.testing.assert_allclose(eps_ion, eps_ion.T, atol=1e-5)
+
+
+def test_screening_refuses_what_it_would_damage_and_never_mixes(screening_case, tmp_path, capsys):
+    """The adversarial probe's cases: ``--out`` a model file or a foreign CSV (refused, untouched),
+    the same structures typed another way or listed twice (no duplicate rows), a table written by
+    another model (refused), overlapping atoms (an error row, the good rows kept), a second
+    writer (refused by the lock), a head that does not exist (exit 2, one line)."""
+    from mf_lightning.utils import FileLock
+
+    root, model, atoms = screening_case
+    quartz = tmp_path / "quartz.cif"
+    ase.io.write(quartz, atoms["quartz"])
+    model_file = root / "model.pt"
+    before = model_file.read_bytes()
+    assert main([str(quartz), "--model", str(model_file), "--out", str(model_file), "--no-progress"]) == EXIT_INPUT
+    assert model_file.read_bytes() == before
+    assert "not a table of this tool" in capsys.readouterr().err
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("a,b\n1,2\n3,")
+    assert main([str(quartz), "--model", str(model_file), "--out", str(foreign), "--no-progress"]) == EXIT_INPUT
+    assert foreign.read_text() == "a,b\n1,2\n3,"
+
+    out = tmp_path / "t.csv"
+    overlapping = atoms["quartz"].copy()
+    overlapping.positions[1] = overlapping.positions[0] + 0.01
+    ase.io.write(tmp_path / "bad.cif", overlapping)
+    args = ["--model", str(model_file), "--out", str(out), "--no-progress"]
+    assert main([str(quartz), str(tmp_path / "bad.cif"), str(quartz)] + args) == EXIT_PARTIAL
+    assert [r["id"] for r in rows_of(out)] == [str(quartz.resolve())]
+    errors = rows_of(tmp_path / "t.errors.csv")
+    assert len(errors) == 1 and "bad.cif: atoms 0 and 1 are 0.0" in errors[0]["error"] and "overlapping" in errors[0]["error"]
+    import os
+
+    os.chdir(tmp_path)
+    assert main(["./quartz.cif", "bad.cif"] + args) == EXIT_PARTIAL  # another spelling: nothing redone
+    assert len(rows_of(out)) == 1 and rows_of(out)[0]["model_sha256"]
+
+    other = tiny_model(elements_of(atoms["quartz"]), seed=3)
+    other.save(tmp_path / "other.pt")
+    assert main([str(quartz), "--model", str(tmp_path / "other.pt"), "--out", str(out), "--no-progress"]) == EXIT_INPUT
+    assert "another model" in capsys.readouterr().err
+    with FileLock(str(out) + ".lock", "held"):
+        assert main([str(quartz)] + args) == EXIT_INPUT
+    assert "another process is writing this table" in capsys.readouterr().err
+    assert main([str(quartz), "--head", "typo"] + ["--model", str(model_file), "--out", str(tmp_path / "h.csv"),
+                                                  "--no-progress"]) == EXIT_INPUT
+    err = capsys.readouterr().err
+    assert "head 'typo' is not one of the model's heads" in err and "Traceback" not in err

@@ -122,3 +122,87 @@ def test_loop_metrics_of_a_synthetic_loop():
     assert m["E_c_plus"] == pytest.approx(Ec, abs=0.05)
     assert m["E_c_minus"] == pytest.approx(-Ec, abs=0.05)
     assert m["n_crossings"]["E_c+"] == 1 and m["n_crossings"]["E_c-"] == 2  # after the discarded start
+
+
+def test_switching_double_well_through_md_dynamic_and_quasi_static_loops(tmp_path, batio3_atoms):
+    """A synthetic ferroelectric (tests.helpers.DoubleWellFerroelectric: P_r = 39 uC/cm^2, static
+    E_c = 11.4 MV/cm) in a cell whose z quantum is 25 uC/cm^2: switching moves P by several quanta
+    between samples, which the old branch folding aliased. Both drivers log the raw P and recover
+    the loop: quasi-static within one field step of 11.4; dynamic (MD through run_md) at 11.4 plus
+    the lag of the sweep (the switch takes time while the field keeps moving)."""
+    from ase import Atoms
+
+    from mf_lightning.data.polarisation import polarisation_quanta
+    from mf_lightning.hysteresis import dynamic_loop, paper_reference, quasi_static_loop, write_loop
+    from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2
+    from tests.helpers import DoubleWellFerroelectric
+
+    def crystal():
+        atoms = Atoms("Ba", positions=[[0.0, 0.0, 2.05]], cell=[8.0, 8.0, 4.0], pbc=True)
+        return atoms, DoubleWellFerroelectric(site_z=2.0, volume=atoms.get_volume(), u0=0.05)
+
+    quantum = polarisation_quanta(crystal()[0].cell.array)[2, 2] * E_PER_A2_TO_UC_PER_CM2
+    assert quantum == pytest.approx(25.0, rel=0.01)
+
+    atoms, calc = crystal()
+    step_mv = 0.5  # the quasi-static grid: 0.36 V/A = 36 MV/cm in 72 steps
+    loop = quasi_static_loop(atoms, calc, 0.36, n_points=73, fmax=1e-4)
+    m = write_loop(loop, tmp_path / "qs", discard=72 / len(loop["E"]), reference=paper_reference(atoms))
+    assert m["P_r_plus"] == pytest.approx(39.0, abs=1e-3) and m["P_r_minus"] == pytest.approx(-39.0, abs=1e-3)
+    assert abs(m["E_c_plus"] - 11.4) < step_mv and abs(m["E_c_minus"] + 11.4) < step_mv
+    assert "paper" not in m  # not BaTiO3: the paper's BaTiO3 numbers are not printed
+    assert (tmp_path / "qs" / "loop.csv").read_text().startswith("field_step,")  # no fake time axis
+    assert np.abs(np.diff(loop["P"])).max() * E_PER_A2_TO_UC_PER_CM2 > 2 * quantum
+
+    atoms, calc = crystal()
+    loop = dynamic_loop(atoms, calc, tmp_path / "dyn", E0=0.36, period_fs=8000.0, cycles=2, timestep_fs=2.0,
+                        friction_per_fs=0.3, log_every=5, progress=False)
+    P_uc = loop["P"] * E_PER_A2_TO_UC_PER_CM2
+    assert np.abs(np.diff(P_uc)).max() > 0.5 * quantum  # changes a folding logger would have aliased
+    m = write_loop(loop, tmp_path / "dyn", discard=0.125)
+    assert m["P_r_plus"] == pytest.approx(39.0, abs=0.3) and m["P_r_minus"] == pytest.approx(-39.0, abs=0.3)
+    assert 11.4 < m["E_c_plus"] < 11.4 * 1.25 and -11.4 * 1.25 < m["E_c_minus"] < -11.4
+    assert m["n_crossings"]["E_c+"] >= 1 and m["n_crossings"]["E_c-"] >= 1
+    assert (tmp_path / "dyn" / "loop.csv").read_text().startswith("t_fs,")
+    assert paper_reference(batio3_atoms) == {"P_r": 39.0, "E_c": 11.4}
+
+
+def test_coercive_field_is_the_switch_of_its_own_half_cycle():
+    """On the falling-field half cycle P dips through zero at +18.6 MV/cm and recovers, then
+    switches at -27.1: E_c- is -27.1 (averaging the two crossings gave -4.2)."""
+    t = np.linspace(0, 1, 2001)
+    E = 36.0 * np.cos(2 * np.pi * t)  # falls from +36 to -36, then rises
+    P = np.where(E > -27.1, 39.0, -39.0) * (t < 0.5) + np.where(E < 27.1, -39.0, 39.0) * (t >= 0.5)
+    dip = (t < 0.5) & (np.abs(E - 18.6) < 0.5)
+    P = np.where(dip, -5.0, P)
+    m = loop_metrics(E, P, discard=0.0)
+    assert m["E_c_minus"] == pytest.approx(-27.1, abs=0.1)
+    assert m["E_c_plus"] == pytest.approx(27.1, abs=0.1)
+    assert m["per_half_cycle"]["E_c-"] == [pytest.approx(-27.1, abs=0.1)]
+
+
+def test_broadening_800_ps_takes_under_a_second():
+    """An 800 ps trajectory sampled every fs (pad 4: a 2^21-point grid): FFT convolution."""
+    import time
+
+    from mf_lightning.spectra import gaussian_broaden
+
+    y = np.random.default_rng(0).random(2 ** 21)
+    start = time.perf_counter()
+    out = gaussian_broaden(y, d_cm=0.01, sigma_cm=20.0)
+    assert time.perf_counter() - start < 1.0
+    assert out.shape == y.shape and abs(out[100000:-100000].mean() - 0.5) < 0.01
+
+
+def test_spectra_warn_on_short_driven_runs():
+    """A 50 fs run under a changing field: warnings (resolution, length, driven) and no eps_0."""
+    from mf_lightning.spectra import analyse, describe_length
+
+    t = np.arange(0, 51, 1.0)
+    p = np.c_[np.zeros((len(t), 2)), 0.01 * np.sin(2 * np.pi * t / 20)]
+    field = np.c_[np.zeros((len(t), 2)), 0.1 * np.sin(2 * np.pi * t / 20)]
+    res = analyse(t, p, np.full(len(t), 100.0), 300.0, field=field)
+    text = " ".join(res["warnings"])
+    assert "driven" in text and "resolves only" in text and "short (50 fs" in text
+    assert np.all(np.isnan(res["eps_0"]))
+    assert describe_length(50.0) == "50 fs" and describe_length(200000.0) == "200 ps"

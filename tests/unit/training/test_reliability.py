@@ -87,7 +87,9 @@ class Toy(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
+        # Adam's momentum and weight decay: a step whose gradients were merely zeroed would
+        # still move every weight; a skipped step must move none
+        return torch.optim.AdamW(self.parameters(), lr=0.1, weight_decay=0.1)
 
 
 def fit(bad, steps=6, **guard):
@@ -110,8 +112,9 @@ def test_non_finite_steps_are_skipped_and_counted():
 
 
 def test_consecutive_non_finite_steps_stop_training_with_a_message():
-    with pytest.raises(NonFiniteLossError, match="3 consecutive"):
+    with pytest.raises(NonFiniteLossError, match="3 consecutive") as info:
         fit(bad=[1, 2, 3, 4], max_consecutive=3)
+    assert "structures" in str(info.value) and "diverged" not in str(info.value)
     with pytest.raises(NonFiniteLossError, match="1 consecutive"):
         fit(bad=[2], action="stop")
 
@@ -142,3 +145,17 @@ def test_ema_never_averages_integer_buffers():
     fixed = WarmupEMADecay(0.995, warmup=False)
     torch.testing.assert_close(fixed(torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64), 1),
                                torch.full((1,), 0.005, dtype=torch.float64))
+
+
+def test_a_diverged_run_is_blamed_on_the_learning_rate_not_the_structures():
+    class Diverged(Toy):
+        def on_train_start(self):
+            with torch.no_grad():
+                self.layer.weight.fill_(1e6)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 2, dtype=torch.float64)))
+    trainer = pl.Trainer(max_steps=4, callbacks=[NonFiniteGuard(action="stop")], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu")
+    with pytest.raises(NonFiniteLossError, match=r"diverged \(largest weight [0-9.e+]+\): lower module.lr"):
+        trainer.fit(Diverged(bad=[1]), data)

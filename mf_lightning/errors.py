@@ -27,3 +27,7 @@ class HeadError(InputError, ValueError):
 
 class RunFailedError(Exception):
     """A run that completed its steps but whose result must not be trusted (non-finite metrics)."""
+
+
+class ArgumentError(InputError, ValueError):
+    """A value the user chose (an argument, a setting) that cannot work."""

@@ -40,7 +40,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Union
 import numpy as np
 from ase import units
 
-from mf_lightning.errors import InputError
+from mf_lightning.errors import ArgumentError, InputError
 from mf_lightning.runtime import configure_process
 from mf_lightning.cli.runner import cli_main, parser as cli_parser
 
@@ -67,14 +67,14 @@ class FieldProtocol:
 
     def __post_init__(self):
         if self.kind not in ("constant", "sine"):
-            raise ValueError(f"field kind {self.kind!r}: constant | sine")
+            raise ArgumentError(f"field kind {self.kind!r}: constant | sine")
         d = np.asarray(self.direction, dtype=float).reshape(3)
         norm = np.linalg.norm(d)
         if not np.isfinite(norm) or norm == 0:
-            raise ValueError(f"field direction must be a non-zero 3-vector, got {self.direction!r}")
+            raise ArgumentError(f"field direction must be a non-zero 3-vector, got {self.direction!r}")
         self._unit = d / norm
         if self.kind == "sine" and not (self.period_fs and self.period_fs > 0):
-            raise ValueError("a sine field needs period_fs > 0")
+            raise ArgumentError("a sine field needs period_fs > 0")
 
     def __call__(self, t_fs: float) -> np.ndarray:
         if (self.t_on_fs is not None and t_fs < self.t_on_fs) or (self.t_off_fs is not None and t_fs >= self.t_off_fs):
@@ -92,7 +92,7 @@ def axis_vector(axis) -> np.ndarray:
     d = np.asarray(axis, dtype=float).reshape(3)
     norm = np.linalg.norm(d)
     if not np.isfinite(norm) or norm == 0:
-        raise ValueError(f"axis must be x, y, z or a non-zero 3-vector, got {axis!r}")
+        raise ArgumentError(f"axis must be x, y, z or a non-zero 3-vector, got {axis!r}")
     return d / norm
 
 
@@ -100,7 +100,7 @@ def import_function(spec: str) -> Callable[[float], Sequence[float]]:
     """``"package.module:name"`` -> the callable."""
     module, _, name = spec.partition(":")
     if not name:
-        raise ValueError(f"field function {spec!r}: give it as module:function")
+        raise ArgumentError(f"field function {spec!r}: give it as module:function")
     return getattr(importlib.import_module(module), name)
 
 
@@ -199,7 +199,7 @@ def make_dynamics(atoms, ensemble: str, timestep_fs: float, temperature_K: float
         return Langevin(atoms, timestep=timestep_fs * units.fs, temperature_K=temperature_K,
                         friction=friction_per_fs / units.fs, rng=np.random.default_rng(seed),
                         fixcm=False)  # ASE's fixcm=True is deprecated (biased sampling); P ignores the drift
-    raise ValueError(f"ensemble {ensemble!r}: nvt (Langevin) | nve")
+    raise ArgumentError(f"ensemble {ensemble!r}: nvt (Langevin) | nve")
 
 
 def _frame(atoms, calc, step: int, t_fs: float, with_response: bool, becs: bool):
@@ -242,7 +242,7 @@ def run_md(atoms, calc, out, steps: int, timestep_fs: float = 1.0, ensemble: str
     check_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if response_every is not None and response_every % log_every:
-        raise ValueError(f"response_every ({response_every}) must be a multiple of log_every ({log_every})")
+        raise ArgumentError(f"response_every ({response_every}) must be a multiple of log_every ({log_every})")
     if field is not None:
         calc.set_field(field)
     atoms = atoms.copy()

@@ -73,13 +73,16 @@ def iter_structures(inputs: Sequence[str]) -> Iterator[Item]:
     The id is ``path`` for single-structure files and ``path@frame`` for later frames."""
     import ase.io
 
+    from mf_lightning.data.reader import extxyz_frames, looks_like_xyz
+
     for path in expand_inputs(inputs):
         if not path.is_file():
             yield str(path), FileNotFoundError(f"{path}: no such file")
             continue
         frame = 0
-        try:
-            for atoms in ase.io.iread(str(path), index=":"):
+        try:  # xyz frame by frame: the frames before a bad one are kept
+            frames = extxyz_frames(path) if looks_like_xyz(path) else ase.io.iread(str(path), index=":")
+            for atoms in frames:
                 yield (str(path) if frame == 0 else f"{path}@{frame}"), atoms
                 frame += 1
             if frame == 0:

@@ -37,6 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 from ase import units
 
+from mf_lightning.errors import InputError
 from mf_lightning.units import EPS0_E_PER_V_A
 from mf_lightning.cli.runner import cli_main, parser as cli_parser
 from mf_lightning.utils import dumps_json
@@ -175,7 +176,8 @@ def analyse(times_fs: np.ndarray, p: np.ndarray, volume: np.ndarray, temperature
     times_fs = np.asarray(times_fs, dtype=float)
     dts = np.diff(times_fs)
     if len(times_fs) < 8 or not np.allclose(dts, dts[0], rtol=1e-6):
-        raise ValueError("spectra need at least 8 P samples evenly spaced in time")
+        raise InputError(f"spectra need at least 8 P samples evenly spaced in time (got {len(times_fs)}): "
+                         "give a trajectory written by python -m mf_lightning.md")
     dt = float(dts[0])
     omega_mean = float(np.mean(volume))
     dipole = np.asarray(p, dtype=float) * np.asarray(volume, dtype=float).reshape(-1, 1)  # e A
@@ -194,7 +196,7 @@ def analyse(times_fs: np.ndarray, p: np.ndarray, volume: np.ndarray, temperature
         at = np.asarray(alpha_times_fs, dtype=float)
         adt = np.diff(at)
         if not np.allclose(adt, adt[0], rtol=1e-6):
-            raise ValueError("alpha samples must be evenly spaced in time")
+            raise InputError("alpha samples must be evenly spaced in time")
         eps_inf = eps_inf_from_alpha_series(alpha)
         trace = np.trace(alpha, axis1=1, axis2=2) / 3
         aniso = alpha - trace[:, None, None] * np.eye(3)

@@ -46,9 +46,14 @@ def collect(dirs: Sequence[str], stage: str = "test", stat: str = "rmse"):
 
     A setting is labelled by the overrides that *vary* between the runs found (seed excluded);
     overrides shared by every run are returned separately (printed under the table)."""
+    from mf_lightning.errors import InputError
+
+    missing = [d for d in dirs if not Path(d).is_dir()]
+    if missing:
+        raise InputError(f"{missing[0]}: not a folder (give run or multirun folders)")
     runs = sorted({p.parent for d in dirs for p in Path(d).rglob("metrics.json")})
     if not runs:
-        raise SystemExit(f"no metrics.json under {', '.join(map(str, dirs))}")
+        raise InputError(f"no metrics.json under {', '.join(map(str, dirs))}")
     maps = {run: _override_map(run) for run in runs}
     keys_all = sorted({k for m in maps.values() for k in m})
     varying = [k for k in keys_all if len({m.get(k) for m in maps.values()}) > 1]

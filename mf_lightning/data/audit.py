@@ -173,10 +173,11 @@ def write_report(rows: List[Dict], out_dir, title: str = "Label audit") -> tuple
 
 def _labels_for(path: Path, polarisability_unit: Optional[str]) -> Dict:
     """Audit labels present in a file under the known key names."""
-    import ase.io
+    from mf_lightning.data.reader import iter_frames
 
-    atoms = ase.io.read(path, index=0)
-    found = set(atoms.info) | set(atoms.arrays) | set(getattr(atoms.calc, "results", {}) or {})
+    found = set()  # keys of every frame: a label absent from frame 0 may be in the others
+    for _, atoms in iter_frames(path):  # a missing, empty or unreadable file: DataError naming it
+        found |= set(atoms.info) | set(atoms.arrays) | set(getattr(atoms.calc, "results", {}) or {})
     labels = {q: {"key": k, "unit": u} for k, (q, u) in KNOWN_LABELS.items() if k in found}
     for key, unit in [("REF_polarisability", polarisability_unit or "chi/4pi"), ("polarizability", "e*A^2/V")]:
         if key in found:

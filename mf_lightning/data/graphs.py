@@ -32,38 +32,46 @@ log = logging.getLogger(__name__)
 _WARNED_ISOLATED: set = set()
 
 
-def check_geometry(atoms, source: str = "<atoms>") -> None:
-    """Reject, before any neighbour list is built (matscipy's never returns on a NaN position),
-    what no model can evaluate: non-finite or absurd positions, a non-finite cell, a singular
-    cell that is periodic, or no atoms at all."""
+def geometry_problem(atoms) -> Optional[str]:
+    """Why no model can be evaluated on ``atoms``, or None: no atoms, non-finite or absurd
+    positions, a non-finite cell, a singular cell that is periodic, atoms on top of each other
+    (NaN in every derivative). Checked before any neighbour list is built: matscipy's never
+    returns on a NaN position."""
     pos = np.asarray(atoms.get_positions(), dtype=float)
     if len(pos) == 0:
-        raise GeometryError(f"{source}: no atoms")
+        return "no atoms"
     if not np.all(np.isfinite(pos)):
-        raise GeometryError(f"{source}: positions have NaN/inf entries")
+        return "positions have NaN/inf entries"
     if np.abs(pos).max() > MAX_COORDINATE:
-        raise GeometryError(f"{source}: positions of {np.abs(pos).max():.3g} A: not a structure in Angstrom")
+        return f"positions of {np.abs(pos).max():.3g} A: not a structure in Angstrom"
     cell = np.asarray(atoms.get_cell().array, dtype=float)
     if not np.all(np.isfinite(cell)):
-        raise GeometryError(f"{source}: cell has NaN/inf entries")
+        return "cell has NaN/inf entries"
     if np.abs(cell).max() > MAX_COORDINATE:
-        raise GeometryError(f"{source}: cell vectors of {np.abs(cell).max():.3g} A")
+        return f"cell vectors of {np.abs(cell).max():.3g} A"
     if any(atoms.get_pbc()) and abs(np.linalg.det(cell)) < 1e-9:
-        raise GeometryError(f"{source}: periodic structure with a singular cell (volume {abs(np.linalg.det(cell)):.3g} A^3)")
+        return f"periodic structure with a singular cell (volume {abs(np.linalg.det(cell)):.3g} A^3)"
+    from ase.neighborlist import neighbor_list
+
+    i, j, d = neighbor_list("ijd", atoms, MIN_DISTANCE)  # the tiny cutoff keeps this cheap
+    if len(d):
+        k = int(np.argmin(d))
+        return (f"atoms {int(i[k])} and {int(j[k])} are {float(d[k]):.3g} A apart (less than {MIN_DISTANCE} A): "
+                "duplicated or overlapping atoms")
+    return None
 
 
-def check_distances(graph, n_atoms: int, source: str) -> None:
-    """Atoms on top of each other give NaN derivatives; isolated atoms (no neighbour within r_max)
-    give a response of exactly zero (eps_inf = 1, Z* = 0): an error and a warning."""
+def check_geometry(atoms, source: str = "<atoms>") -> None:
+    """:func:`geometry_problem` as a :class:`GeometryError` naming ``source``."""
+    problem = geometry_problem(atoms)
+    if problem:
+        raise GeometryError(f"{source}: {problem}")
+
+
+def warn_isolated(graph, n_atoms: int, source: str) -> None:
+    """Isolated atoms (no neighbour within r_max) give a response of exactly zero (eps_inf = 1,
+    Z* = 0 there): a warning, once per source."""
     edges = graph.edge_index
-    if edges.numel():
-        vec = graph.positions[edges[1]] - graph.positions[edges[0]] + graph.shifts
-        d = torch.linalg.norm(vec, dim=-1)
-        if float(d.min()) < MIN_DISTANCE:
-            k = int(torch.argmin(d))
-            i, j = int(edges[0, k]), int(edges[1, k])
-            raise GeometryError(f"{source}: atoms {i} and {j} are {float(d[k]):.3g} A apart (less than "
-                                f"{MIN_DISTANCE} A): duplicated or overlapping atoms")
     isolated = n_atoms - int(torch.unique(edges[0]).numel()) if edges.numel() else n_atoms
     if isolated and source not in _WARNED_ISOLATED:  # once per source (an MD run calls this every step)
         _WARNED_ISOLATED.add(source)
@@ -125,7 +133,7 @@ def atoms_to_graph(
     # volume (and so P, Z*, alpha, stress); otherwise store zeros so the model refuses them.
     if not (all(config.pbc) and abs(np.linalg.det(config.cell)) > 1e-9):
         graph.cell = torch.zeros_like(graph.cell)
-    check_distances(graph, len(z), source)
+    warn_isolated(graph, len(z), source)
     return graph
 
 

@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 import numpy as np
 
 from mf_lightning.errors import InputError
+from mf_lightning.data.graphs import geometry_problem
 from mf_lightning.data.units import SHAPES, check_unit, to_internal, voigt6_to_3x3
 
 VOLUME_LABELS = {"stress", "polarisation", "polarisability", "becs"}
@@ -121,6 +122,40 @@ def _check_cell(path, frame, atoms, needs_volume: bool) -> float:
     return volume
 
 
+def looks_like_xyz(path: Path) -> bool:
+    if path.suffix.lower() not in (".xyz", ".extxyz"):
+        return False
+    with open(path, "rb") as fh:
+        return fh.readline().strip().isdigit()
+
+
+def extxyz_frames(path: Path) -> Iterator[Any]:
+    """Frames of an (ext)xyz file parsed one at a time: ASE's ``iread`` scans every header first,
+    so one bad atom-count line at frame 2 was reported as frame 0 and lost frames 0 and 1. Here
+    the frames before a bad one are yielded, and the error is raised at the frame it is in."""
+    import io
+
+    import ase.io
+
+    with open(path, "r", errors="replace") as fh:
+        while True:
+            header = fh.readline()
+            if not header:
+                return
+            if not header.strip():
+                continue
+            try:
+                n = int(header.strip())
+            except ValueError as exc:
+                raise ValueError(f"expected an atom count, got {header.strip()[:60]!r}") from exc
+            if n < 0:
+                raise ValueError(f"negative atom count {n}")
+            body = [fh.readline() for _ in range(n + 1)]
+            if not body[-1] and n >= 0 and any(not line for line in body):
+                raise ValueError(f"file ends inside the frame ({sum(1 for line in body if line)} of {n + 1} lines)")
+            yield ase.io.read(io.StringIO(header + "".join(body)), format="extxyz")
+
+
 def iter_frames(path) -> Iterator[tuple[int, Any]]:
     """``ase.io.iread`` with errors turned into :class:`DataError` naming the frame."""
     import ase.io
@@ -131,7 +166,7 @@ def iter_frames(path) -> Iterator[tuple[int, Any]]:
     if path.stat().st_size == 0:
         raise DataError(path, None, None, "no structures in file (empty)")
     frame = 0
-    it = ase.io.iread(str(path), index=":")
+    it = extxyz_frames(path) if looks_like_xyz(path) else ase.io.iread(str(path), index=":")
     while True:
         try:
             atoms = next(it)
@@ -218,6 +253,9 @@ def read_records(
         if missing:
             raise DataError(path, frame, spec[sorted(missing)[0]]["key"], "required label missing")
         volume = _check_cell(path, frame, atoms, needs_volume=bool(VOLUME_LABELS & set(present)))
+        problem = geometry_problem(atoms)  # overlapping atoms, a singular periodic cell, ...
+        if problem:
+            raise DataError(path, frame, "Lattice" if "cell" in problem else "pos", problem)
         out = {}
         for quantity, s in present.items():
             try:

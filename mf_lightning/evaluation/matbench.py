@@ -66,10 +66,16 @@ def load_frame(path):
     import pandas as pd
     from pymatgen.core import Structure
 
-    df = pd.read_json(path)
+    from mf_lightning.errors import InputError
+
+    try:
+        df = pd.read_json(path)
+    except (ValueError, OSError, EOFError) as exc:  # pandas: bad JSON; gzip: truncated or not gzip
+        raise InputError(f"{path}: not a readable matbench task file ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:120]})") from exc
     missing = {"structure", "n"} - set(df.columns)
     if missing:
-        raise ValueError(f"{path}: not a matbench_dielectric file (no columns {sorted(missing)})")
+        raise InputError(f"{path}: not a matbench_dielectric file (no columns {sorted(missing)})")
     df = df.sort_index()
     df.index = mb_ids(len(df))
     df["structure"] = [s if isinstance(s, Structure) else Structure.from_dict(s) for s in df["structure"]]

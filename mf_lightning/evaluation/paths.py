@@ -168,7 +168,8 @@ def evaluate_paths(model, file, out_dir, key: str = "REF_polarisation", unit: st
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = read_records(file, {"polarisation": {"key": key, "unit": unit}}, meta_keys=("nonpolar_mpid", group_key),
+    records = read_records(file, {"polarisation": {"key": key, "unit": unit}}, {"value": [0.0, 0.0, 0.0]},
+                           meta_keys=("nonpolar_mpid", group_key),
                            required=["polarisation"])
     paths = order_along_paths(records, lambda r: path_id(r, keys=("nonpolar_mpid", group_key)))
     predictions: Dict[str, np.ndarray] = {}

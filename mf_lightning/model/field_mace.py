@@ -207,11 +207,13 @@ class FieldMACE(torch.nn.Module):
         energy = self._enthalpy(data, ctx, field)
         volume = torch.linalg.det(ctx.cell.view(-1, 3, 3)).abs()
         if (need["field"] or need["strain"]) and not bool((volume > 0).all()):
-            bad = torch.nonzero(volume <= 0).flatten().tolist()
-            raise ValueError(
-                f"structures {bad} of the batch have a zero-volume cell: stress, P, Z* and alpha "
-                "need a periodic structure with a non-singular cell"
-            )
+            if not bool((volume > 0).any()):
+                raise ValueError("no structure of the batch has a periodic cell: stress, P, Z* and alpha need a "
+                                 "periodic structure with a non-singular cell")
+            # A molecule with E/F labels batched with crystals (the loader reads response and
+            # stress labels only for 3D-periodic frames, so it has none): its per-volume outputs
+            # are set to 0 through an infinite volume instead of stopping the whole batch.
+            volume = torch.where(volume > 0, volume, torch.full_like(volume, float("inf")))
         out = {keys.ENERGY: energy, keys.VOLUME: volume}
         out.update(
             compute_observables(

@@ -234,5 +234,27 @@ def test_zero_volume_cell_is_refused(structures):
     model = tiny_model(elements_of(atoms))
     atoms.set_pbc(False)
     atoms.set_cell(np.zeros((3, 3)))
-    with pytest.raises(ValueError, match="zero-volume cell"):
+    with pytest.raises(ValueError, match="no structure of the batch has a periodic cell"):
         run(model, atoms)
+
+
+def test_a_molecule_batched_with_a_crystal_gets_finite_zero_response(structures):
+    """A molecule with E/F labels in a crystal file used to stop the whole batch (a batch index
+    in the error, not a file and frame): its per-volume outputs are now 0 and the crystal's are
+    unchanged."""
+    from mf_lightning.data.graphs import atoms_to_graph, collate
+
+    crystal = structures["dielectric"]
+    molecule = crystal.copy()
+    molecule.set_pbc(False)
+    molecule.set_cell(np.zeros((3, 3)))
+    model = tiny_model(elements_of(crystal))
+    props = (keys.ENERGY, keys.FORCES, keys.STRESS, keys.POLARISATION, keys.BECS, keys.POLARISABILITY)
+    graphs = [atoms_to_graph(a, model.atomic_numbers, model.r_max, electric_field=[0, 0, 0.01])
+              for a in (crystal, molecule)]
+    both = model(collate(graphs), properties=props)
+    alone = model(collate(graphs[:1]), properties=props)
+    for k in (keys.POLARISATION, keys.STRESS, keys.POLARISABILITY):
+        torch.testing.assert_close(both[k][:1], alone[k], rtol=1e-10, atol=1e-12)
+        assert torch.all(both[k][1] == 0)
+    assert torch.isfinite(both[keys.BECS]).all() and torch.isfinite(both[keys.FORCES]).all()

@@ -41,92 +41,205 @@ def _override_map(run: Path) -> Dict[str, str]:
     return out
 
 
-def collect(dirs: Sequence[str], stage: str = "test", stat: str = "rmse"):
-    """{setting: {column: [values over seeds]}}, {column: unit}, common overrides.
+# per-run values that are not per-dataset metrics: (metrics.json key, column, unit)
+RUN_COLUMNS = (("n_parameters", "parameters", "count"), ("wall_time_s", "wall time", "s"))
 
-    A setting is labelled by the overrides that *vary* between the runs found (seed excluded);
-    overrides shared by every run are returned separately (printed under the table)."""
+
+def find_runs(dirs: Sequence[str]):
+    """(finished, unfinished) run folders under ``dirs``: a run is a folder with a metrics.json
+    or a Hydra job folder (``.hydra/overrides.yaml``); it is finished when its metrics.json says
+    so (files from before the flag: when they exist)."""
     from mf_lightning.errors import InputError
 
     missing = [d for d in dirs if not Path(d).is_dir()]
     if missing:
         raise InputError(f"{missing[0]}: not a folder (give run or multirun folders)")
-    runs = sorted({p.parent for d in dirs for p in Path(d).rglob("metrics.json")})
-    if not runs:
-        raise InputError(f"no metrics.json under {', '.join(map(str, dirs))}")
-    maps = {run: _override_map(run) for run in runs}
+    candidates = {p.parent for d in dirs for p in Path(d).rglob("metrics.json")}
+    candidates |= {p.parent.parent for d in dirs for p in Path(d).rglob(".hydra/overrides.yaml")
+                   if not (p.parent.parent / "multirun.yaml").exists() or (p.parent.parent / "metrics.json").exists()}
+    finished, unfinished = [], []
+    for run in sorted(candidates):
+        path = run / "metrics.json"
+        done = path.is_file() and json.loads(path.read_text()).get("finished", True)
+        (finished if done else unfinished).append(run)
+    if not finished:
+        raise InputError(f"no finished run (metrics.json) under {', '.join(map(str, dirs))}"
+                         + (f"; {len(unfinished)} unfinished" if unfinished else ""))
+    return finished, unfinished
+
+
+def _seed(run: Path) -> str:
+    for o in _overrides(run):
+        key, _, value = o.lstrip("+~").partition("=")
+        if key == "seed":
+            return value
+    return "(default)"
+
+
+def collect(dirs: Sequence[str], stage: str = "test", stat: str = "rmse", columns: Optional[Sequence[str]] = None):
+    """{setting: {column: {seed: value}}}, {column: unit}, common overrides, unfinished runs.
+
+    A setting is labelled by the overrides that *vary* between the runs found (seed excluded);
+    overrides shared by every run are returned separately (printed under the table). Unfinished
+    runs (killed, or failed with non-finite metrics) are returned as (setting, seed), never averaged.
+    ``columns``: keep only these quantities (e.g. forces, becs_diag; the run columns are kept)."""
+    runs, unfinished = find_runs(dirs)
+    maps = {run: _override_map(run) for run in runs + unfinished}
     keys_all = sorted({k for m in maps.values() for k in m})
     varying = [k for k in keys_all if len({m.get(k) for m in maps.values()}) > 1]
     common = {k: v for k, v in maps[runs[0]].items() if k not in varying}
-    table: Dict[str, Dict[str, List[float]]] = OrderedDict()
+
+    def setting_of(run):
+        return " ".join(f"{k}={maps[run].get(k, '(default)')}" for k in varying) or "(all runs alike)"
+
+    table: Dict[str, Dict[str, Dict[str, float]]] = OrderedDict()
     units: Dict[str, str] = {}
     for run in runs:
         metrics = json.loads((run / "metrics.json").read_text())
-        setting = " ".join(f"{k}={maps[run].get(k, '(default)')}" for k in varying) or "(all runs alike)"
-        row = table.setdefault(setting, defaultdict(list))
+        row = table.setdefault(setting_of(run), defaultdict(dict))
+        seed = _seed(run)
         for dataset, per_q in metrics.get(stage, {}).items():
             for q, m in per_q.items():
-                if stat in m:
+                if stat in m and (columns is None or q in columns):
                     col = f"{dataset}/{q}"
-                    row[col].append(float(m[stat]))
+                    row[col][seed] = float(m[stat])
                     units[col] = m.get("unit", "")
-    return table, units, common
+        for key, col, unit in RUN_COLUMNS:
+            if metrics.get(key) is not None:
+                row[col][seed] = float(metrics[key])
+                units[col] = unit
+    return table, units, common, [(setting_of(run), _seed(run), str(run)) for run in unfinished]
 
 
-def summarise(table, units):
-    columns = sorted(units)
+def _ordered_columns(units, order: Optional[Sequence[str]] = None) -> List[str]:
+    """Metric columns sorted (or in the order of the quantities ``order``), then the run columns."""
+    run_cols = [c for _, c, _ in RUN_COLUMNS]
+    metric = sorted(c for c in units if c not in run_cols)
+    if order:
+        rank = {q: i for i, q in enumerate(order)}
+        metric.sort(key=lambda c: (rank.get(c.split("/", 1)[-1], len(rank)), c))
+    return metric + [c for c in run_cols if c in units]
+
+
+def summarise(table, units, order: Optional[Sequence[str]] = None):
+    columns = _ordered_columns(units, order)
     rows = []
     for setting, values in table.items():
         cells = {}
         for c in columns:
-            v = np.asarray(values.get(c, []), dtype=float)
+            v = np.asarray(list(values.get(c, {}).values()), dtype=float)
             if v.size:
                 cells[c] = (float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, int(v.size))
         rows.append((setting, cells))
-    best = {c: min((cells[c][0] for _, cells in rows if c in cells), default=None) for c in columns}
+    lower_is_better = [c for c in columns if c not in [rc for _, rc, _ in RUN_COLUMNS]]
+    best = {c: min((cells[c][0] for _, cells in rows if c in cells), default=None) for c in lower_is_better}
     return columns, rows, best
+
+
+def paired(table, columns, baseline: str):
+    """Per setting and column, the paired difference to the ``baseline`` row over the seeds both
+    have: (mean difference, its std, n, p of a two-sided paired t-test; None below 2 pairs)."""
+    from scipy import stats
+
+    matches = [s for s in table if baseline in s.split(" ")]
+    if len(matches) != 1:
+        from mf_lightning.errors import InputError
+
+        raise InputError(f"baseline {baseline!r} matches {len(matches)} settings of {list(table)}")
+    base = table[matches[0]]
+    out = OrderedDict()
+    for setting, values in table.items():
+        if setting == matches[0]:
+            continue
+        cells = {}
+        for c in columns:
+            seeds = sorted(set(values.get(c, {})) & set(base.get(c, {})))
+            if not seeds:
+                continue
+            d = np.array([values[c][k] - base[c][k] for k in seeds])
+            p = None
+            if len(d) > 1:
+                p = 1.0 if np.all(d == d[0]) and d[0] == 0 else float(stats.ttest_rel(
+                    [values[c][k] for k in seeds], [base[c][k] for k in seeds]).pvalue)
+            cells[c] = (float(d.mean()), float(d.std(ddof=1)) if len(d) > 1 else 0.0, len(d), p)
+        out[setting] = cells
+    return matches[0], out
+
+
+def paired_markdown(base: str, diffs, columns, units) -> str:
+    lines = [f"Paired difference to `{base}` over the same seeds (mean ± std; p: two-sided paired t-test; "
+             "negative = lower error than the baseline):", "",
+             "| setting | pairs | " + " | ".join(f"Δ {c}" + (f" ({units[c]})" if units[c] else "") for c in columns) + " |",
+             "|" + "---|" * (len(columns) + 2)]
+    for setting, cells in diffs.items():
+        n = max((c[2] for c in cells.values()), default=0)
+        texts = []
+        for c in columns:
+            if c not in cells:
+                texts.append("-")
+                continue
+            mean, std, _, p = cells[c]
+            texts.append(f"{mean:+.3g} ± {std:.2g}" + ("" if p is None else f" (p={p:.2g})"))
+        lines.append(f"| {setting} | {n} | " + " | ".join(texts) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(cell, is_best: bool, bold=("**", "**")) -> str:
     if cell is None:
         return "-"
     mean, std, _ = cell
-    text = f"{mean:.4g} ± {std:.2g}"
+    text = f"{mean:.4g} ± {std:.2g}" if std else f"{mean:.4g}"
     return f"{bold[0]}{text}{bold[1]}" if is_best else text
 
 
+def _header(c, units, stat) -> str:
+    run_cols = [rc for _, rc, _ in RUN_COLUMNS]
+    unit = f" ({units[c]})" if units[c] else ""
+    return f"{c}{unit}" if c in run_cols else f"{c} {stat.upper()}{unit}"
+
+
 def to_markdown(columns, rows, best, units, stat) -> str:
-    head = "| setting | seeds | " + " | ".join(f"{c} {stat.upper()} ({units[c]})" for c in columns) + " |"
+    head = "| setting | seeds | " + " | ".join(_header(c, units, stat) for c in columns) + " |"
     lines = [head, "|" + "---|" * (len(columns) + 2)]
     for setting, cells in rows:
         n = max((c[2] for c in cells.values()), default=0)
         lines.append(f"| {setting} | {n} | " + " | ".join(
-            _fmt(cells.get(c), c in cells and cells[c][0] == best[c]) for c in columns) + " |")
+            _fmt(cells.get(c), c in cells and c in best and cells[c][0] == best[c]) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
 def to_latex(columns, rows, best, units, stat) -> str:
     esc = lambda s: s.replace("_", r"\_").replace("%", r"\%")  # noqa: E731
     lines = [r"\begin{tabular}{l" + "c" * (len(columns) + 1) + "}", r"\hline",
-             "setting & seeds & " + " & ".join(esc(f"{c} {stat.upper()} ({units[c]})") for c in columns) + r" \\", r"\hline"]
+             "setting & seeds & " + " & ".join(esc(_header(c, units, stat)) for c in columns) + r" \\", r"\hline"]
     for setting, cells in rows:
         n = max((c[2] for c in cells.values()), default=0)
-        vals = [_fmt(cells.get(c), c in cells and cells[c][0] == best[c], (r"\textbf{", "}")).replace("±", r"$\pm$")
+        vals = [_fmt(cells.get(c), c in cells and c in best and cells[c][0] == best[c], (r"\textbf{", "}")).replace("±", r"$\pm$")
                 for c in columns]
         lines.append(esc(setting) + f" & {n} & " + " & ".join(vals) + r" \\")
     lines += [r"\hline", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
 
-def write_csv(path: Path, columns, rows, units, stat) -> None:
+def write_csv(path: Path, columns, rows, units, stat, diffs=None) -> None:
+    """One row per setting: seeds, mean and std per column, and with ``diffs`` the paired
+    difference to the baseline and its p-value."""
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["setting", "seeds"] + [f"{c} {stat} mean ({units[c]})" for c in columns]
-                   + [f"{c} {stat} std ({units[c]})" for c in columns])
+        head = (["setting", "seeds"] + [f"{_header(c, units, stat)} mean" for c in columns]
+                + [f"{_header(c, units, stat)} std" for c in columns])
+        if diffs is not None:
+            head += [f"{c} diff to baseline" for c in columns] + [f"{c} p" for c in columns]
+        w.writerow(head)
         for setting, cells in rows:
             n = max((c[2] for c in cells.values()), default=0)
-            w.writerow([setting, n] + [cells[c][0] if c in cells else "" for c in columns]
-                       + [cells[c][1] if c in cells else "" for c in columns])
+            row = ([setting, n] + [cells[c][0] if c in cells else "" for c in columns]
+                   + [cells[c][1] if c in cells else "" for c in columns])
+            if diffs is not None:
+                d = diffs.get(setting, {})
+                row += [d[c][0] if c in d else "" for c in columns]
+                row += [d[c][3] if c in d and d[c][3] is not None else "" for c in columns]
+            w.writerow(row)
 
 
 PROG = "python -m mf_lightning.table"
@@ -138,20 +251,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("dirs", nargs="+", help="run or multirun folders")
     p.add_argument("--stage", default="test", choices=["val", "test"])
     p.add_argument("--stat", default="rmse", choices=["rmse", "mae"])
+    p.add_argument("--columns", default=None,
+                   help="comma-separated quantities to keep (e.g. forces,becs_diag); default all")
+    p.add_argument("--baseline", default=None,
+                   help="a setting, e.g. model/coupling=residual_tp: add the paired comparison against it")
     p.add_argument("--out", default=None, help="prefix for PREFIX.md, PREFIX.csv, PREFIX.tex")
     args = p.parse_args(argv)
-    table, units, common = collect(args.dirs, args.stage, args.stat)
-    columns, rows, best = summarise(table, units)
+    wanted = args.columns.split(",") if args.columns else None
+    table, units, common, unfinished = collect(args.dirs, args.stage, args.stat, wanted)
+    columns, rows, best = summarise(table, units, wanted)
     md = to_markdown(columns, rows, best, units, args.stat)
+    diffs = None
+    if args.baseline:
+        base, diffs = paired(table, columns, args.baseline)
+        md += "\n" + paired_markdown(base, diffs, columns, units)
     if common:
         md += "\nCommon to all runs: " + " ".join(f"`{k}={v}`" for k, v in sorted(common.items())) + "\n"
+    if unfinished:
+        md += ("\nNot finished, so not in the table (rerun the sweep's command to finish them): "
+               + "; ".join(f"{s} seed={seed} ({run})" for s, seed, run in unfinished) + "\n")
     print(md)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".md").write_text(md)
         out.with_suffix(".tex").write_text(to_latex(columns, rows, best, units, args.stat))
-        write_csv(out.with_suffix(".csv"), columns, rows, units, args.stat)
+        write_csv(out.with_suffix(".csv"), columns, rows, units, args.stat, diffs)
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -22,6 +23,7 @@ from mf_lightning.checkpointing import AtomicCheckpointIO, check_checkpoint
 from mf_lightning.data import keys
 from mf_lightning.data.dataset import ref_key, weight_key
 from mf_lightning.errors import RunFailedError
+from mf_lightning.units import EPS0_E_PER_V_A
 from mf_lightning.losses import label_scales
 from mf_lightning.model.build import build_model
 from mf_lightning.model.field_mace import FieldMACE, fit_atomic_polarisabilities
@@ -221,6 +223,10 @@ def _final_metrics(results: List[Dict[str, float]], stage: str, names: List[str]
                     continue
                 q, stat = parts[2].rsplit("_", 1)
                 out.setdefault(parts[1], {}).setdefault(q, {"unit": METRIC_UNITS.get(q, "")})[stat] = float(v)
+    for per_q in out.values():  # eps_inf = 1 + alpha/eps0: its error is alpha's divided by eps0
+        alpha = per_q.get("polarisability_diag")
+        if alpha:
+            per_q["eps_inf_diag"] = {"unit": "", **{k: v / EPS0_E_PER_V_A for k, v in alpha.items() if k != "unit"}}
     return out
 
 
@@ -300,7 +306,27 @@ def train(cfg: DictConfig) -> Optional[float]:
         return _train(cfg, run_dir)
 
 
+def finished_run(cfg: DictConfig, run_dir: Path) -> Optional[Dict[str, Any]]:
+    """With ``resume: true``, a run folder that holds a finished run (its metrics.json): the
+    sweep rerun skips it."""
+    path = run_dir / "metrics.json"
+    if not cfg.get("resume", False) or not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    return metrics if metrics.get("finished") else None
+
+
 def _train(cfg: DictConfig, run_dir: Path) -> Optional[float]:
+    done = finished_run(cfg, run_dir)
+    if done is not None:
+        log.info("%s: finished already (resume=true): skipped", run_dir)
+        print(f"run directory: {run_dir}: finished already, skipped (resume=true)")
+        return (done.get("optimized_metric") or {}).get("value")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if cfg.get("resume", False) and cfg.get("ckpt_path") is None and last.is_file():
+        log.info("%s: resuming the unfinished run from %s (resume=true)", run_dir, last)
+        cfg.ckpt_path = str(last)
+    started = time.time()
     dm = make_datamodule(cfg)
     upgraded = upgrade_source_model(cfg, dm)
     if upgraded is not None:  # the data must use the source model's element table and heads
@@ -334,9 +360,17 @@ def _train(cfg: DictConfig, run_dir: Path) -> Optional[float]:
                "checkpoint": ckpt, "epochs": trainer.current_epoch, "statistics": stats,
                "loss_scales": {t: module.loss_fn.scale_of(t) for t in scales},
                "label_rms": label_spread(module.predictions),
-               "n_structures": {n: {s: len(src.datasets[s]) for s in src.datasets} for n, src in dm.sources.items()}}
-    atomic_write_text(run_dir / "metrics.json", dumps_json(metrics))
+               "n_structures": {n: {s: len(src.datasets[s]) for s in src.datasets} for n, src in dm.sources.items()},
+               "n_parameters": int(sum(p.numel() for p in module.model.parameters())),
+               # this process's wall time (a resumed run: since its resume), and the machine's
+               "wall_time_s": time.time() - started, "resumed": bool(ckpt_path),
+               "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    monitor = cfg.get("optimized_metric")  # what a sweeper minimises (a validation metric)
+    values = [r[monitor] for r in val if monitor and monitor in r]
+    metrics["optimized_metric"] = {"name": monitor, "value": float(values[0]) if values else None}
+    metrics["finished"] = not non_finite_metrics(metrics)  # what a resumed sweep skips
     module.model.save(run_dir / "model.pt")
+    atomic_write_text(run_dir / "metrics.json", dumps_json(metrics))  # last: it marks the run finished
     parity_plots(module.predictions, run_dir)
     if logger and hasattr(logger, "log_dir") and (Path(logger.log_dir) / "metrics.csv").exists():
         atomic_write_text(run_dir / "metrics.csv", (Path(logger.log_dir) / "metrics.csv").read_text())
@@ -346,6 +380,4 @@ def _train(cfg: DictConfig, run_dir: Path) -> Optional[float]:
     if bad:  # e.g. atoms at zero distance in a split, or a diverged run: never a silent exit 0
         raise RunFailedError(f"{len(bad)} non-finite metrics ({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}): "
                              f"the run in {run_dir} failed; its model.pt must not be used")
-    monitor = cfg.get("optimized_metric")  # what a sweeper minimises (a validation metric)
-    values = [r[monitor] for r in val if monitor and monitor in r]
-    return float(values[0]) if values else None
+    return (metrics.get("optimized_metric") or {}).get("value")

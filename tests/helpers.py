@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Optional
 import signal as signal_module
 
 import numpy as np
@@ -81,16 +82,25 @@ class SignalAtStep(pl.Callback):
     or, with ``during="validation"``, in the middle of the validation that follows ``step`` steps
     (after an epoch's last step, before its end-of-epoch checkpoint)."""
 
-    def __init__(self, step: int, signal: str = "SIGKILL", during: str = "train"):
-        self.step, self.signal, self.during = int(step), getattr(signal_module, signal), during
+    def __init__(self, step: int, signal: str = "SIGKILL", during: str = "train", once: Optional[str] = None):
+        """``once``: a marker file; the signal is sent only if it does not exist (and it is
+        created first), so the same command rerun is not killed again."""
+        self.step, self.signal, self.during, self.once = int(step), getattr(signal_module, signal), during, once
+
+    def _fire(self):
+        if self.once is not None:
+            if os.path.exists(self.once):
+                return
+            open(self.once, "w").close()
+        os.kill(os.getpid(), self.signal)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         if self.during == "train" and trainer.global_step == self.step:
-            os.kill(os.getpid(), self.signal)
+            self._fire()
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if self.during == "validation" and not trainer.sanity_checking and trainer.global_step == self.step:
-            os.kill(os.getpid(), self.signal)
+            self._fire()
 
 
 class DoubleWellFerroelectric(Calculator):

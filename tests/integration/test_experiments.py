@@ -160,6 +160,36 @@ def test_sigkill_mid_step_or_mid_validation_then_resume_is_exact(tmp_path):
             assert scores and scores[: len(scores) // 2] == scores[len(scores) // 2:], scores
 
 
+def test_a_killed_sweep_rerun_skips_finished_runs_and_resumes_the_killed_one(tmp_path):
+    """Hydra multirun in a fixed folder with resume=true: the second job is SIGKILLed at step 2
+    (which kills the sweep). The same command again skips the finished job (its metrics.json is
+    untouched), resumes the killed one from its last.ckpt, and the table callback writes the
+    table of both when the sweep ends."""
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "MF_DATA_DIR": str(SHARED_DATA), "MF_CACHE_DIR": str(tmp_path / "cache"),
+           "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "train.py", "-m", "experiment=smoke", "trainer.max_epochs=2", "torch_threads=1",
+           "trainer.limit_train_batches=3", "callbacks.early_stopping=null", "resume=true",
+           "trainer.enable_progress_bar=false",
+           "callbacks.last_checkpoint.every_n_train_steps=1", f"hydra.sweep.dir={sweep}",
+           "+callbacks.killer._target_=tests.helpers.SignalAtStep", "+callbacks.killer.step=999,2",
+           f"+callbacks.killer.once={tmp_path / 'killed.flag'}",
+           "+hydra.callbacks.table._target_=mf_lightning.cli.sweep_table.WriteTable"]
+    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == -9, first.stderr[-3000:]
+    done, killed = sweep / "0", sweep / "1"
+    assert (done / "metrics.json").is_file() and not (killed / "metrics.json").exists()
+    assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    before = (done / "metrics.json").read_bytes()
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "finished already, skipped" in second.stdout
+    assert (done / "metrics.json").read_bytes() == before
+    metrics = json.loads((killed / "metrics.json").read_text())
+    assert metrics["finished"] and metrics["resumed"] and metrics["epochs"] == 2
+    assert "| seeds |" in (sweep / "table.md").read_text()
+
+
 def test_slurm_preemption_signal_saves_requeues_and_resumes(tmp_path):
     """Under SLURM (environment as SLURM sets it), SIGUSR1 before the time limit makes Lightning
     save an HPC checkpoint (through our atomic checkpoint IO) and call ``scontrol requeue <job>``;

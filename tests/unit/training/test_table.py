@@ -24,7 +24,8 @@ def test_means_stds_and_best(tmp_path, capsys):
     fake_run(tmp_path, "1", ["model/coupling=residual_tp", "seed=2"], 0.20, 4.0)
     fake_run(tmp_path, "2", ["model/coupling=basis_tp", "seed=1", "hydra.run.dir=x"], 0.05, 3.0)
     fake_run(tmp_path, "3", ["model/coupling=basis_tp", "seed=2"], 0.07, 5.0)
-    tab, units, common = table.collect([str(tmp_path)])
+    tab, units, common, unfinished = table.collect([str(tmp_path)])
+    assert unfinished == []
     assert common == {}
     columns, rows, best = table.summarise(tab, units)
     by_setting = dict(rows)
@@ -42,4 +43,52 @@ def test_means_stds_and_best(tmp_path, capsys):
 
 def test_no_runs_is_a_clear_error(tmp_path, capsys):
     assert table.main([str(tmp_path)]) == 2
-    assert "no metrics.json" in capsys.readouterr().err
+    assert "no finished run (metrics.json)" in capsys.readouterr().err
+
+
+def test_paired_comparison_finds_a_known_difference(tmp_path, capsys):
+    """Synthetic runs: basis_tp is residual_tp + 0.03 e on every seed plus noise of 0.002;
+    none is residual_tp plus pure noise. The paired test finds the first (p < 0.01) and not the
+    second; the p-values are scipy's paired t-test on the same numbers."""
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    seeds = range(1, 6)
+    base = {k: 0.1 + 0.05 * rng.random() for k in seeds}  # seed-to-seed spread 10x the noise
+    noise = {k: 0.002 * rng.standard_normal() for k in seeds}
+    same = {k: base[k] + 0.002 * rng.standard_normal() for k in seeds}
+    for k in seeds:
+        fake_run(tmp_path, f"r{k}", ["model/coupling=residual_tp", f"seed={k}"], base[k], 2.0)
+        fake_run(tmp_path, f"b{k}", ["model/coupling=basis_tp", f"seed={k}"], base[k] + 0.03 + noise[k], 2.0)
+        fake_run(tmp_path, f"n{k}", ["model/coupling=none", f"seed={k}"], same[k], 2.0)
+    tab, units, _, _ = table.collect([str(tmp_path)])
+    columns, _, _ = table.summarise(tab, units)
+    base_name, diffs = table.paired(tab, columns, "model/coupling=residual_tp")
+    assert base_name == "model/coupling=residual_tp"
+    mean, std, n, p = diffs["model/coupling=basis_tp"]["sio2/becs_diag"]
+    assert n == 5 and mean == pytest.approx(0.03 + np.mean(list(noise.values())))
+    assert p == pytest.approx(stats.ttest_rel([base[k] + 0.03 + noise[k] for k in seeds], list(base.values())).pvalue)
+    assert p < 0.01
+    assert diffs["model/coupling=none"]["sio2/becs_diag"][3] > 0.05
+    assert table.main([str(tmp_path), "--baseline", "model/coupling=residual_tp", "--out", str(tmp_path / "t")]) == 0
+    md = (tmp_path / "t.md").read_text()
+    assert "Paired difference to `model/coupling=residual_tp`" in md and "| model/coupling=basis_tp | 5 |" in md
+    assert "sio2/becs_diag diff to baseline" in (tmp_path / "t.csv").read_text()
+
+
+def test_unfinished_runs_are_listed_not_averaged(tmp_path, capsys):
+    fake_run(tmp_path, "0", ["model/coupling=residual_tp", "seed=1"], 0.10, 2.0)
+    fake_run(tmp_path, "1", ["model/coupling=residual_tp", "seed=2"], 0.20, 4.0)
+    killed = tmp_path / "2"  # a job folder whose run was killed: no metrics.json
+    (killed / ".hydra").mkdir(parents=True)
+    (killed / ".hydra" / "overrides.yaml").write_text("- model/coupling=residual_tp\n- seed=3\n")
+    failed = tmp_path / "3"  # a run whose metrics were non-finite
+    fake_run(tmp_path, "3", ["model/coupling=residual_tp", "seed=4"], 0.3, 1.0)
+    data = json.loads((failed / "metrics.json").read_text())
+    (failed / "metrics.json").write_text(json.dumps({**data, "finished": False}))
+    tab, units, _, unfinished = table.collect([str(tmp_path)])
+    assert sorted(seed for _, seed, _ in unfinished) == ["3", "4"]
+    _, rows, _ = table.summarise(tab, units)
+    assert dict(rows)["(all runs alike)"]["sio2/becs_diag"][2] == 2  # only the finished seeds
+    assert table.main([str(tmp_path)]) == 0
+    assert "Not finished, so not in the table" in capsys.readouterr().out

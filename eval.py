@@ -71,6 +71,7 @@ def _main(cfg: DictConfig):
     out_dir = Path(cfg.paths.output_dir)
     metrics = evaluate_datamodule(model, dm, split, out_dir, batch_size=int(cfg.batch_size), ionic=bool(cfg.ionic),
                                   ionic_key=cfg.ionic_key, ionic_max_atoms=int(cfg.ionic_max_atoms),
+                                  predictions=bool(cfg.predictions),
                                   plots=bool(cfg.plots))
     print(table(metrics))
     print(f"run directory: {out_dir} (metrics.json, parity/)")

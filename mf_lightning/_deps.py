@@ -8,10 +8,10 @@ Two traps, measured on torch 2.13 with mace-torch 0.3.16 / e3nn 0.4.4:
   imported before e3nn, and every module of this package gets both through here.
 * With ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` also set, torch refuses every load ("both were
   set"): that variable is lifted during these imports and restored after them.
-* That variable then stays set for the whole process, so *any* later ``torch.load`` without an
-  explicit ``weights_only=`` would silently unpickle (i.e. run code from the file). Once e3nn's
-  constants are in memory we restore the variable to what it was before, and every load in this
-  package also passes ``weights_only`` explicitly.
+* That variable then stays set for the whole process, as mace wants it (mace's own calculator
+  loads pickled ``.model`` files without ``weights_only``), so we leave it: restoring it broke
+  ``MACECalculator`` for users who import us first. It only changes loads that do not pass
+  ``weights_only``; every load in this package passes it explicitly.
 """
 
 from __future__ import annotations
@@ -37,12 +37,16 @@ with warnings.catch_warnings():
 import mace.modules  # noqa: E402,F401
 import mace.calculators.mace  # noqa: E402,F401  (sets _ENV again at its own import)
 
-if _before is None:
-    os.environ.pop(_ENV, None)
-else:
-    os.environ[_ENV] = _before
 if _force_before is not None:
+    # the user asked for weights-only loads everywhere: theirs wins over mace's opposite setting
+    # (both set makes torch refuse every load)
     os.environ[_FORCE] = _force_before
+    if _before is None:
+        os.environ.pop(_ENV, None)
+# Otherwise _ENV stays as mace set it: importing mf_lightning changes nothing in mace's own
+# behaviour (MACECalculator loads pickled .model files without weights_only, whichever package is
+# imported first). It only affects loads that do not pass weights_only; every load in this
+# package passes it explicitly (torch honours an explicit weights_only over _ENV).
 
 # e3nn/mace build their modules through torch.jit.script, which torch 2.13 reports as deprecated
 # and whose type checker complains about e3nn's codegen; harmless, and printed for every block.

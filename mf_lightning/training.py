@@ -15,6 +15,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -286,6 +287,16 @@ def results_table(metrics: Dict[str, Any], stage: str = "test") -> str:
     return "\n".join(lines)
 
 
+def make_loggers(cfg_logger):
+    """One logger (a config with ``_target_``), several (a mapping of named logger configs, as
+    ``logger=many``), or none."""
+    if not cfg_logger:
+        return False
+    if "_target_" in cfg_logger:
+        return instantiate(cfg_logger)
+    return [instantiate(c) for c in cfg_logger.values() if c]
+
+
 def _process_rank() -> int:
     for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
         if os.environ.get(var, "").isdigit():
@@ -339,7 +350,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> Optional[float]:
     module = FieldMACEModule(model, dataset_names=dm.names, loss_scales=scales,
                              **OmegaConf.to_container(cfg.module, resolve=True))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    logger = make_loggers(cfg.get("logger"))
     # numerics are set once: the trainer's precision follows the model's dtype unless given
     precision = cfg.trainer.get("precision") or {"float64": "64-true", "float32": "32-true"}[str(cfg.model.dtype)]
     allow_pickle = bool(cfg.get("allow_pickle", False))
@@ -372,8 +383,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> Optional[float]:
     module.model.save(run_dir / "model.pt")
     atomic_write_text(run_dir / "metrics.json", dumps_json(metrics))  # last: it marks the run finished
     parity_plots(module.predictions, run_dir)
-    if logger and hasattr(logger, "log_dir") and (Path(logger.log_dir) / "metrics.csv").exists():
-        atomic_write_text(run_dir / "metrics.csv", (Path(logger.log_dir) / "metrics.csv").read_text())
+    for lg in (logger if isinstance(logger, list) else [logger] if logger else []):
+        if isinstance(lg, CSVLogger) and (Path(lg.log_dir) / "metrics.csv").exists():
+            atomic_write_text(run_dir / "metrics.csv", (Path(lg.log_dir) / "metrics.csv").read_text())
     print(results_table(metrics))
     print(f"run directory: {run_dir} (metrics.json, metrics.csv, model.pt, checkpoints/, parity/)")
     bad = non_finite_metrics(metrics)

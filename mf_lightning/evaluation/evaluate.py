@@ -156,12 +156,70 @@ def table(metrics: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def source_frames(src, splits: Sequence[str]) -> List[Any]:
+    """The ASE frames behind a source's graphs of ``splits``, in the same order (each file read once)."""
+    from mf_lightning.data.reader import iter_frames
+    from mf_lightning.data.root import resolve_file
+
+    file_of = {s: src.test_file if (s == "test" and src.test_file) else src.file for s in splits}
+    wanted: Dict[str, set] = {}
+    for s in splits:
+        wanted.setdefault(file_of[s], set()).update(m["frame"] for m in src.meta[s])
+    frames = {(name, f): atoms for name, needed in wanted.items()
+              for f, atoms in iter_frames(resolve_file(name, src.root)) if f in needed}
+    return [frames[(file_of[s], m["frame"])] for s in splits for m in src.meta[s]]
+
+
+# the model's predictions in a predictions file: mace's MACE_ prefix, internal units
+PREDICTED = {"energy": ("MACE_energy", "eV"), "forces": ("MACE_forces", "eV/A"), "stress": ("MACE_stress", "eV/A^3"),
+             "polarisation": ("MACE_polarisation", "e/A^2"), "becs": ("MACE_becs", "e"),
+             "polarisability": ("MACE_polarisability", "e/(V*A)")}
+
+
+def write_predictions(model, graphs: Sequence, structures: Sequence, path: Path, batch_size: int = 8) -> Path:
+    """An extxyz of ``structures`` (their reference labels as in the file) with the model's E, F,
+    S, P, Z* and alpha beside them under mace's ``MACE_`` prefix (``mace_eval_configs``' convention)
+    in internal units (listed in each frame's ``MACE_units``); S, P, Z* and alpha for periodic
+    structures only. Readable by ``ase.io.read``."""
+    import ase.io
+    from mace.tools.torch_geometric.dataloader import DataLoader
+
+    from mf_lightning.utils import atomic_write_text
+
+    device = next(model.parameters()).device
+    frames, k = [], 0
+    for batch in DataLoader(list(graphs), batch_size=batch_size, shuffle=False):
+        d = {key: (v.to(device) if torch.is_tensor(v) else v) for key, v in batch_to_dict(batch, model.dtype).items()}
+        periodic = bool((torch.linalg.det(d[keys.CELL].view(-1, 3, 3)).abs() > 0).all())
+        wanted = list(PREDICTED) if periodic else ["energy", "forces"]
+        out = model(d, properties=tuple(wanted))
+        ptr = d[keys.PTR].cpu().numpy()
+        for g in range(len(ptr) - 1):
+            atoms = structures[k].copy()
+            atoms.calc = structures[k].calc  # the file's labels ASE keeps there (SiO2.xyz: forces, stress)
+            k += 1
+            for q in wanted:
+                key, _ = PREDICTED[q]
+                v = out[q].detach().cpu().double().numpy()
+                if q in ("forces", "becs"):
+                    atoms.arrays[key] = v[ptr[g]:ptr[g + 1]].reshape(ptr[g + 1] - ptr[g], -1)
+                else:
+                    atoms.info[key] = v[g].reshape(-1) if v[g].ndim else float(v[g])
+            atoms.info["MACE_units"] = " ".join(f"{PREDICTED[q][0]}:{PREDICTED[q][1]}" for q in wanted)
+            frames.append(atoms)
+    import io
+
+    buffer = io.StringIO()
+    ase.io.write(buffer, frames, format="extxyz")
+    atomic_write_text(path, buffer.getvalue())
+    return path
+
+
 def evaluate_datamodule(model, dm, split: str, out_dir: Path, batch_size: int = 8, ionic: bool = False,
                         ionic_key: str = "REF_dielectric_ionic", ionic_max_atoms: int = 40,
-                        plots: bool = True) -> Dict[str, Any]:
+                        plots: bool = True, predictions: bool = False) -> Dict[str, Any]:
     """Evaluate every source of a (set-up) MultiSourceDataModule on ``split`` (train/val/test/all)."""
     from datamodules.base import flags_of
-    from mf_lightning.data.reader import iter_frames
     from mf_lightning.data.root import resolve_file
 
     metrics: Dict[str, Any] = {"split": split, "datasets": {}}
@@ -176,16 +234,13 @@ def evaluate_datamodule(model, dm, split: str, out_dir: Path, batch_size: int = 
         flags = [flags_of(g) for g in graphs]
         collected = collect_predictions(model, graphs, batch_size=batch_size)
         entry: Dict[str, Any] = {}
+        structures = source_frames(src, splits) if (ionic or predictions) else None
         if ionic:
-            file_of = {s: src.test_file if (s == "test" and src.test_file) else src.file for s in splits}
-            wanted = {}  # file -> frames needed from it (each file is read once)
-            for s in splits:
-                wanted.setdefault(file_of[s], set()).update(m["frame"] for m in src.meta[s])
-            frames = {(name, f): atoms for name, needed in wanted.items()
-                      for f, atoms in iter_frames(resolve_file(name, src.root)) if f in needed}
-            structures = [frames[(file_of[s], m["frame"])] for s in splits for m in src.meta[s]]
             refs = [np.asarray(a.info[ionic_key], float) if ionic_key in a.info else None for a in structures]
             entry["ionic"] = collect_ionic(model, structures, refs, src.head, collected, max_atoms=ionic_max_atoms)
+        if predictions:
+            entry["predictions"] = str(write_predictions(model, graphs, structures, out_dir / f"predictions_{name}.xyz",
+                                                         batch_size=batch_size))
         evaluated = sorted({str(resolve_file(src.test_file if (s == "test" and src.test_file) else src.file, src.root))
                             for s in splits})
         entry.update({

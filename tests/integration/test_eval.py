@@ -51,7 +51,7 @@ def test_eval_cli_on_an_extxyz_file(tmp_path):
     env = {**os.environ, "MF_DATA_DIR": str(SHARED_DATA), "OMP_NUM_THREADS": "1",
            "MF_CACHE_DIR": str(tmp_path / "cache")}
     cmd = [sys.executable, "eval.py", f"model={tmp_path / 'model.pt'}", f"data={tmp_path / 'held_out.xyz'}",
-           f"hydra.run.dir={tmp_path}/run", "torch_threads=1"]
+           f"hydra.run.dir={tmp_path}/run", "torch_threads=1", "predictions=true"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| data | becs_diag |" in proc.stdout
@@ -85,6 +85,16 @@ def test_eval_cli_on_an_extxyz_file(tmp_path):
     assert q["polarisation"]["unit"] == "uC/cm^2"
     assert q["polarisation"]["all"]["zero_rmse"] > 0 and "RMSE of 0" in proc.stdout
     assert (tmp_path / "run" / "parity" / "data_becs_diag.png").is_file()
+    # per-structure predictions beside the references, mace's MACE_ convention, readable by ASE
+    predicted = ase.io.read(tmp_path / "run" / "predictions_data.xyz", index=":")
+    assert len(predicted) == 3
+    for a, ref, p in zip(frames, labelled, predicted):
+        # (extxyz keeps 8 decimals)
+        np.testing.assert_allclose(p.arrays["MACE_becs"].reshape(-1, 3, 3), calc.get_becs(a), atol=1e-7)
+        np.testing.assert_allclose(p.arrays["MACE_forces"], calc.get_forces(a), atol=1e-7)
+        np.testing.assert_allclose(p.info["MACE_polarisation"], calc.get_polarisation(a), atol=1e-7)
+        np.testing.assert_allclose(p.arrays["REF_becs"], ref.arrays["REF_becs"], atol=1e-7)  # the reference kept
+        assert "MACE_polarisability:e/(V*A)" in p.info["MACE_units"]
 
 
 def test_eval_of_the_exported_model_reproduces_the_runs_validation_metrics(tmp_path):

@@ -308,3 +308,23 @@ def test_finetune_keeps_the_source_at_zero_field_and_reports_replay(tmp_path, so
     dm = MultiSourceDataModule(sources={"sio2": sio2})
     bind_to_model(dm, model)
     assert dm.sources["sio2"].head == "sio2"
+
+
+def test_tensorboard_and_offline_wandb_loggers(tmp_path):
+    """logger=many (CSV + TensorBoard) and logger=wandb (offline): the same metric names reach
+    each; the model summary with parameter counts is printed at the start."""
+    common = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "callbacks.early_stopping=null",
+              "trainer.enable_progress_bar=false"]
+    proc = run_train(tmp_path, "smoke", *common, "logger=many", run="many")
+    assert "Total params" in proc.stdout + proc.stderr
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "many" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "val/loss"} <= tags and any(t.startswith("val/sio2/") for t in tags)
+    assert (tmp_path / "many" / "metrics.csv").is_file()
+    os.environ.setdefault("WANDB_SILENT", "true")
+    run_train(tmp_path, "smoke", *common, "logger=wandb", run="wandb")
+    offline = list((tmp_path / "wandb" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert offline, list((tmp_path / "wandb").rglob("*"))[:20]

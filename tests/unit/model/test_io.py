@@ -11,6 +11,7 @@ import mf_lightning
 from mf_lightning.data import keys
 from mf_lightning.model import io
 from mf_lightning.model.io import ModelFileError
+from tests.conftest import SHARED_DATA
 from tests.helpers import batch_of, elements_of, tiny_model
 
 PROPS = (keys.ENERGY, keys.FORCES, keys.POLARISATION, keys.BECS, keys.POLARISABILITY)
@@ -99,14 +100,30 @@ def test_foreign_or_mismatched_payload(tmp_path, dielectric_atoms):
         mf_lightning.load_model(tmp_path / "broken.pt")
 
 
-def test_import_leaves_weights_only_default_intact(tmp_path):
-    """Importing mace sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD; our import restores it, so a bare
-    torch.load of a pickle payload is refused again (torch's safe default)."""
-    import os
-
-    assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") is None
+def test_import_leaves_mace_loading_intact_and_our_loads_weights_only(tmp_path):
+    """Importing mace sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, which mace's calculator needs to
+    read its pickled .model files; importing mf_lightning first must not undo it (it once did,
+    and MACECalculator failed with 'Unsupported global ScaleShiftMACE'). Our own loads pass
+    weights_only explicitly, which torch honours over that variable: a pickle payload is still
+    refused by load_model."""
+    import subprocess
+    import sys
     from fractions import Fraction  # any class outside torch's weights-only allowlist
 
-    torch.save({"x": Fraction(1, 3)}, tmp_path / "evil.pt")
-    with pytest.raises(pickle.UnpicklingError):
-        torch.load(tmp_path / "evil.pt")
+    from tests.conftest import REPO
+    from tests.helpers import make_source
+
+    source = make_source()
+    torch.save(source, tmp_path / "source.model")
+    script = (
+        "import mf_lightning, ase.io, os\n"  # mf_lightning first: the order that used to break mace
+        "from mace.calculators import MACECalculator\n"
+        f"calc = MACECalculator(model_paths={str(tmp_path / 'source.model')!r}, device='cpu', default_dtype='float64')\n"
+        f"a = ase.io.read({str(SHARED_DATA / 'md' / 'SiO2.xyz')!r}, index=0)\n"
+        "a.calc = calc\nprint('energy', a.get_potential_energy())\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "energy" in proc.stdout, proc.stderr[-3000:]
+
+    torch.save({"format": "mf-lightning/field-mace", "x": Fraction(1, 3)}, tmp_path / "evil.pt")
+    with pytest.raises(ModelFileError, match="not a weights-only file"):
+        mf_lightning.load_model(tmp_path / "evil.pt")

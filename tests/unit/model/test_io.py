@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -127,3 +128,30 @@ def test_import_leaves_mace_loading_intact_and_our_loads_weights_only(tmp_path):
     torch.save({"format": "mf-lightning/field-mace", "x": Fraction(1, 3)}, tmp_path / "evil.pt")
     with pytest.raises(ModelFileError, match="not a weights-only file"):
         mf_lightning.load_model(tmp_path / "evil.pt")
+
+
+def test_mace_export_is_the_model_at_zero_field(tmp_path):
+    """The exported backbone read by mace's own MACECalculator gives the FieldMACE's energy,
+    forces and stress at E = 0 (random coupling weights and atomic polarisabilities: both vanish
+    there), to 1e-10 in float64."""
+    import ase.io
+    from mace.calculators import MACECalculator
+
+    from mf_lightning.calculator import MACEFieldCalculator
+    from mf_lightning.model.export import main as export_main
+
+    atoms = ase.io.read(SHARED_DATA / "md" / "SiO2.xyz", index=0)
+    model = tiny_model(elements_of(atoms))
+    with torch.no_grad():
+        model.atomic_polarisabilities.fill_(0.3)
+    model.save(tmp_path / "m.pt")
+    assert export_main([str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.model")]) == 0
+    ours = MACEFieldCalculator(str(tmp_path / "m.pt"))
+    theirs = MACECalculator(model_paths=str(tmp_path / "m.model"), device="cpu", default_dtype="float64")
+    a, b = atoms.copy(), atoms.copy()
+    a.calc, b.calc = ours, theirs
+    assert abs(a.get_potential_energy() - b.get_potential_energy()) < 1e-10
+    np.testing.assert_allclose(a.get_forces(), b.get_forces(), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(a.get_stress(), b.get_stress(), rtol=0, atol=1e-10)
+    ours.set_field([0.0, 0.0, 0.05])  # the field response is what the export leaves out
+    assert abs(a.get_potential_energy() - b.get_potential_energy()) > 1e-6

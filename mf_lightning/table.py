@@ -147,6 +147,7 @@ def paired(table, columns, baseline: str):
 
         raise InputError(f"baseline {baseline!r} matches {len(matches)} settings of {list(table)}")
     base = table[matches[0]]
+    run_cols = [rc for _, rc, _ in RUN_COLUMNS]
     out = OrderedDict()
     for setting, values in table.items():
         if setting == matches[0]:
@@ -157,10 +158,9 @@ def paired(table, columns, baseline: str):
             if not seeds:
                 continue
             d = np.array([values[c][k] - base[c][k] for k in seeds])
-            p = None
-            if len(d) > 1:
-                p = 1.0 if np.all(d == d[0]) and d[0] == 0 else float(stats.ttest_rel(
-                    [values[c][k] for k in seeds], [base[c][k] for k in seeds]).pvalue)
+            p = None  # no test of run columns (parameters, time) or of identical differences
+            if len(d) > 1 and c not in run_cols and np.ptp(d) > 0:
+                p = float(stats.ttest_rel([values[c][k] for k in seeds], [base[c][k] for k in seeds]).pvalue)
             cells[c] = (float(d.mean()), float(d.std(ddof=1)) if len(d) > 1 else 0.0, len(d), p)
         out[setting] = cells
     return matches[0], out

@@ -42,7 +42,7 @@ def _override_map(run: Path) -> Dict[str, str]:
 
 
 # per-run values that are not per-dataset metrics: (metrics.json key, column, unit)
-RUN_COLUMNS = (("n_parameters", "parameters", "count"), ("wall_time_s", "wall time", "s"))
+RUN_COLUMNS = (("n_parameters", "parameters", "count"), ("epochs", "epochs", "count"), ("wall_time_s", "wall time", "s"))
 
 
 def find_runs(dirs: Sequence[str]):

@@ -134,6 +134,12 @@ class LastCheckpoint(Checkpoint):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # An epoch cut short (max_time, a stop signal) still calls this hook, and a checkpoint
+        # saved here would count the cut epoch as complete: a resume skipped its remaining
+        # batches (measured: 109 of 123 steps). The last step checkpoint stands instead.
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if done < trainer.num_training_batches:
+            return
         self._save(trainer)
 
 

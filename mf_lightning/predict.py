@@ -92,13 +92,13 @@ def iter_structures(inputs: Sequence[str]) -> Iterator[Item]:
             yield ident, ValueError(f"{path}: frame {frame}: cannot read ({type(exc).__name__}: {exc})")
 
 
-def check_structure(atoms, atomic_numbers: Sequence[int]) -> None:
+def check_structure(atoms, atomic_numbers: Sequence[int], source: str = "structure") -> None:
     """Raise ValueError with a clear reason if the model cannot give P/Z*/alpha for ``atoms``."""
     from mf_lightning.data.graphs import check_geometry
 
     if len(atoms) == 0:
         raise ValueError("no atoms")
-    check_geometry(atoms, "structure")
+    check_geometry(atoms, source)
     if not all(atoms.pbc):
         raise ValueError("not periodic in 3D (P, Z* and alpha need a bulk crystal)")
     volume = abs(float(np.linalg.det(atoms.get_cell().array)))
@@ -316,7 +316,7 @@ def _screen(items, model, out, errors_path, columns, model_sha, head, field, ion
                 continue
             if not isinstance(value, Exception):
                 try:
-                    check_structure(value, model.atomic_numbers)
+                    check_structure(value, model.atomic_numbers, source=ident)
                 except ValueError as exc:
                     value = exc
             yield ident, value

@@ -283,12 +283,9 @@ def screen(items: Iterable[Item], model, out: Path, head: Optional[str] = None, 
     check_table(out, columns)  # before anything is truncated or appended
     model_sha = model_checksum(model)
     check_model_of_table(out, model_sha)
-    lock = FileLock(Path(str(out) + ".lock"), f"{out}: another process is writing this table").__enter__()
-    try:
+    with FileLock(Path(str(out) + ".lock"), f"{out}: another process is writing this table"):
         return _screen(items, model, out, errors_path, columns, model_sha, head, field, ionic, relax, fmax,
                        relax_cell, max_atoms, max_structures, progress, total)
-    finally:
-        lock.__exit__(None, None, None)
 
 
 def _screen(items, model, out, errors_path, columns, model_sha, head, field, ionic, relax, fmax, relax_cell,

@@ -55,8 +55,7 @@ def find_runs(dirs: Sequence[str]):
     if missing:
         raise InputError(f"{missing[0]}: not a folder (give run or multirun folders)")
     candidates = {p.parent for d in dirs for p in Path(d).rglob("metrics.json")}
-    candidates |= {p.parent.parent for d in dirs for p in Path(d).rglob(".hydra/overrides.yaml")
-                   if not (p.parent.parent / "multirun.yaml").exists() or (p.parent.parent / "metrics.json").exists()}
+    candidates |= {p.parent.parent for d in dirs for p in Path(d).rglob(".hydra/overrides.yaml")}
     finished, unfinished = [], []
     for run in sorted(candidates):
         path = run / "metrics.json"

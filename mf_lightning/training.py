@@ -379,7 +379,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> Optional[float]:
     monitor = cfg.get("optimized_metric")  # what a sweeper minimises (a validation metric)
     values = [r[monitor] for r in val if monitor and monitor in r]
     metrics["optimized_metric"] = {"name": monitor, "value": float(values[0]) if values else None}
-    metrics["finished"] = not non_finite_metrics(metrics)  # what a resumed sweep skips
+    bad = non_finite_metrics(metrics)
+    metrics["finished"] = not bad  # what a resumed sweep skips
     module.model.save(run_dir / "model.pt")
     atomic_write_text(run_dir / "metrics.json", dumps_json(metrics))  # last: it marks the run finished
     parity_plots(module.predictions, run_dir)
@@ -388,7 +389,6 @@ def _train(cfg: DictConfig, run_dir: Path) -> Optional[float]:
             atomic_write_text(run_dir / "metrics.csv", (Path(lg.log_dir) / "metrics.csv").read_text())
     print(results_table(metrics))
     print(f"run directory: {run_dir} (metrics.json, metrics.csv, model.pt, checkpoints/, parity/)")
-    bad = non_finite_metrics(metrics)
     if bad:  # e.g. atoms at zero distance in a split, or a diverged run: never a silent exit 0
         raise RunFailedError(f"{len(bad)} non-finite metrics ({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}): "
                              f"the run in {run_dir} failed; its model.pt must not be used")

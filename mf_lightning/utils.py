@@ -87,8 +87,11 @@ class FileLock:
         self.fh.close()
 
 
-def atomic_write_text(path, text: str) -> None:
-    """Write to a temporary file beside ``path``, fsync, rename: never a truncated file."""
+@contextlib.contextmanager
+def atomic_open(path, mode: str = "w"):
+    """A file object whose content replaces ``path`` only when the block succeeds: written to a
+    temporary file beside it, fsync'ed, then renamed over it; on any error (or a kill) ``path``
+    is untouched and the temporary file is removed (a kill leaves it: see atomic_torch_save)."""
     import os
     import tempfile
     from pathlib import Path
@@ -97,11 +100,17 @@ def atomic_write_text(path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, mode) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (:func:`atomic_open`): never a truncated file."""
+    with atomic_open(path, "w") as fh:
+        fh.write(text)

@@ -31,16 +31,16 @@ def distill(model: FieldMACE, structures: Iterable, out, every: int = 1,
     import ase.io
 
     from mf_lightning.predict import TableWriter
+    from mf_lightning.utils import atomic_open
 
     calc = MACEFieldCalculator(model)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     errors = Path(errors) if errors else out.with_name(out.stem + ".errors.csv")
     error_writer = TableWriter(errors, ["id", "error"], fresh=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
     n = 0
     try:
-        with open(tmp, "w") as fh:
+        with atomic_open(out, "w") as fh:
             for i, item in enumerate(structures):
                 if i % every:
                     continue
@@ -54,9 +54,7 @@ def distill(model: FieldMACE, structures: Iterable, out, every: int = 1,
                     continue
                 ase.io.write(fh, labelled, format="extxyz")
                 n += 1
-        tmp.replace(out)
     finally:
-        tmp.unlink(missing_ok=True)
         error_writer.close()
     return n
 

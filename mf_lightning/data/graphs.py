@@ -32,11 +32,16 @@ log = logging.getLogger(__name__)
 _WARNED_ISOLATED: set = set()
 
 
-def geometry_problem(atoms) -> Optional[str]:
+def _overlap(i: int, j: int, d: float) -> str:
+    return f"atoms {i} and {j} are {d:.3g} A apart (less than {MIN_DISTANCE} A): duplicated or overlapping atoms"
+
+
+def geometry_problem(atoms, distances: bool = True) -> Optional[str]:
     """Why no model can be evaluated on ``atoms``, or None: no atoms, non-finite or absurd
-    positions, a non-finite cell, a singular cell that is periodic, atoms on top of each other
-    (NaN in every derivative). Checked before any neighbour list is built: matscipy's never
-    returns on a NaN position."""
+    positions, a non-finite cell, a singular cell that is periodic, and (``distances``) atoms on
+    top of each other (NaN in every derivative). Checked before any neighbour list is built:
+    matscipy's never returns on a NaN position. :func:`atoms_to_graph` checks distances on the
+    graph's own edges instead (``distances=False`` here), so an MD step pays no second list."""
     pos = np.asarray(atoms.get_positions(), dtype=float)
     if len(pos) == 0:
         return "no atoms"
@@ -51,21 +56,31 @@ def geometry_problem(atoms) -> Optional[str]:
         return f"cell vectors of {np.abs(cell).max():.3g} A"
     if any(atoms.get_pbc()) and abs(np.linalg.det(cell)) < 1e-9:
         return f"periodic structure with a singular cell (volume {abs(np.linalg.det(cell)):.3g} A^3)"
-    from ase.neighborlist import neighbor_list
+    if distances:
+        from ase.neighborlist import neighbor_list
 
-    i, j, d = neighbor_list("ijd", atoms, MIN_DISTANCE)  # the tiny cutoff keeps this cheap
-    if len(d):
-        k = int(np.argmin(d))
-        return (f"atoms {int(i[k])} and {int(j[k])} are {float(d[k]):.3g} A apart (less than {MIN_DISTANCE} A): "
-                "duplicated or overlapping atoms")
+        i, j, d = neighbor_list("ijd", atoms, MIN_DISTANCE)  # the tiny cutoff keeps this cheap
+        if len(d):
+            k = int(np.argmin(d))
+            return _overlap(int(i[k]), int(j[k]), float(d[k]))
     return None
 
 
-def check_geometry(atoms, source: str = "<atoms>") -> None:
+def check_geometry(atoms, source: str = "<atoms>", distances: bool = True) -> None:
     """:func:`geometry_problem` as a :class:`GeometryError` naming ``source``."""
-    problem = geometry_problem(atoms)
+    problem = geometry_problem(atoms, distances)
     if problem:
         raise GeometryError(f"{source}: {problem}")
+
+
+def check_edges(graph, source: str) -> None:
+    """Overlapping atoms, read off the edges the graph has anyway (``MIN_DISTANCE`` < r_max)."""
+    edges = graph.edge_index
+    if edges.numel():
+        d = torch.linalg.norm(graph.positions[edges[1]] - graph.positions[edges[0]] + graph.shifts, dim=-1)
+        k = int(torch.argmin(d))
+        if float(d[k]) < MIN_DISTANCE:
+            raise GeometryError(f"{source}: {_overlap(int(edges[0, k]), int(edges[1, k]), float(d[k]))}")
 
 
 def warn_isolated(graph, n_atoms: int, source: str) -> None:
@@ -98,7 +113,7 @@ def atoms_to_graph(
     """
     if not r_max > 0:
         raise InputError(f"r_max must be positive (A), got {r_max}")
-    check_geometry(atoms, source)
+    check_geometry(atoms, source, distances=False)  # the rest before the list; distances on its edges
     z = np.asarray(atoms.get_atomic_numbers())
     known = set(int(x) for x in atomic_numbers)
     unknown = sorted(set(int(x) for x in z) - known)
@@ -133,6 +148,7 @@ def atoms_to_graph(
     # volume (and so P, Z*, alpha, stress); otherwise store zeros so the model refuses them.
     if not (all(config.pbc) and abs(np.linalg.det(config.cell)) > 1e-9):
         graph.cell = torch.zeros_like(graph.cell)
+    check_edges(graph, source)
     warn_isolated(graph, len(z), source)
     return graph
 

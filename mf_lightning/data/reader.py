@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 import numpy as np
 
 from mf_lightning.errors import InputError
-from mf_lightning.data.graphs import geometry_problem
+from mf_lightning.data.graphs import MAX_COORDINATE, geometry_problem
 from mf_lightning.data.units import SHAPES, check_unit, to_internal, voigt6_to_3x3
 
 VOLUME_LABELS = {"stress", "polarisation", "polarisability", "becs"}
@@ -151,7 +151,7 @@ def extxyz_frames(path: Path) -> Iterator[Any]:
             if n < 0:
                 raise ValueError(f"negative atom count {n}")
             body = [fh.readline() for _ in range(n + 1)]
-            if not body[-1] and n >= 0 and any(not line for line in body):
+            if not body[-1]:  # readline returns "" only at the end of the file
                 raise ValueError(f"file ends inside the frame ({sum(1 for line in body if line)} of {n + 1} lines)")
             yield ase.io.read(io.StringIO(header + "".join(body)), format="extxyz")
 
@@ -185,8 +185,6 @@ log = logging.getLogger(__name__)
 # keys under which files commonly store the applied field: named in a warning when not read
 FIELD_KEYS = ("REF_electric_field", "electric_field", "efield", "field")
 
-# Positions beyond this are not atoms in Angstrom (and lose every digit in float32 graphs).
-MAX_COORDINATE = 1.0e6
 # Internal values must survive the model's float32: anything beyond is an overflow, not a label.
 MAX_VALUE = float(np.finfo(np.float32).max)
 

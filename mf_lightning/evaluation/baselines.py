@@ -19,7 +19,6 @@ Writes a markdown table to stdout (and ``--out`` as JSON).
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from pathlib import Path

@@ -14,7 +14,6 @@ labelled structures (``all``), over those whose reference labels pass the label 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -184,7 +183,7 @@ def write_predictions(model, graphs: Sequence, structures: Sequence, path: Path,
     import ase.io
     from mace.tools.torch_geometric.dataloader import DataLoader
 
-    from mf_lightning.utils import atomic_write_text
+    from mf_lightning.utils import atomic_open
 
     device = next(model.parameters()).device
     frames, k = [], 0
@@ -207,11 +206,8 @@ def write_predictions(model, graphs: Sequence, structures: Sequence, path: Path,
                     atoms.info[key] = v[g].reshape(-1) if v[g].ndim else float(v[g])
             atoms.info["MACE_units"] = " ".join(f"{PREDICTED[q][0]}:{PREDICTED[q][1]}" for q in wanted)
             frames.append(atoms)
-    import io
-
-    buffer = io.StringIO()
-    ase.io.write(buffer, frames, format="extxyz")
-    atomic_write_text(path, buffer.getvalue())
+    with atomic_open(path, "w") as fh:
+        ase.io.write(fh, frames, format="extxyz")
     return path
 
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import copy
 import errno
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, Tuple
@@ -163,32 +161,25 @@ def build_backbone(config_json: Dict[str, Any], dtype: torch.dtype) -> ScaleShif
 
 # ---------------------------------------------------------------- files
 def atomic_torch_save(obj, path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over it.
+    """``torch.save`` through :func:`~mf_lightning.utils.atomic_open` (temporary file beside
+    ``path``, fsync, rename over it).
 
     Temporary files left by earlier writes of the same ``path`` that were killed (SIGKILL runs no
     clean-up) are removed first: one writer per target is the rule (a training run holds a lock
     on its run folder). A write that fails because the disk is full raises ``OSError(ENOSPC)``
     naming the file, not torch's ``enforce fail at inline_container.cc``."""
+    from mf_lightning.utils import atomic_open
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
         stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_open(path, "wb") as fh:
             torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except RuntimeError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         if "file write failed" in str(exc) or "unexpected pos" in str(exc):
             raise OSError(errno.ENOSPC, "No space left on device (disk full)", str(path)) from exc
-        raise
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise
 
 

@@ -177,6 +177,10 @@ def test_negative_cutoff_and_absurd_coordinates_are_input_errors(files):
     atoms = ase.io.read(files / "quartz.xyz")
     with pytest.raises(InputError, match="r_max must be positive"):
         atoms_to_graph(atoms, [8, 14], -1.0)
+    overlapping = atoms.copy()
+    overlapping.positions[1] = overlapping.positions[0]  # found on the graph's own edges
+    with pytest.raises(GeometryError, match="atoms 1 and 0 are 0 A apart|atoms 0 and 1 are 0 A apart"):
+        atoms_to_graph(overlapping, [8, 14], 4.0)
     atoms.positions[0] = 1e30
     with pytest.raises(GeometryError, match="not a structure in Angstrom"):
         atoms_to_graph(atoms, [8, 14], 4.0)

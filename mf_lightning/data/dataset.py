@@ -30,6 +30,7 @@ from mf_lightning.data.reader import Record
 from mf_lightning.data.root import sha256_of as file_sha256
 from mf_lightning.data.units import SHAPES
 from mf_lightning.model.io import atomic_torch_save
+from mf_lightning.utils import atomic_write_text
 
 TASKS = ("energy", "forces", "stress", "polarisation", "becs", "polarisability")
 CACHE_FORMAT = 3  # bump when what a cached graph list holds changes (3: paths ordered per (non-polar, polar) pair)
@@ -154,7 +155,4 @@ class GraphCache:
     def store_json(self, key: str, value) -> None:
         if self.dir is None:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".{key}.json.tmp"
-        tmp.write_text(json.dumps(value))
-        tmp.replace(self.dir / f"{key}.json")
+        atomic_write_text(self.dir / f"{key}.json", json.dumps(value))  # (unique temp: sweeps share the cache)

@@ -15,6 +15,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from mf_lightning.utils import atomic_write_text
+
 SPLITS = ("train", "val", "test")
 
 
@@ -59,8 +61,5 @@ def contiguous_split(n: int, val: float, test: float) -> Dict[str, List[int]]:
 def write_manifest(path, manifest: dict) -> Path:
     """JSON with the ids per split (and how they were made) beside the run."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=True))
     return path

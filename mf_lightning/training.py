@@ -381,14 +381,17 @@ def _train(cfg: DictConfig, run_dir: Path) -> Optional[float]:
     metrics["optimized_metric"] = {"name": monitor, "value": float(values[0]) if values else None}
     bad = non_finite_metrics(metrics)
     metrics["finished"] = not bad  # what a resumed sweep skips
-    module.model.save(run_dir / "model.pt")
-    atomic_write_text(run_dir / "metrics.json", dumps_json(metrics))  # last: it marks the run finished
-    parity_plots(module.predictions, run_dir)
-    for lg in (logger if isinstance(logger, list) else [logger] if logger else []):
-        if isinstance(lg, CSVLogger) and (Path(lg.log_dir) / "metrics.csv").exists():
-            atomic_write_text(run_dir / "metrics.csv", (Path(lg.log_dir) / "metrics.csv").read_text())
-    print(results_table(metrics))
-    print(f"run directory: {run_dir} (metrics.json, metrics.csv, model.pt, checkpoints/, parity/)")
+    # under DDP every rank gets here with the same weights: one writer per file (rank 0), or
+    # one rank's temporary-file clean-up removes the other's file mid-write
+    if trainer.is_global_zero:
+        module.model.save(run_dir / "model.pt")
+        atomic_write_text(run_dir / "metrics.json", dumps_json(metrics))  # last: it marks the run finished
+        parity_plots(module.predictions, run_dir)
+        for lg in (logger if isinstance(logger, list) else [logger] if logger else []):
+            if isinstance(lg, CSVLogger) and (Path(lg.log_dir) / "metrics.csv").exists():
+                atomic_write_text(run_dir / "metrics.csv", (Path(lg.log_dir) / "metrics.csv").read_text())
+        print(results_table(metrics))
+        print(f"run directory: {run_dir} (metrics.json, metrics.csv, model.pt, checkpoints/, parity/)")
     if bad:  # e.g. atoms at zero distance in a split, or a diverged run: never a silent exit 0
         raise RunFailedError(f"{len(bad)} non-finite metrics ({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}): "
                              f"the run in {run_dir} failed; its model.pt must not be used")

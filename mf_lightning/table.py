@@ -42,13 +42,26 @@ def _override_map(run: Path) -> Dict[str, str]:
 
 
 # per-run values that are not per-dataset metrics: (metrics.json key, column, unit)
-RUN_COLUMNS = (("n_parameters", "parameters", "count"), ("epochs", "epochs", "count"), ("wall_time_s", "wall time", "s"))
+# "train time" is fit's time summed over a run's processes (resumes included); files from before
+# it was recorded give the process wall time of a run that was never resumed (data set-up and
+# the final validation/test included, so a few seconds more), else nothing
+RUN_COLUMNS = (("n_parameters", "parameters", "count"), ("steps", "steps", "count"),
+               ("train_time_s", "train time", "s"))
+
+
+def _run_value(metrics: dict, key: str) -> Optional[float]:
+    value = metrics.get(key)
+    if value is None and key == "train_time_s" and not metrics.get("resumed"):
+        value = metrics.get("wall_time_s")
+    return None if value is None else float(value)
 
 
 def find_runs(dirs: Sequence[str]):
     """(finished, unfinished) run folders under ``dirs``: a run is a folder with a metrics.json
-    or a Hydra job folder (``.hydra/overrides.yaml``); it is finished when its metrics.json says
-    so (files from before the flag: when they exist)."""
+    or a Hydra job folder (``.hydra/overrides.yaml``); it is finished when its metrics.json
+    says it is complete (:func:`~mf_lightning.utils.run_is_complete`: not failed, not cut by
+    ``max_time``)."""
+    from mf_lightning.utils import run_is_complete
     from mf_lightning.errors import InputError
 
     missing = [d for d in dirs if not Path(d).is_dir()]
@@ -59,7 +72,7 @@ def find_runs(dirs: Sequence[str]):
     finished, unfinished = [], []
     for run in sorted(candidates):
         path = run / "metrics.json"
-        done = path.is_file() and json.loads(path.read_text()).get("finished", True)
+        done = path.is_file() and run_is_complete(json.loads(path.read_text()))
         (finished if done else unfinished).append(run)
     if not finished:
         raise InputError(f"no finished run (metrics.json) under {', '.join(map(str, dirs))}"
@@ -104,8 +117,9 @@ def collect(dirs: Sequence[str], stage: str = "test", stat: str = "rmse", column
                     row[col][seed] = float(m[stat])
                     units[col] = m.get("unit", "")
         for key, col, unit in RUN_COLUMNS:
-            if metrics.get(key) is not None:
-                row[col][seed] = float(metrics[key])
+            value = _run_value(metrics, key)
+            if value is not None:
+                row[col][seed] = value
                 units[col] = unit
     return table, units, common, [(setting_of(run), _seed(run), str(run)) for run in unfinished]
 

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, Timer
 from pytorch_lightning.loggers import CSVLogger
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -30,7 +30,7 @@ from mf_lightning.model.build import build_model
 from mf_lightning.model.field_mace import FieldMACE, fit_atomic_polarisabilities
 from mf_lightning.module import METRIC_UNITS, FieldMACEModule
 from mf_lightning.runtime import configure_process
-from mf_lightning.utils import FileLock, atomic_write_text, dumps_json
+from mf_lightning.utils import FileLock, atomic_write_text, dumps_json, run_is_complete
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +304,29 @@ def _process_rank() -> int:
     return 0
 
 
+def stopped_by(trainer: pl.Trainer) -> str:
+    """Why fit ended: ``max_epochs``, ``max_steps``, ``early_stopping``, ``max_time`` or
+    ``stopped`` (another callback, e.g. the non-finite guard). A run cut by ``max_time`` is not
+    comparable with full runs in an ablation table."""
+    for cb in trainer.callbacks:
+        if isinstance(cb, Timer) and cb._duration is not None and (cb.time_remaining() or 0) <= 0:
+            return "max_time"
+        if isinstance(cb, EarlyStopping) and cb.stopped_epoch > 0:
+            return "early_stopping"
+    if trainer.max_steps is not None and 0 <= trainer.max_steps <= trainer.global_step:
+        return "max_steps"
+    if trainer.max_epochs is not None and trainer.current_epoch >= trainer.max_epochs:
+        return "max_epochs"
+    return "stopped"
+
+
+def train_time(trainer: pl.Trainer) -> Optional[float]:
+    """Seconds spent in fit over all of the run's processes (the Timer's state travels in the
+    checkpoints); None without a Timer."""
+    timers = [cb for cb in trainer.callbacks if isinstance(cb, Timer)]
+    return float(timers[0].time_elapsed("train")) if timers else None
+
+
 def train(cfg: DictConfig) -> Optional[float]:
     configure_process(cfg.get("torch_threads"), malloc=cfg.get("malloc_tuning", True))
     pl.seed_everything(int(cfg.seed), workers=True)
@@ -324,7 +347,7 @@ def finished_run(cfg: DictConfig, run_dir: Path) -> Optional[Dict[str, Any]]:
     if not cfg.get("resume", False) or not path.is_file():
         return None
     metrics = json.loads(path.read_text())
-    return metrics if metrics.get("finished") else None
+    return metrics if metrics.get("finished") and run_is_complete(metrics) else None
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> Optional[float]:
@@ -350,6 +373,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> Optional[float]:
     module = FieldMACEModule(model, dataset_names=dm.names, loss_scales=scales,
                              **OmegaConf.to_container(cfg.module, resolve=True))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not cfg.trainer.get("max_time"):  # Lightning adds its own Timer for max_time
+        # training time kept in the checkpoints, so a resumed run reports its whole cost
+        callbacks.append(Timer(duration=None, verbose=False))
     logger = make_loggers(cfg.get("logger"))
     # numerics are set once: the trainer's precision follows the model's dtype unless given
     precision = cfg.trainer.get("precision") or {"float64": "64-true", "float32": "32-true"}[str(cfg.model.dtype)]
@@ -375,6 +401,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> Optional[float]:
                "n_parameters": int(sum(p.numel() for p in module.model.parameters())),
                # this process's wall time (a resumed run: since its resume), and the machine's
                "wall_time_s": time.time() - started, "resumed": bool(ckpt_path),
+               "steps": int(trainer.global_step), "stopped_by": stopped_by(trainer),
+               "train_time_s": train_time(trainer),
                "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
     monitor = cfg.get("optimized_metric")  # what a sweeper minimises (a validation metric)
     values = [r[monitor] for r in val if monitor and monitor in r]

@@ -114,3 +114,10 @@ def atomic_write_text(path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (:func:`atomic_open`): never a truncated file."""
     with atomic_open(path, "w") as fh:
         fh.write(text)
+
+
+def run_is_complete(metrics: dict) -> bool:
+    """A run's metrics.json describes a complete run: it finished with finite metrics (files
+    from before the flag: yes) and was not cut by ``trainer.max_time``. A resumed sweep continues
+    an incomplete run from its last.ckpt; the table tool lists it instead of averaging it in."""
+    return bool(metrics.get("finished", True)) and metrics.get("stopped_by") != "max_time"

@@ -122,6 +122,24 @@ def test_resume_from_last_checkpoint_is_exact(tmp_path):
         torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=0, msg=k)
 
 
+def test_a_run_cut_by_max_time_is_incomplete_and_the_same_command_with_more_time_finishes_it(tmp_path):
+    """A run stopped by ``trainer.max_time`` says so (``stopped_by``); with ``resume: true`` the
+    rerun continues it from last.ckpt instead of skipping it, and its training time counts both
+    processes (the table tool lists cut runs instead of averaging them in)."""
+    common = ["trainer.max_epochs=2", "callbacks.early_stopping=null", "resume=true",
+              "callbacks.last_checkpoint.every_n_train_steps=1", "trainer.enable_progress_bar=false"]
+    run_train(tmp_path, "smoke", *common, "+trainer.max_time=00:00:00:01", run="cut")
+    cut = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert cut["stopped_by"] == "max_time" and cut["finished"]
+    ckpt = torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=True)
+    trained = [v for k, v in ckpt["callbacks"].items() if k.startswith("Timer")][0]["time_elapsed"]["train"]
+    assert trained >= 1
+    run_train(tmp_path, "smoke", *common, run="cut")
+    done = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert done["resumed"] and done["stopped_by"] == "max_epochs" and done["steps"] > cut["steps"]
+    assert done["train_time_s"] > trained  # the time before the cut is counted
+
+
 def test_sigkill_mid_step_or_mid_validation_then_resume_is_exact(tmp_path):
     """A real SIGKILL (a) in the middle of an optimisation step (mid-epoch) and (b) in the middle
     of an epoch's validation, after its last step and before its end-of-epoch checkpoint (where a
@@ -179,7 +197,11 @@ def test_a_killed_sweep_rerun_skips_finished_runs_and_resumes_the_killed_one(tmp
     assert first.returncode == -9, first.stderr[-3000:]
     done, killed = sweep / "0", sweep / "1"
     assert (done / "metrics.json").is_file() and not (killed / "metrics.json").exists()
-    assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    killed_ckpt = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert killed_ckpt["global_step"] == 2
+    timer = [v for k, v in killed_ckpt["callbacks"].items() if k.startswith("Timer")]
+    trained_before_kill = timer[0]["time_elapsed"]["train"]
+    assert trained_before_kill > 0
     before = (done / "metrics.json").read_bytes()
     second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -187,6 +209,9 @@ def test_a_killed_sweep_rerun_skips_finished_runs_and_resumes_the_killed_one(tmp
     assert (done / "metrics.json").read_bytes() == before
     metrics = json.loads((killed / "metrics.json").read_text())
     assert metrics["finished"] and metrics["resumed"] and metrics["epochs"] == 2
+    # cost over both processes: the Timer's state came back with the checkpoint
+    assert metrics["steps"] == 6 and metrics["stopped_by"] == "max_epochs"
+    assert metrics["train_time_s"] > trained_before_kill
     assert "| seeds |" in (sweep / "table.md").read_text()
 
 

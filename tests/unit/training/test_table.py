@@ -86,9 +86,27 @@ def test_unfinished_runs_are_listed_not_averaged(tmp_path, capsys):
     fake_run(tmp_path, "3", ["model/coupling=residual_tp", "seed=4"], 0.3, 1.0)
     data = json.loads((failed / "metrics.json").read_text())
     (failed / "metrics.json").write_text(json.dumps({**data, "finished": False}))
+    fake_run(tmp_path, "4", ["model/coupling=residual_tp", "seed=5"], 0.9, 9.0)  # cut by max_time
+    data = json.loads((tmp_path / "4" / "metrics.json").read_text())
+    (tmp_path / "4" / "metrics.json").write_text(json.dumps({**data, "finished": True, "stopped_by": "max_time"}))
     tab, units, _, unfinished = table.collect([str(tmp_path)])
-    assert sorted(seed for _, seed, _ in unfinished) == ["3", "4"]
+    assert sorted(seed for _, seed, _ in unfinished) == ["3", "4", "5"]
     _, rows, _ = table.summarise(tab, units)
-    assert dict(rows)["(all runs alike)"]["sio2/becs_diag"][2] == 2  # only the finished seeds
+    assert dict(rows)["(all runs alike)"]["sio2/becs_diag"][2] == 2  # only the complete seeds
     assert table.main([str(tmp_path)]) == 0
     assert "Not finished, so not in the table" in capsys.readouterr().out
+
+
+def test_cost_columns_steps_and_train_time(tmp_path):
+    """Runs report steps and training time; a run from before train_time_s was recorded gives
+    its process wall time only when it was never resumed (a resumed process saw part of it)."""
+    for name, seed, extra in (("0", 1, {"steps": 123, "train_time_s": 300.0, "wall_time_s": 40.0, "resumed": True}),
+                              ("1", 2, {"steps": 123, "wall_time_s": 320.0, "resumed": False}),
+                              ("2", 3, {"steps": 123, "wall_time_s": 90.0, "resumed": True})):
+        fake_run(tmp_path, name, ["model/coupling=basis_tp", f"seed={seed}"], 0.1, 1.0)
+        path = tmp_path / name / "metrics.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **extra}))
+    tab, units, _, _ = table.collect([str(tmp_path)])
+    row = tab["(all runs alike)"]
+    assert row["train time"] == {"1": 300.0, "2": 320.0} and units["train time"] == "s"
+    assert row["steps"] == {"1": 123.0, "2": 123.0, "3": 123.0}

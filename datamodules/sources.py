@@ -58,3 +58,48 @@ class ReplayDataModule(FieldDataModule):
     subset), so fine-tuning on response data does not forget energies and forces."""
 
     default_name = "replay"
+
+    def __init__(self, file=None, labels=None, *args, distill=None, **kwargs):
+        """``distill``: ``{structures: [files], every: N, head: null}``: with ``file: null``,
+        the replay set is those structures labelled at zero field by the source model of a
+        fine-tune (:meth:`distill_from`, called by train.py before setup), cached by the
+        model's weights and the files, so the paper's fine-tune is one command."""
+        super().__init__(file, labels, *args, **kwargs)
+        self.distill = dict(distill) if distill else None
+        if file is None and not self.distill:
+            raise ValueError("replay source: give a file, or distill: {structures: [...]} with a source model")
+
+    def distill_from(self, model) -> str:
+        """Label ``distill.structures`` with ``model`` (a FieldMACE at zero field: the source
+        model) into ``<cache_dir>/replay-<key>.xyz`` unless already there; sets ``self.file``."""
+        import hashlib
+        from pathlib import Path
+
+        from mf_lightning.data.distill import distill
+        from mf_lightning.data.root import resolve_file
+        from mf_lightning.model.io import tensor_checksum
+        from mf_lightning.predict import iter_structures
+
+        spec = self.distill or {}
+        files = [str(resolve_file(f, self.root)) for f in spec.get("structures") or []]
+        if not files:
+            raise ValueError("replay source: distill.structures lists no structure file")
+        every, head = int(spec.get("every", 1)), spec.get("head")
+        h = hashlib.sha256(tensor_checksum(model.state_dict()).encode())
+        for f in files:
+            h.update(f"{f}:{Path(f).stat().st_size}:{Path(f).stat().st_mtime_ns}".encode())
+        h.update(f"{every}:{head}".encode())
+        folder = self.cache.dir or Path(self.output_dir or ".")
+        out = Path(folder) / f"replay-{h.hexdigest()[:16]}.xyz"
+        if not out.is_file():
+            n = distill(model, iter_structures(files), out, every, head=head)
+            if n == 0:
+                raise ValueError(f"replay source: no structure of {files} could be labelled (see {out}.errors.csv)")
+        self.file = str(out)
+        return self.file
+
+    def setup(self, stage=None) -> None:
+        if self.file is None:
+            raise ValueError("replay source: distill needs a source model to label its structures "
+                             "(model.source), or give data.sources.replay.file")
+        super().setup(stage)

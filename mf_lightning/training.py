@@ -81,6 +81,10 @@ def upgrade_source_model(cfg: DictConfig, dm: MultiSourceDataModule):
 
     coupling = OmegaConf.to_container(cfg.model.coupling, resolve=True)
     module = load_mace_pickle(source, allow_pickle=bool(cfg.model.get("allow_pickle", False)))
+    for src in dm.sources.values():  # a replay set to be labelled by the source model itself
+        if getattr(src, "distill", None) and not src.file:
+            path = src.distill_from(FieldMACE.from_mace(module, form="none", dtype=cfg.model.dtype))
+            log.info("replay source %r: structures labelled by %s in %s", src.name, source, path)
     heads = None
     if len(dm.sources) > 1:
         if len(module.heads) == 1:

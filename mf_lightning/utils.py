@@ -59,12 +59,13 @@ def dumps_json(obj, indent: int = 1) -> str:
 class FileLock:
     """An exclusive, non-blocking ``flock`` on ``path`` (released on exit or when the process
     dies): a second process that wants the same output is refused with ``message`` instead of
-    interleaving rows or checkpoints with the first."""
+    interleaving rows or checkpoints with the first. ``blocking=True``: wait for the lock
+    instead (short critical sections, e.g. updating a shared registry file)."""
 
-    def __init__(self, path, message: str):
+    def __init__(self, path, message: str = "", blocking: bool = False):
         from pathlib import Path
 
-        self.path, self.message, self.fh = Path(path), message, None
+        self.path, self.message, self.fh, self.blocking = Path(path), message, None, blocking
 
     def __enter__(self):
         import fcntl
@@ -74,7 +75,7 @@ class FileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fh = open(self.path, "a")
         try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.fh, fcntl.LOCK_EX if self.blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             self.fh.close()
             raise InputError(f"{self.message} (lock {self.path} is held); wait for it or choose another output") from exc

@@ -40,25 +40,28 @@ def batch_of(model, atoms_list, fields=None, dtype=torch.float64):
 
 
 # ---------------------------------------------------------------- small mace-torch source models
-def mace_kwargs(heads, use_reduced_cg):
+def mace_kwargs(heads, use_reduced_cg, atomic_numbers=(8, 14)):
     from e3nn import o3
     from mace.modules import gate_dict, interaction_classes
 
     n = len(heads)
-    e0 = np.array([[-4.9, -7.8]]) + 0.3 * np.arange(n)[:, None]  # per head, O and Si
+    atomic_numbers = list(atomic_numbers)
+    base = [-4.9, -7.8] if atomic_numbers == [8, 14] else [-1.0 - 0.05 * z for z in atomic_numbers]
+    e0 = np.array([base]) + 0.3 * np.arange(n)[:, None]  # per head, per element
     return dict(
         r_max=4.0, num_bessel=6, num_polynomial_cutoff=5, max_ell=2,
         interaction_cls=interaction_classes["RealAgnosticResidualInteractionBlock"],
         interaction_cls_first=interaction_classes["RealAgnosticInteractionBlock"],
-        num_interactions=2, num_elements=2, hidden_irreps=o3.Irreps("8x0e+8x1o"),
+        num_interactions=2, num_elements=len(atomic_numbers), hidden_irreps=o3.Irreps("8x0e+8x1o"),
         MLP_irreps=o3.Irreps("8x0e"), atomic_energies=e0 if n > 1 else e0[0],
-        avg_num_neighbors=12.0, atomic_numbers=[8, 14], correlation=2,
+        avg_num_neighbors=12.0, atomic_numbers=atomic_numbers, correlation=2,
         gate=gate_dict["silu"], radial_MLP=[16, 16], heads=heads, use_reduced_cg=use_reduced_cg,
     )
 
 
-def make_source(kind="ScaleShiftMACE", heads=("Default",), use_reduced_cg=False):
-    """A small random mace-torch model for O/Si (what a user's foundation model stands in for)."""
+def make_source(kind="ScaleShiftMACE", heads=("Default",), use_reduced_cg=False, atomic_numbers=(8, 14)):
+    """A small random mace-torch model for O/Si (what a user's foundation model stands in for);
+    ``atomic_numbers=range(1, 95)`` for one that, like a foundation model, covers every element."""
     from mace.modules.models import MACE, ScaleShiftMACE
 
     from mf_lightning.utils import default_dtype
@@ -66,7 +69,7 @@ def make_source(kind="ScaleShiftMACE", heads=("Default",), use_reduced_cg=False)
     heads = list(heads)
     torch.manual_seed(3)
     with default_dtype(torch.float64):
-        kw = mace_kwargs(heads, use_reduced_cg)
+        kw = mace_kwargs(heads, use_reduced_cg, atomic_numbers)
         if kind == "ScaleShiftMACE":
             model = ScaleShiftMACE(atomic_inter_scale=[1.7] * len(heads),
                                    atomic_inter_shift=[-0.2 + 0.1 * i for i in range(len(heads))], **kw)

@@ -23,7 +23,7 @@ from mf_lightning.errors import EXIT_OK, EXIT_PARTIAL, InputError
 
 
 def distill(model: FieldMACE, structures: Iterable, out, every: int = 1,
-            errors: Optional[Path] = None) -> int:
+            errors: Optional[Path] = None, head: Optional[str] = None) -> int:
     """Label ``structures`` (ASE Atoms, or (id, Atoms or the error reading it) items) with
     ``model`` at zero field; returns the count written. A structure that cannot be labelled
     (unreadable, overlapping atoms, a non-finite label) is skipped and listed in ``errors``
@@ -33,7 +33,7 @@ def distill(model: FieldMACE, structures: Iterable, out, every: int = 1,
     from mf_lightning.predict import TableWriter
     from mf_lightning.utils import atomic_open
 
-    calc = MACEFieldCalculator(model)
+    calc = MACEFieldCalculator(model, head=head)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     errors = Path(errors) if errors else out.with_name(out.stem + ".errors.csv")
@@ -87,7 +87,8 @@ PROG = "python -m mf_lightning.data.distill"
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = cli_parser(PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("structures", nargs="+")
-    p.add_argument("--model", required=True, help="mace .model file, or an mf-lightning model file")
+    p.add_argument("--model", required=True, help="mace .model file, a foundation-model name (mace-mp-0:medium) or URL, "
+                   "or an mf-lightning model file")
     p.add_argument("--allow-pickle", action="store_true", help="allow unpickling a mace .model file (runs its code)")
     p.add_argument("--out", required=True)
     p.add_argument("--every", type=int, default=1, help="keep every N-th structure")

@@ -277,7 +277,16 @@ def load_model(path, device: str = "cpu", dtype=None):
 
 
 def load_mace_pickle(path, allow_pickle: bool = False) -> torch.nn.Module:
-    """Load a pickled mace-torch ``.model`` file, only with an explicit opt-in."""
+    """Load a pickled mace-torch ``.model`` file, only with an explicit opt-in. ``path`` may also
+    be a foundation-model name (``mace-mp-0:medium``) or a URL, fetched and pinned by
+    :mod:`mf_lightning.model.foundation`; mace-torch's named official models need no opt-in
+    (as with ``mace_mp``), a URL does."""
+    from mf_lightning.model.foundation import URL_SCHEMES, resolve_source
+
+    text = str(path)
+    if not Path(text).exists() and (text.startswith(URL_SCHEMES) or ("/" not in text and not Path(text).suffix)):
+        path, trusted = resolve_source(text)  # a name or URL (an unknown name: an error listing them)
+        allow_pickle = allow_pickle or trusted
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")

@@ -25,7 +25,7 @@ TOY = ["model.num_channels=4", "model.max_ell=1", "model.correlation=2", "model.
 
 def run_train(tmp_path, name, *overrides, run="run", returncode=0):
     env = {**os.environ, "MF_DATA_DIR": str(SHARED_DATA), "MF_CACHE_DIR": str(tmp_path / "cache"),
-           "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+           "XDG_CACHE_HOME": str(tmp_path / "xdg"), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "train.py", f"experiment={name}", f"hydra.run.dir={tmp_path / run}", *overrides]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == returncode, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -86,18 +86,31 @@ def source_model_and_replay(tmp_path_factory):
     return tmp / "source.model", tmp / "replay.xyz"
 
 
-def experiment_overrides(name, source_model_and_replay):
+@pytest.fixture(scope="module")
+def foundation_source(tmp_path_factory):
+    """A small mace-torch model over elements 1-94 (a foundation model's coverage), pickled as
+    mace saves it: served to the foundation fine-tune as a file:// URL."""
+    from tests.helpers import make_source
+
+    path = tmp_path_factory.mktemp("foundation") / "tiny-foundation.model"
+    torch.save(make_source(atomic_numbers=range(1, 95)), path)
+    return path
+
+
+def experiment_overrides(name, source_model_and_replay, foundation=None):
     if name in ("finetune_replay", "ablation_replay"):
         model_path, replay = source_model_and_replay
         return [f"model.source={model_path}", "model.allow_pickle=true", f"data.sources.replay.file={replay}"]
+    if name == "foundation_finetune":  # served as a URL through mace's downloader (no network)
+        return [f"model.source=file://{foundation}", "model.allow_pickle=true", "data.sources.replay.distill.every=25"]
     return []
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_runs_at_toy_size(tmp_path, name, source_model_and_replay):
+def test_experiment_runs_at_toy_size(tmp_path, name, source_model_and_replay, foundation_source):
     present = _limits_already_set(name)
     overrides = [o.lstrip("+") if o.lstrip("+").split("=")[0].split(".")[-1] in present else o for o in TOY]
-    proc = run_train(tmp_path, name, *overrides, *experiment_overrides(name, source_model_and_replay))
+    proc = run_train(tmp_path, name, *overrides, *experiment_overrides(name, source_model_and_replay, foundation_source))
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"] and metrics["val"]
@@ -105,6 +118,10 @@ def test_experiment_runs_at_toy_size(tmp_path, name, source_model_and_replay):
         assert (run / f).is_file(), f
     assert list((run / "parity").glob("*.png")) and list((run / "splits").glob("*.json"))
     assert "| dataset | quantity |" in proc.stdout
+    if name == "foundation_finetune":  # three heads; replay labelled by the source itself
+        assert set(metrics["val"]) == {"dielectric", "ferroelectric", "replay"}
+        assert set(metrics["val"]["replay"]) >= {"energy", "forces", "stress"}
+        assert list((tmp_path / "xdg" / "mace").glob("tinyfoundationmodel"))
     import mf_lightning
 
     mf_lightning.load_model(run / "model.pt")  # the exported file loads weights-only

@@ -1,0 +1,154 @@
+"""MACE foundation models by name or URL: ``model.source=mace-mp-0:medium`` (train.py),
+``--model mace-mpa-0`` (distill), or any ``https://`` / ``file://`` URL.
+
+Names and URLs are mace-torch's own (``mace.calculators.foundations_models``: ``mace_mp_urls``
+and ``mace_off_urls``), and files are fetched and cached by mace's own
+``download_mace_mp_checkpoint`` (in mace's cache folder, ``$XDG_CACHE_HOME/mace`` or
+``~/.cache/mace``), so a model a user already fetched with ``mace_mp(...)`` is reused and the list
+of names grows with mace-torch. On top of mace's cache we pin each file: its SHA-256 is recorded
+on first use (``mf_lightning-sha256.json`` beside the files) and checked on every later load,
+so a truncated, replaced or corrupted file is an error instead of a silently different model.
+
+Our names are ``<family>:<size>`` for mace's size-keyed entries (``small-0b2`` is
+``mace-mp-0b2:small``, ``medium-mpa-0`` is ``mace-mpa-0:medium``, ``small`` is
+``mace-mp-0:small``, MACE-OFF23 is ``mace-off23:<size>``) and ``mace-<key>`` for the rest
+(``mh-1`` is ``mace-mh-1``); a family with a single size may omit it (``mace-mpa-0``).
+``python -m mf_lightning.model.foundation`` lists them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import json
+import re
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+from mf_lightning.errors import InputError
+
+SIZES = ("small", "medium", "large")
+URL_SCHEMES = ("https://", "http://", "file://")
+REGISTRY = "mf_lightning-sha256.json"
+
+
+def _name_of(key: str, family_default: str) -> str:
+    """Our name for one of mace's dictionary keys."""
+    if key in SIZES:
+        return f"{family_default}:{key}"
+    m = re.fullmatch(r"(small|medium|large)-(.+)", key)
+    if m:
+        size, suffix = m.groups()
+        return f"mace-mp-{suffix}:{size}" if suffix.startswith("0b") else f"mace-{suffix}:{size}"
+    return key if key.startswith("mace-") else f"mace-{key}"
+
+
+def foundation_models() -> Dict[str, Tuple[str, str]]:
+    """{our name: (mace's key, URL)} for every foundation model mace-torch knows (MP family and
+    MACE-OFF23), plus ``<family>`` alone for a family with one size."""
+    from mace.calculators import foundations_models as fm
+
+    names: Dict[str, Tuple[str, str]] = {}
+    for key, url in fm.mace_mp_urls.items():
+        names[_name_of(key, "mace-mp-0")] = (key, url)
+    for key, url in getattr(fm, "mace_off_urls", {}).items():
+        names[_name_of(key, "mace-off23")] = (key, url)
+    families: Dict[str, list] = {}
+    for name in names:
+        if ":" in name:
+            families.setdefault(name.split(":")[0], []).append(name)
+    for family, members in families.items():
+        if len(members) == 1 and family not in names:
+            names[family] = names[members[0]]
+    return names
+
+
+def is_remote(source: str) -> bool:
+    """A foundation-model name or a URL (not a local file)."""
+    source = str(source)
+    return source.startswith(URL_SCHEMES) or (not Path(source).exists() and source in foundation_models())
+
+
+def url_of(source: str) -> str:
+    source = str(source)
+    if source.startswith(URL_SCHEMES):
+        return source
+    names = foundation_models()
+    if source not in names:
+        close = [n for n in names if source.split(":")[0] in n] or sorted(names)
+        raise InputError(f"{source!r} is neither a model file nor a foundation model mace-torch knows; "
+                         f"names: {', '.join(close)} (or an https:// or file:// URL)")
+    return names[source][1]
+
+
+def cache_path_of(url: str) -> Path:
+    """Where mace's downloader keeps ``url`` (its own naming rule: the URL's file name with
+    everything but letters, digits and ``_`` dropped)."""
+    from mace.tools.utils import get_cache_dir
+
+    name = "".join(c for c in os.path.basename(url) if c.isalnum() or c in "_")
+    return Path(get_cache_dir()) / name
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_pinned(path: Path, url: str) -> str:
+    """Record ``path``'s SHA-256 on first use, check it on every later one."""
+    from mf_lightning.utils import FileLock, atomic_write_text, dumps_json
+
+    registry = path.parent / REGISTRY
+    digest = sha256_of(path)
+    with FileLock(registry.with_name(registry.name + ".lock"), blocking=True):
+        pins = json.loads(registry.read_text()) if registry.is_file() else {}
+        pinned = pins.get(path.name)
+        if pinned is None:
+            pins[path.name] = {"url": url, "sha256": digest}
+            atomic_write_text(registry, dumps_json(pins))
+        elif pinned["sha256"] != digest:
+            raise InputError(
+                f"{path}: SHA-256 {digest[:16]}... differs from the {pinned['sha256'][:16]}... recorded when it "
+                f"was first fetched from {pinned['url']}: the file was replaced or corrupted. Delete it (and its "
+                f"entry in {registry}) to fetch it again.")
+    return digest
+
+
+def resolve_source(source: str) -> Tuple[Path, bool]:
+    """(local file, trusted) for a model file, a foundation-model name or a URL. Names are
+    mace-torch's own list of official models (``trusted``: they load without an explicit pickle
+    opt-in, as ``mace_mp`` loads them); a URL or a local file is not trusted."""
+    source = str(source)
+    if Path(source).exists() and not source.startswith(URL_SCHEMES):
+        return Path(source), False
+    from mace.calculators.foundations_models import download_mace_mp_checkpoint
+
+    url = url_of(source)
+    target = cache_path_of(url)
+    try:
+        path = Path(download_mace_mp_checkpoint(url))
+    except OSError as exc:  # urllib's URLError, a socket timeout, a refused connection
+        raise InputError(
+            f"could not fetch {source} from {url} ({getattr(exc, 'reason', exc)}). Offline? Download that URL "
+            f"on a machine with internet and put the file at {target}; its SHA-256 is recorded on first use. "
+            f"Or pass a local file: model.source=/path/to/file.model") from exc
+    except RuntimeError as exc:  # mace: the server answered with an HTML page
+        raise InputError(f"could not fetch {source} from {url}: {exc}") from exc
+    _check_pinned(path, url)
+    return path, not source.startswith(URL_SCHEMES)
+
+
+def main(argv: Optional[list] = None) -> int:
+    """List the foundation-model names, their URLs and whether each is cached here."""
+    for name, (key, url) in sorted(foundation_models().items()):
+        cached = "cached" if cache_path_of(url).is_file() else "-"
+        print(f"{name:28s} {cached:7s} {url}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

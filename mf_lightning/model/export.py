@@ -1,6 +1,6 @@
 """Back into mace's ecosystem: a trained FieldMACE's zero-field model as a mace ``.model`` file.
 
-``python -m mf_lightning.model.export model.pt --out model.model [--dtype float64]``
+``python -m mf_lightning.model.export model.pt --out model.model [--dtype float64] [--field Ex Ey Ez] [--lammps]``
 
 At E = 0 every coupling term vanishes (it is linear or quadratic in E) and so does the atomic
 polarisability term -1/2 a_Z |E|^2: the FieldMACE *is* its mace backbone there. The export is that
@@ -10,8 +10,20 @@ mace's own LAMMPS conversion (``create_lammps_model``) read it. Its energies, fo
 equal ``MACEFieldCalculator`` at zero field (tested to 1e-10 in float64); the field response
 (P, Z*, alpha) is not part of it.
 
-The file is a pickle, as every mace ``.model`` file is: it is written by us from our own weights,
-but whoever loads it runs mace's unpickling (mace's choice, not ours).
+``--field Ex Ey Ez`` (V/A) exports the model *at that constant field* instead. For a fixed E
+every coupling term is a fixed linear map of the features it acts on (each form is linear in the
+features: ``x + W1(x (x) E) + W2(x (x) [E (x) E])``), and -1/2 a_Z |E|^2 is a constant per
+element. So the model at E is again a plain mace model: the same backbone with each coupled
+product block wrapped by that matrix (before the product for ``basis_tp``, after it for
+``residual_tp``) and the atomic energies shifted by -1/2 a_Z |E|^2. Its energies and forces are
+F(R, E) and -dF/dR at that field (tested to 1e-10); P, Z*, alpha are not part of it.
+
+``--lammps`` writes that model (zero field without ``--field``) as TorchScript for LAMMPS'
+``pair_style mace``, exactly as mace's ``create_lammps_model`` does (mace's ``LAMMPS_MACE``
+wrapper compiled with e3nn's ``jit.compile``): finite-field MD in LAMMPS at the exported field.
+
+The ``.model`` file is a pickle, as every mace ``.model`` file is: it is written by us from our
+own weights, but whoever loads it runs mace's unpickling (mace's choice, not ours).
 """
 
 from __future__ import annotations
@@ -21,6 +33,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+from e3nn.util.jit import compile_mode
 
 from mf_lightning.cli.runner import cli_main, parser as cli_parser
 from mf_lightning.model.field_mace import FieldMACE
@@ -28,20 +41,126 @@ from mf_lightning.model.field_mace import FieldMACE
 
 def zero_field_backbone(model: FieldMACE, dtype: Optional[str] = None) -> torch.nn.Module:
     """A standalone copy of ``model``'s mace backbone (the model at E = 0), in eval mode."""
+    from mf_lightning.model.split_backward import uninstall
     from mf_lightning.utils import resolve_dtype
 
     backbone = copy.deepcopy(model.backbone).cpu()
     if dtype is not None:
         backbone = backbone.to(resolve_dtype(dtype))
+    uninstall(backbone)  # e3nn's own tensor products: the file must not need mf_lightning to load
     return backbone.eval()
 
 
-def export_mace(model: FieldMACE, out, dtype: Optional[str] = None) -> Path:
-    """Write ``model``'s zero-field backbone as a mace ``.model`` file (atomically)."""
+@compile_mode("script")
+class ConstantFieldProduct(torch.nn.Module):
+    """A mace product block with a coupling frozen at one field: ``before`` (basis stage) maps
+    the atomic basis, ``after`` (features stage) the block's output; each is the coupling's
+    linear map as a matrix acting on the flattened per-node features. Same call signature as
+    mace's ``EquivariantProductBasisBlock``, TorchScript-compilable."""
+
+    def __init__(self, product: torch.nn.Module, before: Optional[torch.Tensor], after: Optional[torch.Tensor]):
+        super().__init__()
+        self.product = product
+        self.has_before, self.has_after = before is not None, after is not None
+        empty = torch.zeros(0, 0)
+        self.register_buffer("before", before if before is not None else empty)
+        self.register_buffer("after", after if after is not None else empty)
+
+    def forward(self, node_feats: torch.Tensor, sc: Optional[torch.Tensor], node_attrs: torch.Tensor) -> torch.Tensor:
+        if self.has_before:
+            shape = node_feats.shape
+            node_feats = (node_feats.reshape(shape[0], -1) @ self.before).reshape(shape)
+        out = self.product(node_feats=node_feats, sc=sc, node_attrs=node_attrs)
+        if self.has_after:
+            out = out @ self.after
+        return out
+
+
+def coupling_matrix(coupling: torch.nn.Module, field: torch.Tensor) -> torch.Tensor:
+    """The matrix M with ``coupling(x, E) = x_flat @ M`` per node at the fixed ``field``: the
+    images of the basis vectors, checked on random features (a form that is not linear in
+    its features cannot be frozen this way: an error, not a silently wrong model)."""
+    from mf_lightning.model import coupling as cpl
+
+    dim = int(coupling.residual.irreps.dim)  # the features the coupling acts on, per node
+    if getattr(coupling, "stage", None) == "basis":
+        muls = {mul for mul, _ in coupling._blocks}
+        if len(muls) != 1:
+            raise ValueError("basis coupling with mixed multiplicities cannot be frozen")
+        shape = (muls.pop(), sum(d for _, d in coupling._blocks))
+    else:
+        shape = (dim,)
+    dtype = field.dtype
+    f = cpl.field_to_irrep(field.reshape(1, 3))
+    with torch.no_grad():
+        eye = torch.eye(dim, dtype=dtype).reshape(dim, *shape)
+        matrix = coupling(eye, f.expand(dim, 3)).reshape(dim, dim)
+        x = torch.randn(5, *shape, dtype=dtype, generator=torch.Generator().manual_seed(0))
+        direct = coupling(x, f.expand(5, 3)).reshape(5, dim)
+        frozen = x.reshape(5, dim) @ matrix
+    if not torch.allclose(direct, frozen, rtol=1e-9 if dtype == torch.float64 else 1e-4, atol=1e-12):
+        raise ValueError(f"coupling {type(coupling).__name__} is not linear in its features: it cannot be "
+                         "exported at a constant field")
+    return matrix
+
+
+def constant_field_backbone(model: FieldMACE, field: Sequence[float], dtype: Optional[str] = None) -> torch.nn.Module:
+    """A plain mace model equal to ``model`` at the constant ``field`` (V/A): its energy is
+    F(R, E) and its forces -dF/dR at that E. Zero field: the backbone itself."""
+    if not any(float(v) for v in field):
+        return zero_field_backbone(model, dtype)
+    from mf_lightning.utils import resolve_dtype
+
+    from mf_lightning.model.split_backward import uninstall
+
+    model = copy.deepcopy(model).cpu().eval()
+    if dtype is not None:
+        model = model.to(resolve_dtype(dtype))
+    backbone = model.backbone
+    uninstall(backbone)  # e3nn's own tensor products (see zero_field_backbone)
+    work = backbone.atomic_energies_fn.atomic_energies.dtype
+    e = torch.as_tensor([float(v) for v in field], dtype=work)
+    for t, product in enumerate(list(backbone.products)):
+        coupling = model.couplings[str(t)] if str(t) in model.couplings else None
+        if coupling is None:
+            continue
+        matrix = coupling_matrix(coupling.to(work), e)
+        before, after = (matrix, None) if coupling.stage == "basis" else (None, matrix)
+        backbone.products[t] = ConstantFieldProduct(product, before, after)
+    # -1/2 a_Z |E|^2 per atom: a constant per element, added to the atomic energies of every head
+    a = model.atomic_polarisabilities.detach().to(work).reshape(-1)
+    with torch.no_grad():
+        backbone.atomic_energies_fn.atomic_energies += -0.5 * a * float((e * e).sum())
+    return backbone.eval()
+
+
+def export_mace(model: FieldMACE, out, dtype: Optional[str] = None, field: Optional[Sequence[float]] = None) -> Path:
+    """Write ``model`` at ``field`` (default zero: its backbone) as a mace ``.model`` file
+    (atomically)."""
     from mf_lightning.model.io import atomic_torch_save
 
     out = Path(out)
-    atomic_torch_save(zero_field_backbone(model, dtype), out)
+    atomic_torch_save(constant_field_backbone(model, field or (0.0, 0.0, 0.0), dtype), out)
+    return out
+
+
+def export_lammps(model: FieldMACE, out, field: Optional[Sequence[float]] = None, head: Optional[str] = None,
+                  dtype: str = "float64") -> Path:
+    """Write ``model`` at the constant ``field`` as mace's LAMMPS TorchScript model (what
+    ``create_lammps_model`` writes for ``pair_style mace``)."""
+    from e3nn.util import jit
+    from mace.calculators import LAMMPS_MACE
+
+    from mf_lightning.utils import atomic_open
+
+    backbone = constant_field_backbone(model, field or (0.0, 0.0, 0.0), dtype)
+    if head is not None and head not in backbone.heads:
+        raise ValueError(f"head {head!r} is not one of the model's heads {list(backbone.heads)}")
+    wrapped = LAMMPS_MACE(backbone, head=head) if head is not None else LAMMPS_MACE(backbone)
+    compiled = jit.compile(wrapped)
+    out = Path(out)
+    with atomic_open(out, "wb") as fh:
+        torch.jit.save(compiled, fh)
     return out
 
 
@@ -54,6 +173,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("model", help="an mf-lightning model file (model.pt of train.py)")
     parser.add_argument("--out", required=True, help="the mace .model file to write")
     parser.add_argument("--dtype", default=None, choices=["float32", "float64"], help="default: the model's own")
+    parser.add_argument("--field", nargs=3, type=float, default=None, metavar=("EX", "EY", "EZ"),
+                        help="export the model at this constant field (V/A); default zero field")
+    parser.add_argument("--lammps", action="store_true",
+                        help="write mace's TorchScript LAMMPS model (pair_style mace) instead of a .model file")
+    parser.add_argument("--head", default=None, help="--lammps: the head to run (default: mace's, the last)")
     args = parser.parse_args(argv)
     from mf_lightning.errors import InputError
     from mf_lightning.model.io import load_model
@@ -61,8 +185,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(args.out)
     if out.exists() and out.resolve() == Path(args.model).resolve():
         raise InputError(f"--out {out} is the model being exported: choose another file")
-    path = export_mace(load_model(args.model), out, args.dtype)
-    print(f"wrote {path}: the zero-field mace model (MACECalculator(model_paths='{path}'))")
+    model = load_model(args.model)
+    at = f"the field {tuple(args.field)} V/A" if args.field and any(args.field) else "zero field"
+    if args.lammps:
+        path = export_lammps(model, out, args.field, args.head, args.dtype or "float64")
+        print(f"wrote {path}: the model at {at} for LAMMPS (pair_style mace no_domain_decomposition; pair_coeff * * {path.name} <elements>)")
+    else:
+        path = export_mace(model, out, args.dtype, args.field)
+        print(f"wrote {path}: the mace model at {at} (MACECalculator(model_paths='{path}'))")
     return 0
 
 

@@ -135,3 +135,28 @@ def install(model: torch.nn.Module) -> int:
         setattr(tp, _MAIN, fast)
         count += 1
     return count
+
+
+def uninstall(model: torch.nn.Module) -> int:
+    """Undo :func:`install` in place: every rewritten tensor product gets e3nn's own generated
+    code back (TorchScript, registered the way e3nn registers it), with the same constants. For
+    files that leave this package (a mace ``.model`` export, a LAMMPS TorchScript model), which
+    must neither reference our module when unpickled nor contain autograd Functions that
+    TorchScript cannot compile. Returns how many."""
+    count = 0
+    for tp in model.modules():
+        if not isinstance(tp, o3.TensorProduct) or _MAIN in getattr(tp, "__codegen__", (_MAIN,)):
+            continue
+        fast = getattr(tp, _MAIN)
+        original = codegen_tensor_product_left_right(
+            tp.irreps_in1, tp.irreps_in2, tp.irreps_out, tp.instructions,
+            tp.shared_weights, tp._specialized_code, tp._optimize_einsums,
+        )
+        reference = next(iter(fast.buffers()), None)
+        if reference is not None:
+            original = original.to(device=reference.device, dtype=reference.dtype)
+        original.load_state_dict(fast.state_dict())
+        delattr(tp, _MAIN)
+        tp._codegen_register({_MAIN: original})
+        count += 1
+    return count

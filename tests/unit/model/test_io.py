@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -154,4 +156,61 @@ def test_mace_export_is_the_model_at_zero_field(tmp_path):
     np.testing.assert_allclose(a.get_forces(), b.get_forces(), rtol=0, atol=1e-10)
     np.testing.assert_allclose(a.get_stress(), b.get_stress(), rtol=0, atol=1e-10)
     ours.set_field([0.0, 0.0, 0.05])  # the field response is what the export leaves out
+    assert abs(a.get_potential_energy() - b.get_potential_energy()) > 1e-6
+    # the files stand alone: mace reads the .model and torch the LAMMPS model without mf_lightning
+    assert export_main([str(tmp_path / "m.pt"), "--lammps", "--out", str(tmp_path / "m-lammps.pt")]) == 0
+    script = (f"import sys, ase.io, torch; from mace.calculators import MACECalculator; "
+              f"c = MACECalculator(model_paths='{tmp_path / 'm.model'}', device='cpu', default_dtype='float64'); "
+              f"a = ase.io.read('{SHARED_DATA / 'md' / 'SiO2.xyz'}', index=0); a.calc = c; "
+              f"torch.jit.load('{tmp_path / 'm-lammps.pt'}'); "
+              f"assert not [m for m in sys.modules if m.startswith('mf_lightning')]; print(repr(a.get_potential_energy()))")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours.set_field([0.0, 0.0, 0.0])
+    assert abs(float(proc.stdout.split()[-1]) - a.get_potential_energy()) < 1e-10
+
+
+@pytest.mark.parametrize("form", ["residual_tp", "basis_tp"])
+def test_constant_field_exports_are_the_model_at_that_field(tmp_path, form):
+    """At a fixed E the coupling is a fixed linear map of the features: the exported mace model
+    (read by mace's MACECalculator) and mace's LAMMPS TorchScript model (compiled as
+    create_lammps_model compiles it, loaded with torch.jit.load) reproduce MACEFieldCalculator's
+    F(R, E) and -dF/dR at that field on real alpha-quartz frames, to 1e-10 in float64; at
+    another field they do not (the field really is frozen in)."""
+    import ase.io
+    from mace.calculators import MACECalculator
+
+    from mf_lightning.calculator import MACEFieldCalculator
+    from mf_lightning.model.export import main as export_main
+
+    frames = ase.io.read(SHARED_DATA / "md" / "SiO2.xyz", index=":2")
+    model = tiny_model(elements_of(frames[0]), form=form)
+    with torch.no_grad():
+        model.atomic_polarisabilities.fill_(0.3)
+    model.save(tmp_path / "m.pt")
+    field = [0.02, -0.01, 0.05]
+    args = [str(tmp_path / "m.pt"), "--field", *map(str, field)]
+    assert export_main([*args, "--out", str(tmp_path / "m.model")]) == 0
+    assert export_main([*args, "--lammps", "--out", str(tmp_path / "m-lammps.pt")]) == 0
+    ours = MACEFieldCalculator(str(tmp_path / "m.pt"), electric_field=field)
+    theirs = MACECalculator(model_paths=str(tmp_path / "m.model"), device="cpu", default_dtype="float64")
+    scripted = torch.jit.load(str(tmp_path / "m-lammps.pt"))
+    assert isinstance(scripted, torch.jit.ScriptModule)
+    for atoms in frames:
+        a, b = atoms.copy(), atoms.copy()
+        a.calc, b.calc = ours, theirs
+        energy, forces = a.get_potential_energy(), a.get_forces()
+        assert abs(energy - b.get_potential_energy()) < 1e-10
+        np.testing.assert_allclose(b.get_forces(), forces, rtol=0, atol=1e-10)
+        # the LAMMPS module on the graph LAMMPS would give it (every atom local: one process)
+        data = {k: v for k, v in batch_of(model, [atoms]).items() if isinstance(v, torch.Tensor)}
+        data["positions"] = data["positions"].clone().requires_grad_(True)
+        out = scripted(data, torch.ones(len(atoms), dtype=torch.float64), compute_virials=False)
+        assert abs(float(out["total_energy_local"].detach().sum()) - energy) < 1e-10
+        np.testing.assert_allclose(out["forces"].detach().numpy(), forces, rtol=0, atol=1e-10)
+    ours.set_field([0.0, 0.0, -0.05])
+    a = frames[0].copy()
+    a.calc = ours
+    b = frames[0].copy()
+    b.calc = theirs
     assert abs(a.get_potential_energy() - b.get_potential_energy()) > 1e-6

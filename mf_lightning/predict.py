@@ -259,46 +259,139 @@ def check_finite(response: Dict[str, np.ndarray]) -> None:
         raise ValueError(f"non-finite prediction of {', '.join(bad)} (overlapping atoms? a model file gone bad?)")
 
 
-def ionic_columns(calc, atoms, relax: bool, fmax: float, relax_cell: bool) -> Dict[str, Any]:
+def ionic_columns(calc, atoms) -> Dict[str, Any]:
     from mf_lightning.dielectric import dielectric_properties, eps_poly
 
-    props = dielectric_properties(calc, atoms, ionic=True, relax=relax, fmax=fmax, relax_cell=relax_cell)
-    out = {"eps_ion": _json(props["eps_ion"]), "eps_0": _json(props["eps_0"]),
-           "eps_0_poly": f"{float(eps_poly(props['eps_0'])):.6g}",
-           "unstable_modes_cm": _json(props["unstable_modes_cm"], 1), "relaxed": props.get("relaxed", "")}
-    if relax:  # the electronic columns then describe the relaxed structure too
-        out.update({k: v for k, v in row_for("", atoms, props).items() if k not in ("id", "formula", "n_atoms")})
-    return out
+    props = dielectric_properties(calc, atoms, ionic=True)
+    return {"eps_ion": _json(props["eps_ion"]), "eps_0": _json(props["eps_0"]),
+            "eps_0_poly": f"{float(eps_poly(props['eps_0'])):.6g}",
+            "unstable_modes_cm": _json(props["unstable_modes_cm"], 1)}
+
+
+ENGINES = ("ase", "torchsim")
+
+
+class Engine:
+    """How a batch of structures is relaxed and its response computed. ``ase``: response in one
+    batched forward of the model, relaxation structure by structure with ASE's BFGS
+    (:func:`mf_lightning.dielectric.relax_structure`); ``torchsim``: both batched through
+    TorchSim (:class:`mf_lightning.torchsim.FieldMaceModel`, its batched FIRE, cell too with its
+    Frechet-cell FIRE)."""
+
+    def __init__(self, name: str, model, head: Optional[str], field, fmax: float, relax_cell: bool,
+                 relax_steps: int = 500):
+        if name not in ENGINES:
+            raise InputError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
+        self.name, self.model, self.head, self.field = name, model, head, field
+        self.fmax, self.relax_cell, self.relax_steps = float(fmax), bool(relax_cell), int(relax_steps)
+        self._calc = self._ts_response = self._ts_forces = None
+
+    @property
+    def calc(self):
+        if self._calc is None:
+            from mf_lightning.calculator import MACEFieldCalculator
+
+            self._calc = MACEFieldCalculator(self.model, electric_field=self.field, head=self.head)
+        return self._calc
+
+    def _ts(self, response: bool):
+        from mf_lightning.torchsim import FieldMaceModel
+
+        device = next(self.model.parameters()).device
+        return FieldMaceModel(self.model, device=device, dtype=self.model.dtype, electric_field=self.field,
+                              head=self.head, compute_forces=not response, compute_stress=self.relax_cell and not response,
+                              response=RESPONSE_QUANTITIES if response else ())
+
+    def response(self, structures: Sequence, ids: Sequence[str]) -> List[Dict[str, np.ndarray]]:
+        if self.name == "ase":
+            return predict_response(self.model, structures, head=self.head, field=self.field, ids=ids)
+        import torch
+        import torch_sim as ts
+
+        if self._ts_response is None:
+            self._ts_response = self._ts(response=True)
+        for ident, atoms in zip(ids, structures):  # the ASE path's checks, with the structure's id
+            check_structure(atoms, self.model.atomic_numbers, source=ident)
+        state = ts.io.atoms_to_state(list(structures), device=self._ts_response.device, dtype=self.model.dtype)
+        out = self._ts_response(state)
+        ptr = np.concatenate([[0], np.cumsum([len(a) for a in structures])])
+        arrays = {q: v.cpu().double().numpy() for q, v in out.items() if isinstance(v, torch.Tensor)}
+        return [{"energy": arrays["energy"][g], "polarisation": arrays["polarisation"][g],
+                 "becs": arrays["becs"][ptr[g]:ptr[g + 1]], "polarisability": arrays["polarisability"][g]}
+                for g in range(len(structures))]
+
+    def relax(self, structures: Sequence) -> Tuple[List, List[bool]]:
+        """Relaxed copies and whether each converged to ``fmax``."""
+        from mf_lightning.dielectric import relax_structure
+
+        if self.name == "ase":
+            copies = [a.copy() for a in structures]
+            return copies, [relax_structure(a, self.calc, fmax=self.fmax, steps=self.relax_steps,
+                                            relax_cell=self.relax_cell) for a in copies]
+        import torch_sim as ts
+
+        if self._ts_forces is None:
+            self._ts_forces = self._ts(response=False)
+        optimizer = ts.optimizers.frechet_cell_fire if self.relax_cell else ts.optimizers.fire
+        converged = ts.generate_force_convergence_fn(force_tol=self.fmax, include_cell_forces=self.relax_cell)
+        import warnings
+
+        with warnings.catch_warnings():  # "reached max steps": reported per structure below instead
+            warnings.simplefilter("ignore")
+            state = ts.optimize(system=list(structures), model=self._ts_forces, optimizer=optimizer,
+                                convergence_fn=converged, max_steps=2 * self.relax_steps)  # FIRE: ~2x BFGS's steps
+        relaxed = ts.io.state_to_atoms(state)
+        for a, original in zip(relaxed, structures):
+            a.info = dict(original.info)
+        forces = self._ts_forces(state)["forces"].cpu().numpy()
+        ptr = np.concatenate([[0], np.cumsum([len(a) for a in relaxed])])
+        return relaxed, [bool(np.linalg.norm(forces[ptr[g]:ptr[g + 1]], axis=1).max() < self.fmax)
+                         for g in range(len(relaxed))]
 
 
 def screen(items: Iterable[Item], model, out: Path, head: Optional[str] = None, field=(0.0, 0.0, 0.0),
            ionic: bool = False, relax: bool = False, fmax: float = 0.01, relax_cell: bool = False,
            max_atoms: int = 2000, max_structures: int = 64, progress: bool = True,
-           total: Optional[int] = None) -> Dict[str, int]:
-    """Predict every (id, Atoms) item not already in ``out``; returns counts."""
+           total: Optional[int] = None, engine: str = "ase") -> Dict[str, int]:
+    """Predict every (id, Atoms) item not already in ``out``; returns counts. With ``relax``
+    every column describes the relaxed structure (relaxed first, by ``engine``)."""
     out = Path(out)
     errors_path = out.with_name(out.stem + ".errors.csv")
-    columns = BASE_COLUMNS + (IONIC_COLUMNS if ionic else [])
+    columns = BASE_COLUMNS + (IONIC_COLUMNS if ionic else ["relaxed"] if relax else [])
     head = model.resolve_head(head, RESPONSE_QUANTITIES)  # a wrong head is the user's, not a structure's
     check_table(out, columns)  # before anything is truncated or appended
     model_sha = model_checksum(model)
     check_model_of_table(out, model_sha)
+    runner = Engine(engine, model, head, field, fmax, relax_cell)
     with FileLock(Path(str(out) + ".lock"), f"{out}: another process is writing this table"):
-        return _screen(items, model, out, errors_path, columns, model_sha, head, field, ionic, relax, fmax,
-                       relax_cell, max_atoms, max_structures, progress, total)
+        return _screen(items, model, out, errors_path, columns, model_sha, ionic, relax, runner,
+                       max_atoms, max_structures, progress, total)
 
 
-def _screen(items, model, out, errors_path, columns, model_sha, head, field, ionic, relax, fmax, relax_cell,
+def _isolated(fn, items: List[Item], failures: List) -> List:
+    """``fn`` over the whole list, or, if that fails, item by item: one bad structure never
+    takes its batch with it. Returns one result per item (None where it failed)."""
+    if not items:
+        return []
+    try:
+        return list(fn(items))
+    except Exception:  # noqa: BLE001 - isolate the structure that fails
+        results = []
+        for item in items:
+            try:
+                results.append(fn([item])[0])
+            except Exception as exc:  # noqa: BLE001
+                results.append(None)
+                failures.append((item[0], exc))
+        return results
+
+
+def _screen(items, model, out, errors_path, columns, model_sha, ionic, relax, runner: Engine,
             max_atoms, max_structures, progress, total) -> Dict[str, int]:
     done = read_done_ids(out)
     writer = TableWriter(out, columns)
     error_writer = TableWriter(errors_path, ["id", "error"], fresh=True)  # failures are retried on resume
     counts = {"done_before": len(done), "predicted": 0, "failed": 0}
-    calc = None
-    if ionic:
-        from mf_lightning.calculator import MACEFieldCalculator
-
-        calc = MACEFieldCalculator(model, electric_field=field, head=head)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -323,19 +416,17 @@ def _screen(items, model, out, errors_path, columns, model_sha, head, field, ion
             rows, failures = [], []
             good = [(i, a) for i, a in group if not isinstance(a, Exception)]
             failures += [(i, a) for i, a in group if isinstance(a, Exception)]
-            responses: List[Optional[Dict]] = []
-            if good:
-                try:
-                    responses = predict_response(model, [a for _, a in good], head=head, field=field,
-                                                 ids=[i for i, _ in good])
-                except Exception:  # noqa: BLE001 - isolate the structure that fails
-                    responses = []
-                    for i, a in good:
-                        try:
-                            responses.append(predict_response(model, [a], head=head, field=field, ids=[i])[0])
-                        except Exception as exc:  # noqa: BLE001
-                            responses.append(None)
-                            failures.append((i, exc))
+            converged: Dict[str, bool] = {}
+            if relax:
+                def relax_items(batch):
+                    relaxed, flags = runner.relax([a for _, a in batch])
+                    return [((i, r), f) for (i, _), r, f in zip(batch, relaxed, flags)]
+
+                done_relax = [r for r in _isolated(relax_items, good, failures) if r is not None]
+                good = [item for item, _ in done_relax]
+                converged = {item[0]: flag for item, flag in done_relax}
+            responses = _isolated(lambda batch: runner.response([a for _, a in batch], [i for i, _ in batch]),
+                                  good, failures)
             for (ident, atoms), response in zip(good, responses):
                 if response is None:
                     continue
@@ -345,9 +436,11 @@ def _screen(items, model, out, errors_path, columns, model_sha, head, field, ion
                     failures.append((ident, exc))
                     continue
                 row = {**row_for(ident, atoms, response), "model_sha256": model_sha}
+                if relax:
+                    row["relaxed"] = converged[ident]
                 if ionic:
                     try:
-                        row.update(ionic_columns(calc, atoms, relax, fmax, relax_cell))
+                        row.update(ionic_columns(runner.calc, atoms))
                     except Exception as exc:  # noqa: BLE001
                         failures.append((ident, exc))
                         continue
@@ -382,7 +475,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--field", type=float, nargs=3, default=(0.0, 0.0, 0.0), metavar=("EX", "EY", "EZ"),
                         help="uniform field in V/A (default 0)")
     parser.add_argument("--ionic", action="store_true", help="also eps_ion (model Hessian + Z*) and eps_0")
-    parser.add_argument("--relax", action="store_true", help="relax ions (BFGS) before the ionic part")
+    parser.add_argument("--relax", action="store_true",
+                        help="relax ions first (ase: BFGS one by one; torchsim: batched FIRE); every column "
+                             "then describes the relaxed structure")
+    parser.add_argument("--engine", default="ase", choices=ENGINES,
+                        help="ase (default) or torchsim: relaxation and response batched through TorchSim")
     parser.add_argument("--relax-cell", action="store_true", help="relax the cell too")
     parser.add_argument("--fmax", type=float, default=0.01, help="relaxation force threshold (eV/A)")
     parser.add_argument("--max-atoms", type=int, default=2000, help="atoms per batch")
@@ -398,11 +495,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mf_lightning.model.io import load_model
 
     model = load_model(args.model, device=args.device, dtype=args.dtype)
-    if args.relax and not args.ionic:
-        parser.error("--relax is for the ionic part: add --ionic")
+    if args.relax_cell and not args.relax:
+        parser.error("--relax-cell relaxes the cell with the ions: add --relax")
     counts = screen(iter_structures(args.structures), model, Path(args.out), head=args.head, field=args.field,
                     ionic=args.ionic, relax=args.relax, fmax=args.fmax, relax_cell=args.relax_cell,
-                    max_atoms=args.max_atoms, progress=not args.no_progress)
+                    max_atoms=args.max_atoms, progress=not args.no_progress, engine=args.engine)
     print(f"{args.out}: {counts['predicted']} predicted, {counts['done_before']} already there, "
           f"{counts['failed']} failed" + (f" (see {Path(args.out).with_name(Path(args.out).stem + '.errors.csv')})"
                                           if counts["failed"] else ""))

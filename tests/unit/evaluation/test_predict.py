@@ -130,3 +130,30 @@ def test_screening_refuses_what_it_would_damage_and_never_mixes(screening_case, 
                                                   "--no-progress"]) == EXIT_INPUT
     err = capsys.readouterr().err
     assert "head 'typo' is not one of the model's heads" in err and "Traceback" not in err
+
+
+def test_torchsim_engine_gives_the_ase_engines_table(screening_case, tmp_path):
+    """``--engine torchsim`` (response batched through TorchSim) writes the rows and errors the
+    default engine writes, with the same numbers; with ``--relax`` (batched FIRE) every row says
+    whether it converged."""
+    root, model, atoms = screening_case
+    args = [str(root / "structures"), "--model", str(root / "model.pt"), "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "ase.csv")]) == EXIT_PARTIAL
+    assert main(args + ["--out", str(tmp_path / "ts.csv"), "--engine", "torchsim"]) == EXIT_PARTIAL
+    ase_rows = {r["id"]: r for r in rows_of(tmp_path / "ase.csv")}
+    ts_rows = {r["id"]: r for r in rows_of(tmp_path / "ts.csv")}
+    assert set(ase_rows) == set(ts_rows) and len(ts_rows) == 4
+    assert ({r["id"] for r in rows_of(tmp_path / "ase.errors.csv")}
+            == {r["id"] for r in rows_of(tmp_path / "ts.errors.csv")})
+    for ident, row in ase_rows.items():
+        for column in ("polarisability", "eps_inf", "becs"):
+            np.testing.assert_allclose(np.array(json.loads(ts_rows[ident][column])),
+                                       np.array(json.loads(row[column])), rtol=1e-6, atol=1e-9)
+    quartz = tmp_path / "quartz.cif"
+    ase.io.write(quartz, atoms["rattled"])
+    out = tmp_path / "relaxed.csv"
+    assert main([str(quartz), "--model", str(root / "model.pt"), "--out", str(out), "--no-progress",
+                 "--engine", "torchsim", "--relax", "--fmax", "0.05"]) == 0
+    row = rows_of(out)[0]
+    unrelaxed = next(r for i, r in ase_rows.items() if i.endswith("POSCAR"))  # the same rattled structure
+    assert row["relaxed"] == "True" and row["eps_inf"] != unrelaxed["eps_inf"]

@@ -4,8 +4,22 @@ One learned scalar, the electric enthalpy F(R, E); forces, stress, polarisation 
 Z* and polarisability alpha are its exact autograd derivatives.
 """
 
-import mf_lightning._deps  # noqa: F401  (mace before e3nn; see _deps for why)
-from mf_lightning.model import COUPLING_FORMS, FieldMACE, ModelFileError, build_model, load_model
-
+# the one version number (pyproject.toml reads it: [tool.setuptools.dynamic])
 __version__ = "0.1.0"
-__all__ = ["FieldMACE", "build_model", "load_model", "ModelFileError", "COUPLING_FORMS", "__version__"]
+
+import mf_lightning._deps  # noqa: F401,E402  (mace before e3nn; see _deps for why)
+from mf_lightning.model import FieldMACE, ModelFileError, build_model, coupling_forms, load_model  # noqa: E402
+
+__all__ = ["FieldMACE", "MACEFieldCalculator", "build_model", "load_model", "ModelFileError", "coupling_forms",
+           "COUPLING_FORMS", "__version__"]
+
+
+def __getattr__(name):
+    # lazily: the calculator pulls in ASE; COUPLING_FORMS stays current as forms register
+    if name == "MACEFieldCalculator":
+        from mf_lightning.calculator import MACEFieldCalculator
+
+        return MACEFieldCalculator
+    if name == "COUPLING_FORMS":
+        return coupling_forms()
+    raise AttributeError(f"module 'mf_lightning' has no attribute {name!r}")

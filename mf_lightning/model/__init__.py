@@ -1,8 +1,8 @@
 """The field-aware model: coupling forms, FieldMACE, observables, weights-only I/O."""
 
 from mf_lightning.model.build import build_model
-from mf_lightning.model.coupling import COUPLING_FORMS
+from mf_lightning.model.coupling import coupling_forms
 from mf_lightning.model.field_mace import FieldMACE
 from mf_lightning.model.io import ModelFileError, load_model
 
-__all__ = ["FieldMACE", "build_model", "load_model", "ModelFileError", "COUPLING_FORMS"]
+__all__ = ["FieldMACE", "build_model", "load_model", "ModelFileError", "coupling_forms"]

@@ -106,9 +106,9 @@ def build_model(
     )
     if isinstance(atomic_polarisabilities, Mapping):
         atomic_polarisabilities = [float(atomic_polarisabilities.get(k, atomic_polarisabilities.get(str(k), 0.0))) for k in z]
-    coupling = dict(coupling or {})
-    coupling.setdefault("form", "residual_tp")
-    coupling.setdefault("init", "random")
+    from mf_lightning.model.coupling import DEFAULTS
+
+    coupling = {**DEFAULTS, **(coupling or {})}
     if seed is not None:
         torch.manual_seed(int(seed))
     with default_dtype(torch_dtype):

@@ -64,8 +64,14 @@ from mf_lightning._deps import o3
 from mace.modules.irreps_tools import reshape_irreps, tp_out_irreps_with_instructions
 
 FIELD_IRREPS = o3.Irreps("1x1o")
-COUPLING_FORMS = ("none", "residual_tp", "basis_tp")
 INIT_MODES = ("zeros", "random")
+# The one source of the coupling's defaults: FieldMACE, build_model and conf/model/coupling/*.yaml
+# (checked by tests/unit/model/test_coupling.py) use these. ``init`` is for a model trained
+# from scratch; an upgraded checkpoint (FieldMACE.from_mace) starts from UPGRADE_INIT, so it
+# keeps the source's zero-field behaviour for every E.
+DEFAULTS = {"form": "residual_tp", "layers": None, "l_in": None, "l_out": None, "init": "random",
+            "init_scale": 1e-2, "field_order": 2}
+UPGRADE_INIT = "zeros"
 FIELD_SQUARED_IRREPS = o3.Irreps("1x0e + 1x2e")
 
 
@@ -166,6 +172,21 @@ class FieldTensorProduct(torch.nn.Module):
         return out
 
 
+STAGES = ("features", "basis")
+COUPLINGS: dict = {}  # form name -> FieldCoupling subclass, filled as the classes are defined
+
+
+def coupling_forms() -> tuple:
+    """Every form: ``none`` (plain MACE) and each registered :class:`FieldCoupling` subclass."""
+    return ("none", *COUPLINGS)
+
+
+def __getattr__(name):  # COUPLING_FORMS stays current when a form is registered later
+    if name == "COUPLING_FORMS":
+        return coupling_forms()
+    raise AttributeError(name)
+
+
 class FieldCoupling(torch.nn.Module):
     """Base class: one coupling block for one interaction layer.
 
@@ -176,6 +197,16 @@ class FieldCoupling(torch.nn.Module):
 
     stage: str = "features"
     form: str = ""
+
+    def __init_subclass__(cls, **kwargs):
+        """A subclass that names its ``form`` is a coupling form: registered in
+        :data:`COUPLINGS`, so configs, FieldMACE and the tests (parametrised over the registry)
+        know it with no other edit. Its ``stage`` says where FieldMACE calls it."""
+        super().__init_subclass__(**kwargs)
+        if cls.form:
+            if cls.stage not in STAGES:
+                raise TypeError(f"coupling form {cls.form!r}: stage must be one of {STAGES}, not {cls.stage!r}")
+            COUPLINGS[cls.form] = cls
 
     def forward(self, x: torch.Tensor, field_irrep: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -220,10 +251,7 @@ class BasisTPCoupling(FieldCoupling):
         return x + self.to_channels(self.residual(self._flatten(x), field_irrep))
 
 
-_FORMS = {"residual_tp": ResidualTPCoupling, "basis_tp": BasisTPCoupling}
-
-
 def make_coupling(form: str, irreps: o3.Irreps, **kwargs) -> FieldCoupling:
-    if form not in _FORMS:
-        raise ValueError(f"unknown coupling form {form!r}; choose from {COUPLING_FORMS}")
-    return _FORMS[form](irreps, **kwargs)
+    if form not in COUPLINGS:
+        raise ValueError(f"unknown coupling form {form!r}; choose from {coupling_forms()}")
+    return COUPLINGS[form](irreps, **kwargs)

@@ -37,7 +37,7 @@ class FieldMACE(torch.nn.Module):
             same energy).
         backbone_config: the backbone's constructor arguments in JSON-able form (what
             :func:`mf_lightning.model.io.save` writes so the model can be rebuilt without pickle).
-        form: coupling form, one of :data:`~mf_lightning.model.coupling.COUPLING_FORMS`.
+        form: coupling form, one of :func:`~mf_lightning.model.coupling.coupling_forms`.
         layers: indices of interaction layers that couple; ``None`` = every layer the form can
             couple (``residual_tp``: all but a scalar-only last layer, as in the paper;
             ``basis_tp``: all).
@@ -64,19 +64,19 @@ class FieldMACE(torch.nn.Module):
         self,
         backbone: torch.nn.Module,
         backbone_config: Dict[str, Any],
-        form: str = "residual_tp",
-        layers: Optional[Sequence[int]] = None,
-        l_in: Optional[Sequence[int]] = None,
-        l_out: Optional[Sequence[int]] = None,
-        init: str = "zeros",
-        init_scale: float = 1e-2,
+        form: str = cpl.DEFAULTS["form"],
+        layers: Optional[Sequence[int]] = cpl.DEFAULTS["layers"],
+        l_in: Optional[Sequence[int]] = cpl.DEFAULTS["l_in"],
+        l_out: Optional[Sequence[int]] = cpl.DEFAULTS["l_out"],
+        init: str = cpl.DEFAULTS["init"],
+        init_scale: float = cpl.DEFAULTS["init_scale"],
         split_backward: bool = True,
-        field_order: int = 2,
+        field_order: int = cpl.DEFAULTS["field_order"],
         atomic_polarisabilities: Optional[Sequence[float]] = None,
     ):
         super().__init__()
-        if form not in cpl.COUPLING_FORMS:
-            raise ValueError(f"unknown coupling form {form!r}; choose from {cpl.COUPLING_FORMS}")
+        if form not in cpl.coupling_forms():
+            raise ValueError(f"unknown coupling form {form!r}; choose from {cpl.coupling_forms()}")
         if not hasattr(backbone, "scale_shift"):
             raise TypeError("FieldMACE needs a ScaleShiftMACE backbone; use FieldMACE.from_mace")
         self.backbone = backbone
@@ -121,8 +121,7 @@ class FieldMACE(torch.nn.Module):
 
     # ------------------------------------------------------------------ structure
     def _stage_irreps(self, form: str, t: int) -> o3.Irreps:
-        stage = {"residual_tp": "features", "basis_tp": "basis"}[form]
-        if stage == "features":
+        if cpl.COUPLINGS[form].stage == "features":
             return o3.Irreps(str(self.backbone.products[t].linear.irreps_out))
         return o3.Irreps(str(self.backbone.interactions[t].target_irreps))
 
@@ -281,16 +280,16 @@ class FieldMACE(torch.nn.Module):
     def from_mace(
         cls,
         model_or_path,
-        form: str = "residual_tp",
-        layers: Optional[Sequence[int]] = None,
-        l_in: Optional[Sequence[int]] = None,
-        l_out: Optional[Sequence[int]] = None,
-        init: str = "zeros",
-        init_scale: float = 1e-2,
+        form: str = cpl.DEFAULTS["form"],
+        layers: Optional[Sequence[int]] = cpl.DEFAULTS["layers"],
+        l_in: Optional[Sequence[int]] = cpl.DEFAULTS["l_in"],
+        l_out: Optional[Sequence[int]] = cpl.DEFAULTS["l_out"],
+        init: str = cpl.UPGRADE_INIT,
+        init_scale: float = cpl.DEFAULTS["init_scale"],
         allow_pickle: bool = False,
         dtype: Optional[str] = None,
         heads: Optional[Sequence[str]] = None,
-        field_order: int = 2,
+        field_order: int = cpl.DEFAULTS["field_order"],
     ) -> "FieldMACE":
         """Upgrade a mace-torch ``MACE``/``ScaleShiftMACE`` (single- or multi-head).
 

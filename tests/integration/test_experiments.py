@@ -15,6 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from tests.conftest import REPO, SHARED_DATA
+from mf_lightning.model.coupling import coupling_forms
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 TOY = ["model.num_channels=4", "model.max_ell=1", "model.correlation=2", "model.r_max=3.5",
@@ -39,7 +40,7 @@ def test_experiment_composes(name):
     if name in ("finetune_replay", "ablation_replay"):
         assert cfg.data.replay == "replay" and cfg.module.freeze_backbone_epochs > 0
         return
-    assert cfg.model.coupling.form in ("none", "residual_tp", "basis_tp")
+    assert cfg.model.coupling.form in coupling_forms()
     assert cfg.data._target_.startswith("datamodules.")
 
 

@@ -8,6 +8,7 @@ import torch
 from mf_lightning.data import keys
 from mf_lightning.model.coupling import field_to_irrep
 from tests.helpers import batch_of, elements_of, tiny_model
+from mf_lightning.model.coupling import COUPLINGS
 
 FIELD = (0.03, -0.02, 0.05)
 
@@ -57,7 +58,7 @@ def test_impossible_l_selection(dielectric_atoms):
         tiny_model(elements_of(dielectric_atoms), form="residual_tp", l_in=[0], l_out=[0])
 
 
-@pytest.mark.parametrize("form", ["residual_tp", "basis_tp"])
+@pytest.mark.parametrize("form", list(COUPLINGS))
 def test_zero_init_is_exactly_the_plain_model(dielectric_atoms, form):
     z = elements_of(dielectric_atoms)
     coupled = tiny_model(z, form=form, init="zeros")
@@ -79,3 +80,38 @@ def test_field_irrep_convention_matches_edge_harmonics():
     sh = o3.spherical_harmonics(1, v, normalize=False, normalization="component")
     torch.testing.assert_close(field_to_irrep(v) * 3 ** 0.5, sh)
     torch.testing.assert_close(field_to_irrep(v).norm(), v.norm())
+
+
+def test_a_new_form_is_one_class_and_the_defaults_have_one_source(dielectric_atoms):
+    """Defining a FieldCoupling subclass with a ``form`` registers it: FieldMACE builds it, P,
+    Z* and alpha flow from it, and the test suites parametrised over COUPLINGS pick it up. The
+    configs' coupling defaults are the code's (mf_lightning.model.coupling.DEFAULTS)."""
+    from omegaconf import OmegaConf
+
+    from mf_lightning.model import coupling as cpl
+    from tests.conftest import REPO
+
+    class ScaledResidual(cpl.FieldCoupling):
+        form, stage = "toy_scaled_tp", "features"
+
+        def __init__(self, irreps, **kwargs):
+            super().__init__()
+            self.residual = cpl.FieldTensorProduct(irreps, **kwargs)
+
+        def forward(self, x, field_irrep):
+            return x + 0.5 * self.residual(x, field_irrep)
+
+    try:
+        assert "toy_scaled_tp" in cpl.coupling_forms() and "toy_scaled_tp" in cpl.COUPLING_FORMS
+        model = tiny_model(elements_of(dielectric_atoms), form="toy_scaled_tp")
+        out = model(batch_of(model, [dielectric_atoms], fields=[FIELD]),
+                    properties=(keys.ENERGY, keys.POLARISATION, keys.BECS, keys.POLARISABILITY))
+        assert float(out[keys.POLARISABILITY].abs().max()) > 0 and float(out[keys.BECS].abs().max()) > 0
+        with pytest.raises(TypeError, match="stage must be one of"):
+            type("BadStage", (cpl.FieldCoupling,), {"form": "toy_bad", "stage": "edges"})
+    finally:
+        cpl.COUPLINGS.pop("toy_scaled_tp", None)
+    for form in cpl.COUPLINGS:
+        cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "model" / "coupling" / f"{form}.yaml"))
+        assert cfg["form"] == form
+        assert {k: v for k, v in cfg.items() if k != "form"} == {k: v for k, v in cpl.DEFAULTS.items() if k != "form"}

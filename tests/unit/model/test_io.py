@@ -16,6 +16,7 @@ from mf_lightning.model import io
 from mf_lightning.model.io import ModelFileError
 from tests.conftest import SHARED_DATA
 from tests.helpers import batch_of, elements_of, tiny_model
+from mf_lightning.model.coupling import COUPLINGS
 
 PROPS = (keys.ENERGY, keys.FORCES, keys.POLARISATION, keys.BECS, keys.POLARISABILITY)
 
@@ -170,7 +171,7 @@ def test_mace_export_is_the_model_at_zero_field(tmp_path):
     assert abs(float(proc.stdout.split()[-1]) - a.get_potential_energy()) < 1e-10
 
 
-@pytest.mark.parametrize("form", ["residual_tp", "basis_tp"])
+@pytest.mark.parametrize("form", list(COUPLINGS))
 def test_constant_field_exports_are_the_model_at_that_field(tmp_path, form):
     """At a fixed E the coupling is a fixed linear map of the features: the exported mace model
     (read by mace's MACECalculator) and mace's LAMMPS TorchScript model (compiled as

@@ -11,9 +11,10 @@ from scipy.spatial.transform import Rotation
 
 from mf_lightning.data import keys
 from tests.helpers import batch_of, elements_of, tiny_model
+from mf_lightning.model.coupling import COUPLINGS
 
 ALL = (keys.ENERGY, keys.FORCES, keys.STRESS, keys.POLARISATION, keys.BECS, keys.POLARISABILITY)
-FORMS = ("residual_tp", "basis_tp")
+FORMS = tuple(COUPLINGS)  # every registered form, with no test edit
 FIELD = (0.04, -0.03, 0.06)  # V/A: large enough that nonlinear field terms matter
 
 

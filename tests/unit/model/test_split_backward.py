@@ -13,6 +13,7 @@ import torch
 from mf_lightning.data import keys
 from mf_lightning.model import split_backward
 from tests.helpers import batch_of, elements_of, tiny_model
+from mf_lightning.model.coupling import COUPLINGS
 
 ALL = (keys.ENERGY, keys.FORCES, keys.STRESS, keys.POLARISATION, keys.BECS, keys.POLARISABILITY)
 FIELD = (0.04, -0.03, 0.06)
@@ -26,7 +27,7 @@ def loss_and_grads(model, batch, batched=False):
     return {k: v.detach() for k, v in out.items()}, grads
 
 
-@pytest.mark.parametrize("form", ["residual_tp", "basis_tp"])
+@pytest.mark.parametrize("form", list(COUPLINGS))
 def test_bitwise_equal_to_e3nn(structures, form):
     atoms = structures["BaTiO3"]
     z = elements_of(atoms)

@@ -33,7 +33,6 @@ from mf_lightning.module import metric_components
 from mf_lightning.cli.runner import cli_main, parser as cli_parser
 from mf_lightning.utils import dumps_json
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def eps_inf_poly(alpha: torch.Tensor) -> torch.Tensor:
@@ -169,8 +168,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
     from mf_lightning.training import bind_to_model, make_datamodule
 
     configure_process(args.threads)
-    os.environ.setdefault("PROJECT_ROOT", str(REPO))
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    from mf_lightning.cli import CONF_DIR
+
+    os.environ.setdefault("PROJECT_ROOT", os.getcwd())
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"data={args.data}", f"seed={args.seed}",
                                           "paths.output_dir=${oc.env:TMPDIR,/tmp}/mf-baselines"])
     dm = make_datamodule(cfg)

@@ -1,0 +1,89 @@
+"""Evaluation entry point (Hydra): ``mf-eval model=<model.pt> data=<config | extxyz path>``
+(installed console script) or ``python eval.py ...`` in a checkout.
+
+``model=`` is shorthand for ``model_file=`` (see :func:`rewrite_overrides`).
+``data`` is a data config of ``conf/data`` (then ``split`` chooses which split, the test split by
+default, made exactly as in training with the same ``seed``) or a path to any extxyz file with
+labels under the internal names (``conf/data/extxyz.yaml``; every structure is evaluated).
+Writes ``metrics.json`` and ``parity/*.png`` in the run directory and prints a table; see
+:mod:`mf_lightning.evaluation.evaluate`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from mf_lightning.cli import CONF_DIR as CONF  # noqa: E402
+os.environ.setdefault("PROJECT_ROOT", os.getcwd())  # eval.py in a checkout sets the checkout
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+
+def rewrite_overrides(argv: list) -> list:
+    """Hydra reads ``key=value`` for a key that is also a config group (``conf/model``,
+    ``conf/data``) as a choice of that group, which cannot be a path. So ``model=<file>`` becomes
+    ``model_file=<file>``, and ``data=<file>`` (an existing file, or anything that is not a config
+    of conf/data) becomes ``data=extxyz data.file=<absolute path>``."""
+    out = []
+    for arg in argv:
+        if arg.startswith("model="):
+            out.append("model_file=" + arg.split("=", 1)[1])
+            continue
+        if arg.startswith("data="):
+            value = arg.split("=", 1)[1]
+            if not (CONF / "data" / f"{value}.yaml").exists() and (
+                    Path(value).exists() or value.endswith((".xyz", ".extxyz"))):
+                out += ["data=extxyz", f"data.file={Path(value).resolve()}"]
+                continue
+        out.append(arg)
+    return out
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg: DictConfig):
+    from mf_lightning.cli.runner import run_hydra_job
+
+    return run_hydra_job(_main, cfg, "eval.py")
+
+
+def _main(cfg: DictConfig):
+    from datamodules import FieldDataModule
+    from mf_lightning.evaluation.evaluate import evaluate_datamodule, table
+    from mf_lightning.model.io import load_model
+    from mf_lightning.runtime import configure_process
+    from mf_lightning.training import bind_to_model, make_datamodule
+
+    configure_process(cfg.get("torch_threads"), malloc=cfg.get("malloc_tuning", True))
+    model = load_model(cfg.model_file, device=cfg.device, dtype=cfg.dtype)
+    dm = make_datamodule(cfg)
+    bind_to_model(dm, model, head=cfg.head)
+    split = cfg.split
+    if split == "auto":
+        plain = all(type(src) is FieldDataModule for src in dm.sources.values())
+        split = "all" if plain else "test"
+    for src in dm.sources.values():  # a held-out file alone: the training file is not read
+        src.test_only = split == "test" and bool(src.test_file)
+    dm.setup()
+    for name, src in dm.sources.items():  # the units the labels were read in, before any number
+        print(f"{name}: labels " + ", ".join(f"{q} = {s['key']} [{s['unit']}]" for q, s in src.labels.items()))
+    out_dir = Path(cfg.paths.output_dir)
+    metrics = evaluate_datamodule(model, dm, split, out_dir, batch_size=int(cfg.batch_size), ionic=bool(cfg.ionic),
+                                  ionic_key=cfg.ionic_key, ionic_max_atoms=int(cfg.ionic_max_atoms),
+                                  predictions=bool(cfg.predictions),
+                                  plots=bool(cfg.plots))
+    print(table(metrics))
+    print(f"run directory: {out_dir} (metrics.json, parity/)")
+    return metrics
+
+
+def cli() -> None:
+    """The console script: ``model=``/``data=`` shorthands rewritten, then Hydra."""
+    sys.argv = [sys.argv[0]] + rewrite_overrides(sys.argv[1:])
+    main()
+
+
+if __name__ == "__main__":
+    cli()

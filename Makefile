@@ -14,7 +14,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # glibc malloc settings are applied at run time by every entry point (mf_lightning/runtime.py),
 # so make, SLURM and notebooks all get them; no MALLOC_* variables here.
 
-.PHONY: venv test fuzz train bench demo clean
+.PHONY: venv test fuzz lint train bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ fuzz: venv
 
 train: venv
 	$(PY) train.py experiment=quickstart $(ARGS)
+
+# ruff (configured in pyproject.toml); tests/test_lint.py runs the same check in `make test`
+lint: venv
+	$(PY) -m ruff check .
 
 # Speed and memory benchmarks (about an hour on 2 cores; idle machine): appends to bench/RESULTS.md
 bench: venv

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 
-from _common import ROOT, append, parse, child_setup, fmt, header, run_child
+from _common import ROOT, append, child_setup, fmt, header, parse, run_child
 
 
 def setup_once(name: str, cache: str, out: str):

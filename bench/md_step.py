@@ -22,7 +22,6 @@ import sys
 import time
 
 import numpy as np
-
 from _common import append, child_setup, elements, fmt, header, parse, peak_rss_gib, records, run_child
 
 ROWS = {"upstream": "mace MACECalculator, E/F/S", "F": "ours, E/F/S", "F+P": "ours, E/F/S + P",
@@ -104,7 +103,8 @@ def main() -> int:
         print(s, dt, ch, mal, {n: r.get("s", r.get("error")) for n, r in res.items()}, flush=True)
         t = {n: r.get("s") for n, r in res.items()}
         same = f"{got['max_dF']:.1e}" if "max_dF" in got else "-"
-        ratio = (lambda a, b: fmt(a / b) if a and b else "-")
+        def ratio(a, b):
+            return fmt(a / b) if a and b else "-"
         lines.append(f"| {s} | {res['F'].get('atoms', '?')} | {dt} | {ch} | {mal} | "
                      + " | ".join(fmt(t[n], ".3f") if t[n] else res[n]["error"] for n in names)
                      + f" | {ratio(t['F'], t['upstream'])} | {ratio(t['F+P'], t['F'])} | {ratio(t['F+P+Z*+alpha'], t['F'])}"

@@ -16,7 +16,6 @@ import sys
 import time
 
 import numpy as np
-
 from _common import append, child_setup, elements, fmt, header, parse, peak_rss_gib, records, run_child
 
 REPEATS = [(1, 1, 1), (2, 1, 1), (2, 2, 1), (2, 2, 2), (4, 2, 2), (4, 4, 2), (4, 4, 4)]

@@ -69,10 +69,10 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(HERE.parent))
-    from tests.helpers import tiny_model  # a small random model: memory, not accuracy, is measured
     from mf_lightning.calculator import MACEFieldCalculator
     from mf_lightning.md import run_md
     from mf_lightning.predict import screen
+    from tests.helpers import tiny_model  # a small random model: memory, not accuracy, is measured
 
     model = tiny_model([8, 14])
     rows = []

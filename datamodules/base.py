@@ -7,21 +7,20 @@ split is by group or contiguous in time, and any ordering or metadata of their s
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
-
-import logging
+from mace.tools.torch_geometric.dataloader import DataLoader
 
 from mf_lightning.data.audit import structure_checks
 from mf_lightning.data.dataset import GraphCache, cache_key, file_sha256, record_to_graph, ref_key, weight_key
-from mf_lightning.model.io import plain_value
 from mf_lightning.data.reader import Record, iter_frames, read_records, reduced_formula
 from mf_lightning.data.root import resolve_file
 from mf_lightning.data.splits import contiguous_split, group_split, write_manifest
-from mace.tools.torch_geometric.dataloader import DataLoader
+from mf_lightning.model.io import plain_value
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +124,15 @@ class FieldDataModule(pl.LightningDataModule):
         records = self._records(path)
         graphs = [record_to_graph(r, self.atomic_numbers, self.r_max, self.heads, self.head) for r in records]
         meta = [{"id": r.id, "frame": r.frame, "group": self.group_of(r),
-                 "formula": reduced_formula(r.atoms), **{k: plain_value(v) for k, v in r.meta.items()}} for r in records]
+                 "formula": reduced_formula(r.atoms), **{k: plain_value(v) for k, v in r.meta.items()}}
+                for r in records]
         self.cache.store(key, graphs, {"meta": meta, "file": str(path)})
         return graphs, meta
 
     def elements(self) -> List[int]:
         """Elements of this source's files (without building graphs)."""
-        paths = [resolve_file(self.file, self.root)] + ([resolve_file(self.test_file, self.root)] if self.test_file else [])
+        paths = [resolve_file(self.file, self.root)]
+        paths += [resolve_file(self.test_file, self.root)] if self.test_file else []
         return self._element_table(paths)
 
     def _element_table(self, paths: List[Path]) -> List[int]:

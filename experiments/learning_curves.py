@@ -80,7 +80,8 @@ def main(argv=None):
         writer.writerow(["run", "minutes", "epoch", *quantities])
         for (_, curve), label in zip(curves, labels):
             for p in curve:
-                writer.writerow([label, f"{p['minutes']:.2f}", p["epoch"], *[f"{p[q]:.5g}" if q in p else "" for q in quantities]])
+                values = [f"{p[q]:.5g}" if q in p else "" for q in quantities]
+                writer.writerow([label, f"{p['minutes']:.2f}", p["epoch"], *values])
     print(f"wrote {args.out} and {args.out.with_suffix('.csv')}")
 
 

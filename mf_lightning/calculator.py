@@ -27,8 +27,8 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from mf_lightning.data import keys
 from mf_lightning.data.graphs import atoms_to_graph, collate
 from mf_lightning.model.field_mace import FieldMACE
-from mf_lightning.utils import resolve_dtype
 from mf_lightning.model.io import load_model
+from mf_lightning.utils import resolve_dtype
 
 FieldLike = Union[Sequence[float], np.ndarray, Callable[[float], Sequence[float]]]
 

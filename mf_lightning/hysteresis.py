@@ -29,10 +29,11 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
+from mf_lightning.cli.runner import cli_main
+from mf_lightning.cli.runner import parser as cli_parser
 from mf_lightning.md import FIELD_UNITS, FieldProtocol, axis_vector, load_structure, read_log, run_md, warn_field_unit
-from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2
 from mf_lightning.runtime import configure_process
-from mf_lightning.cli.runner import cli_main, parser as cli_parser
+from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2
 from mf_lightning.utils import dumps_json
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,8 @@ def quasi_static_loop(atoms, calc, E_max: float, n_points: int = 21, axis="z", f
     quarter = np.linspace(0, E_max, n_points)
     grid = list(quarter)
     for _ in range(cycles):
-        grid += list(np.linspace(E_max, -E_max, 2 * n_points - 1)[1:]) + list(np.linspace(-E_max, E_max, 2 * n_points - 1)[1:])
+        down, up = np.linspace(E_max, -E_max, 2 * n_points - 1)[1:], np.linspace(-E_max, E_max, 2 * n_points - 1)[1:]
+        grid += list(down) + list(up)
     atoms = atoms.copy()
     E_out, P_out, converged = [], [], []
     for e in grid:

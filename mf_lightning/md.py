@@ -15,8 +15,9 @@ Log (every ``log_every`` steps) to an extxyz trajectory, one frame appended and 
 ``electric_field`` (V/A), ``polarisation`` (e/A^2: the model's own P = -(1/Omega) dF/dE, as it
 comes; it is a smooth single-valued function of R and E, so it is never folded onto a branch:
 folding would alias any real change of more than half a quantum between two samples, such as
-ferroelectric switching. Branch folding is for Berry-phase reference labels only), ``enthalpy`` (F, eV), ``kinetic_energy``, ``total_energy`` (F + K, the
-conserved quantity of NVE at a constant field), ``temperature`` (K), ``volume``, ``stress``
+ferroelectric switching. Branch folding is for Berry-phase reference labels only),
+``enthalpy`` (F, eV), ``kinetic_energy``, ``total_energy`` (F + K, the conserved quantity of NVE
+at a constant field), ``temperature`` (K), ``volume``, ``stress``
 (eV/A^3, Voigt); every ``response_every`` steps also ``polarisability`` (9, e/(V A)) and, with
 ``becs=True``, the per-atom array ``becs`` (9, e). Momenta are stored, so a run restarts from its
 last complete frame (``restart=True``, the default: an existing trajectory is continued; a frame
@@ -33,16 +34,18 @@ import logging
 import math
 import os
 import sys
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
 from ase import units
 
+from mf_lightning.cli.runner import cli_main
+from mf_lightning.cli.runner import parser as cli_parser
 from mf_lightning.errors import ArgumentError, InputError
 from mf_lightning.runtime import configure_process
-from mf_lightning.cli.runner import cli_main, parser as cli_parser
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +260,9 @@ def run_md(atoms, calc, out, steps: int, timestep_fs: float = 1.0, ensemble: str
         log.info("%s: restarting from step %d (t = %.1f fs)", out, step0, t0)
     else:
         step0, t0 = 0, 0.0
-        t_init = init_temperature_K if init_temperature_K is not None else (temperature_K if ensemble == "nvt" else None)
+        t_init = init_temperature_K
+        if t_init is None:
+            t_init = temperature_K if ensemble == "nvt" else None
         if t_init is not None:
             from ase.md import velocitydistribution as vd
 
@@ -327,8 +332,9 @@ def field_from_args(args) -> Union[FieldProtocol, Callable, None]:
         return import_function(args.field_function)
     if args.field_kind == "none":
         return None
-    return FieldProtocol(kind=args.field_kind, E0=args.E0 * FIELD_UNITS[args.field_unit], direction=axis_vector(args.axis),
-                         period_fs=args.period_fs, t_on_fs=args.t_on_fs, t_off_fs=args.t_off_fs)
+    return FieldProtocol(kind=args.field_kind, E0=args.E0 * FIELD_UNITS[args.field_unit],
+                         direction=axis_vector(args.axis), period_fs=args.period_fs, t_on_fs=args.t_on_fs,
+                         t_off_fs=args.t_off_fs)
 
 
 # |E0| above this (V/A; 1 V/A = 100 MV/cm) is far beyond any dielectric's breakdown: a unit slip
@@ -367,7 +373,8 @@ def load_structure(path: str, frame: int = 0, supercell: Optional[Sequence[int]]
     except (StopIteration, IndexError) as exc:
         raise InputError(f"{path}: no frame {frame} (the file has fewer)") from exc
     except Exception as exc:  # noqa: BLE001 - ASE raises many types for malformed files
-        raise InputError(f"{path}: cannot read a structure ({type(exc).__name__}: {' '.join(str(exc).split())})") from exc
+        reason = " ".join(str(exc).split())
+        raise InputError(f"{path}: cannot read a structure ({type(exc).__name__}: {reason})") from exc
     atoms.calc = None
     check_geometry(atoms, f"{path}: frame {frame}")
     if supercell:

@@ -29,7 +29,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from mf_lightning.cli.runner import cli_main, parser as cli_parser
+from mf_lightning.cli.runner import cli_main
+from mf_lightning.cli.runner import parser as cli_parser
 from mf_lightning.errors import EXIT_OK, EXIT_PARTIAL, InputError
 from mf_lightning.utils import FileLock
 
@@ -243,8 +244,8 @@ class TableWriter:
 
 
 def row_for(ident: str, atoms, response: Dict[str, np.ndarray]) -> Dict[str, Any]:
-    from mf_lightning.dielectric import eps_inf_from_alpha, eps_poly, refractive_index
     from mf_lightning.data.reader import reduced_formula
+    from mf_lightning.dielectric import eps_inf_from_alpha, eps_poly, refractive_index
 
     eps = eps_inf_from_alpha(response["polarisability"])
     return {"id": ident, "formula": reduced_formula(atoms), "n_atoms": len(atoms),
@@ -299,7 +300,8 @@ class Engine:
 
         device = next(self.model.parameters()).device
         return FieldMaceModel(self.model, device=device, dtype=self.model.dtype, electric_field=self.field,
-                              head=self.head, compute_forces=not response, compute_stress=self.relax_cell and not response,
+                              head=self.head, compute_forces=not response,
+                              compute_stress=self.relax_cell and not response,
                               response=RESPONSE_QUANTITIES if response else ())
 
     def response(self, structures: Sequence, ids: Sequence[str]) -> List[Dict[str, np.ndarray]]:

@@ -37,9 +37,10 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 from ase import units
 
+from mf_lightning.cli.runner import cli_main
+from mf_lightning.cli.runner import parser as cli_parser
 from mf_lightning.errors import InputError
 from mf_lightning.units import EPS0_E_PER_V_A
-from mf_lightning.cli.runner import cli_main, parser as cli_parser
 from mf_lightning.utils import dumps_json
 
 C_CM_PER_FS = units._c * 100 * 1e-15  # speed of light, cm/fs
@@ -290,7 +291,8 @@ def write_outputs(result: Dict[str, Any], out_dir, axis: int = 2) -> Dict[str, P
         if k in result:
             cols[k] = result[k]
     for j, c in enumerate("xyz"):
-        cols[f"re_eps_{c}{c}"], cols[f"im_eps_{c}{c}"], cols[f"loss_{c}{c}"] = eps[:, j].real, eps[:, j].imag, loss[:, j]
+        cols[f"re_eps_{c}{c}"], cols[f"im_eps_{c}{c}"] = eps[:, j].real, eps[:, j].imag
+        cols[f"loss_{c}{c}"] = loss[:, j]
     header = ",".join(cols)
     np.savetxt(out_dir / "spectra.csv", np.column_stack(list(cols.values())), delimiter=",", header=header,
                comments="", fmt="%.6g")

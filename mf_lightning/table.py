@@ -2,8 +2,9 @@
 
 Finds every ``metrics.json`` under the given folders (a Hydra multirun folder, or single runs),
 reads the overrides each run was launched with (``.hydra/overrides.yaml``), and groups runs that
-differ only in ``seed`` (rows are labelled by the overrides that vary between runs): one row per setting, mean +- std over seeds (sample std, ddof=1; 0 for a
-single seed) per metric, the best value of each column marked, units in the headers. Writes
+differ only in ``seed`` (rows are labelled by the overrides that vary between runs): one row
+per setting, mean +- std over seeds (sample std, ddof=1; 0 for a single seed) per metric, the
+best value of each column marked, units in the headers. Writes
 markdown, CSV and LaTeX (``--out PREFIX``) and prints the markdown.
 """
 
@@ -17,7 +18,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from mf_lightning.cli.runner import cli_main, parser as cli_parser
+from mf_lightning.cli.runner import cli_main
+from mf_lightning.cli.runner import parser as cli_parser
 
 IGNORED_OVERRIDES = ("seed", "hydra.", "paths.", "torch_threads", "malloc_tuning", "ckpt_path")
 
@@ -61,8 +63,8 @@ def find_runs(dirs: Sequence[str]):
     or a Hydra job folder (``.hydra/overrides.yaml``); it is finished when its metrics.json
     says it is complete (:func:`~mf_lightning.utils.run_is_complete`: not failed, not cut by
     ``max_time``)."""
-    from mf_lightning.utils import run_is_complete
     from mf_lightning.errors import InputError
+    from mf_lightning.utils import run_is_complete
 
     missing = [d for d in dirs if not Path(d).is_dir()]
     if missing:
@@ -182,7 +184,8 @@ def paired(table, columns, baseline: str):
 def paired_markdown(base: str, diffs, columns, units) -> str:
     lines = [f"Paired difference to `{base}` over the same seeds (mean ± std; p: two-sided paired t-test; "
              "negative = lower error than the baseline):", "",
-             "| setting | pairs | " + " | ".join(f"Δ {c}" + (f" ({units[c]})" if units[c] else "") for c in columns) + " |",
+             "| setting | pairs | "
+             + " | ".join(f"Δ {c}" + (f" ({units[c]})" if units[c] else "") for c in columns) + " |",
              "|" + "---|" * (len(columns) + 2)]
     for setting, cells in diffs.items():
         n = max((c[2] for c in cells.values()), default=0)
@@ -227,7 +230,8 @@ def to_latex(columns, rows, best, units, stat) -> str:
              "setting & seeds & " + " & ".join(esc(_header(c, units, stat)) for c in columns) + r" \\", r"\hline"]
     for setting, cells in rows:
         n = max((c[2] for c in cells.values()), default=0)
-        vals = [_fmt(cells.get(c), c in cells and c in best and cells[c][0] == best[c], (r"\textbf{", "}")).replace("±", r"$\pm$")
+        bold = (r"\textbf{", "}")
+        vals = [_fmt(cells.get(c), c in cells and c in best and cells[c][0] == best[c], bold).replace("±", r"$\pm$")
                 for c in columns]
         lines.append(esc(setting) + f" & {n} & " + " & ".join(vals) + r" \\")
     lines += [r"\hline", r"\end{tabular}"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import ClassVar, Optional, Sequence, Union
 
 import torch
-
 import torch_sim as ts
 from torch_sim.models.interface import ModelInterface
 from torch_sim.neighbors import vesin_nl_ts
@@ -41,7 +40,8 @@ class FieldState(ts.SimState):
     def __init__(self, *args, electric_field: Optional[torch.Tensor] = None, **kwargs):
         super().__init__(*args, **kwargs)
         field = torch.zeros(self.n_systems, 3) if electric_field is None else torch.as_tensor(electric_field)
-        self.electric_field = field.to(device=self.device, dtype=self.dtype).reshape(-1, 3).expand(self.n_systems, 3).clone()
+        field = field.to(device=self.device, dtype=self.dtype).reshape(-1, 3)
+        self.electric_field = field.expand(self.n_systems, 3).clone()
 
 
 class FieldMaceModel(ModelInterface):

@@ -14,22 +14,22 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, Timer
-from pytorch_lightning.loggers import CSVLogger
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, Timer
+from pytorch_lightning.loggers import CSVLogger
 
 from datamodules import FieldDataModule, MultiSourceDataModule
 from mf_lightning.checkpointing import AtomicCheckpointIO, check_checkpoint
 from mf_lightning.data import keys
 from mf_lightning.data.dataset import ref_key, weight_key
 from mf_lightning.errors import RunFailedError
-from mf_lightning.units import EPS0_E_PER_V_A
 from mf_lightning.losses import label_scales
 from mf_lightning.model.build import build_model
 from mf_lightning.model.field_mace import FieldMACE, fit_atomic_polarisabilities
 from mf_lightning.module import METRIC_UNITS, FieldMACEModule
 from mf_lightning.runtime import configure_process
+from mf_lightning.units import EPS0_E_PER_V_A
 from mf_lightning.utils import FileLock, atomic_write_text, dumps_json, run_is_complete
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,8 @@ def make_model(cfg: DictConfig, dm: MultiSourceDataModule, upgraded=None):
     model = build_model(**model_cfg)
     if cfg.model.get("atomic_inter_shift") is None:
         stats["atomic_inter_shift"] = centre_initial_energy(model, dm.train_graphs())
-    log.info("dataset statistics: %s", {k: (np.round(v, 4) if not isinstance(v, list) else "...") for k, v in stats.items()})
+    log.info("dataset statistics: %s",
+             {k: (np.round(v, 4) if not isinstance(v, list) else "...") for k, v in stats.items()})
     return model, stats
 
 

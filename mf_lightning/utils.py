@@ -78,7 +78,8 @@ class FileLock:
             fcntl.flock(self.fh, fcntl.LOCK_EX if self.blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             self.fh.close()
-            raise InputError(f"{self.message} (lock {self.path} is held); wait for it or choose another output") from exc
+            raise InputError(f"{self.message} (lock {self.path} is held); "
+                             "wait for it or choose another output") from exc
         return self
 
     def __exit__(self, *exc):

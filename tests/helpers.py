@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
 import signal as signal_module
+from typing import Optional
 
 import numpy as np
 import pytorch_lightning as pl
-from ase.calculators.calculator import Calculator, all_changes
 import torch
+from ase.calculators.calculator import Calculator, all_changes
 
 import mf_lightning
 from mf_lightning.data.graphs import atoms_to_graph, collate

@@ -19,7 +19,8 @@ from pathlib import Path
 from mf_lightning.calculator import MACEFieldCalculator
 from mf_lightning.cli.experiment_tools import REPO, ensure_model, fmt, markdown_table
 from mf_lightning.data.root import resolve_file
-from mf_lightning.hysteresis import PAPER_BATIO3 as PAPER, dynamic_loop, quasi_static_loop, write_loop
+from mf_lightning.hysteresis import PAPER_BATIO3 as PAPER
+from mf_lightning.hysteresis import dynamic_loop, quasi_static_loop, write_loop
 from mf_lightning.md import FIELD_UNITS, load_structure
 
 

@@ -12,17 +12,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from mf_lightning.calculator import MACEFieldCalculator
 from mf_lightning.runtime import configure_process
-from mf_lightning.units import EPS0_E_PER_V_A, E_PER_A2_TO_UC_PER_CM2
+from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2, EPS0_E_PER_V_A
 
 
 def response_demo(cfg: DictConfig) -> dict:
     configure_process(cfg.get("torch_threads"), malloc=cfg.get("malloc_tuning", True))
     atoms = ase.io.read(cfg.demo.structure, index=int(cfg.demo.frame))
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model_cfg["atomic_numbers"] = sorted(set(int(z) for z in atoms.get_atomic_numbers()) | set(model_cfg["atomic_numbers"]))
-    # A fresh model's coupling starts at zero (conf default) and would give P = 0; the demo
-    # shows a random-weight coupling so the numbers are not trivially zero.
-    model_cfg["coupling"] = {**model_cfg["coupling"], "init": "random", "init_scale": 1.0} if model_cfg["coupling"]["form"] != "none" else model_cfg["coupling"]
+    elements = {int(z) for z in atoms.get_atomic_numbers()}
+    model_cfg["atomic_numbers"] = sorted(elements | set(model_cfg["atomic_numbers"]))
+    # A fresh coupling is small (init_scale 0.01) and would give P of order 1e-4; the demo uses a
+    # unit-scale random coupling so the numbers show the structure of the response.
+    if model_cfg["coupling"]["form"] != "none":
+        model_cfg["coupling"] = {**model_cfg["coupling"], "init": "random", "init_scale": 1.0}
     model = instantiate(model_cfg)
     calc = MACEFieldCalculator(model, dtype=model_cfg["dtype"], electric_field=list(cfg.demo.electric_field))
     atoms.calc = calc

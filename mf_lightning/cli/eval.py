@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from mf_lightning.cli import CONF_DIR as CONF  # noqa: E402
+
 os.environ.setdefault("PROJECT_ROOT", os.getcwd())  # eval.py in a checkout sets the checkout
 
 import hydra  # noqa: E402

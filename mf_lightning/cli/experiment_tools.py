@@ -21,7 +21,8 @@ def ensure_model(model: Optional[str], experiment: str, work_dir: Path, override
     path = run_dir / "model.pt"
     if not path.exists():
         print(f"no --model given: training one with `train.py experiment={experiment}` into {run_dir}", flush=True)
-        cmd = [sys.executable, str(REPO / "train.py"), f"experiment={experiment}", f"hydra.run.dir={run_dir}", *overrides]
+        cmd = [sys.executable, str(REPO / "train.py"), f"experiment={experiment}", f"hydra.run.dir={run_dir}",
+               *overrides]
         subprocess.run(cmd, cwd=REPO, env={**os.environ, "PROJECT_ROOT": str(REPO)}, check=True)
     return path
 

@@ -37,7 +37,8 @@ def classify(exc: BaseException) -> Optional[Tuple[int, str]]:
     if isinstance(exc, RunFailedError):
         return EXIT_FAILED, one_line(exc)
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return EXIT_FAILED, f"disk full while writing {exc.filename or 'output'}: free space and run again (resumable runs continue)"
+        return EXIT_FAILED, (f"disk full while writing {exc.filename or 'output'}: free space and run again "
+                             "(resumable runs continue)")
     if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
         what = {FileNotFoundError: "no such file", IsADirectoryError: "is a folder, not a file",
                 NotADirectoryError: "not a folder", PermissionError: "permission denied"}[type(exc)]

@@ -32,9 +32,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from mf_lightning.cli.runner import cli_main
+from mf_lightning.cli.runner import parser as cli_parser
 from mf_lightning.data.polarisation import PATH_KEYS, fold_onto, path_coordinates, path_id, polarisation_quanta
 from mf_lightning.data.reader import Record, read_records, reduced_formula
-from mf_lightning.cli.runner import cli_main, parser as cli_parser
 
 ASR_TOL = 0.1
 ASYM_TOL = 1e-2
@@ -202,7 +203,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         path = Path(f)
         records += read_records(path, _labels_for(path, args.polarisability_unit), meta_keys=PATH_KEYS)
     rows = audit_records(records, asr_tol=args.asr_tol)
-    csv_path, md_path = write_report(rows, args.out, title="Label audit: " + ", ".join(Path(f).name for f in args.files))
+    title = "Label audit: " + ", ".join(Path(f).name for f in args.files)
+    csv_path, md_path = write_report(rows, args.out, title=title)
     print(md_path.read_text())
     print(f"wrote {csv_path} and {md_path}")
     return 0

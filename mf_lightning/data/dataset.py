@@ -20,10 +20,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-
-import mf_lightning._deps  # noqa: F401
 from mace.tools.torch_geometric.data import Data
 
+import mf_lightning._deps  # noqa: F401
 from mf_lightning.data import keys
 from mf_lightning.data.graphs import atoms_to_graph
 from mf_lightning.data.reader import Record

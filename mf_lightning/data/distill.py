@@ -17,9 +17,10 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from mf_lightning.calculator import MACEFieldCalculator
-from mf_lightning.model.field_mace import FieldMACE
-from mf_lightning.cli.runner import cli_main, parser as cli_parser
+from mf_lightning.cli.runner import cli_main
+from mf_lightning.cli.runner import parser as cli_parser
 from mf_lightning.errors import EXIT_OK, EXIT_PARTIAL, InputError
+from mf_lightning.model.field_mace import FieldMACE
 
 
 def distill(model: FieldMACE, structures: Iterable, out, every: int = 1,
@@ -87,13 +88,14 @@ PROG = "python -m mf_lightning.data.distill"
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = cli_parser(PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("structures", nargs="+")
-    p.add_argument("--model", required=True, help="mace .model file, a foundation-model name (mace-mp-0:medium) or URL, "
+    p.add_argument("--model", required=True,
+                   help="mace .model file, a foundation-model name (mace-mp-0:medium) or URL, "
                    "or an mf-lightning model file")
     p.add_argument("--allow-pickle", action="store_true", help="allow unpickling a mace .model file (runs its code)")
     p.add_argument("--out", required=True)
     p.add_argument("--every", type=int, default=1, help="keep every N-th structure")
     args = p.parse_args(argv)
-    from mf_lightning.model.io import load_model, ModelFileError
+    from mf_lightning.model.io import ModelFileError, load_model
 
     try:
         model = load_model(args.model)

@@ -7,12 +7,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-
-import mf_lightning._deps  # noqa: F401  (import order)
 from mace.data import AtomicData, Configuration
 from mace.tools import AtomicNumberTable
 from mace.tools.torch_geometric import Batch
 
+import mf_lightning._deps  # noqa: F401  (import order)
 from mf_lightning.data import keys
 from mf_lightning.errors import InputError
 from mf_lightning.utils import default_dtype

@@ -19,9 +19,9 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import numpy as np
 
-from mf_lightning.errors import InputError
 from mf_lightning.data.graphs import MAX_COORDINATE, geometry_problem
 from mf_lightning.data.units import SHAPES, check_unit, to_internal, voigt6_to_3x3
+from mf_lightning.errors import InputError
 
 VOLUME_LABELS = {"stress", "polarisation", "polarisability", "becs"}
 
@@ -173,7 +173,8 @@ def iter_frames(path) -> Iterator[tuple[int, Any]]:
         except StopIteration:
             break
         except Exception as exc:  # noqa: BLE001 - ASE raises many types for malformed text
-            raise DataError(path, frame, None, f"malformed or truncated structure ({type(exc).__name__}: {exc})") from exc
+            raise DataError(path, frame, None,
+                            f"malformed or truncated structure ({type(exc).__name__}: {exc})") from exc
         yield frame, atoms
         frame += 1
     if frame == 0:
@@ -276,7 +277,8 @@ def read_records(
                     raise DataError(path, frame, field_spec["key"], f"cannot read electric field: {exc}") from exc
                 field = _convert("electric_field", field_spec.get("unit", "V/A"), field, volume)
         if field.shape != (3,):
-            raise DataError(path, frame, field_spec.get("key", "electric_field"), f"field must be 3 numbers, got {field}")
+            raise DataError(path, frame, field_spec.get("key", "electric_field"),
+                            f"field must be 3 numbers, got {field}")
         _checked(path, frame, field_spec.get("key", "electric_field"), "electric field", field)
         if unused_field_keys and frame == 0:
             unused_field_keys = {k for k in unused_field_keys if _lookup(atoms, k) is not None}

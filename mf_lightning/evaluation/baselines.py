@@ -26,13 +26,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from mf_lightning.cli.runner import cli_main
+from mf_lightning.cli.runner import parser as cli_parser
 from mf_lightning.data import keys
 from mf_lightning.data.dataset import TASKS, ref_key, weight_key
 from mf_lightning.losses import residual, structure_weights
 from mf_lightning.module import metric_components
-from mf_lightning.cli.runner import cli_main, parser as cli_parser
 from mf_lightning.utils import dumps_json
-
 
 
 def eps_inf_poly(alpha: torch.Tensor) -> torch.Tensor:
@@ -72,7 +72,8 @@ def _fit_means(train: Sequence, atomic_numbers: Sequence[int]) -> Dict[str, Any]
     return means
 
 
-def _predictions(kind: str, d: Dict[str, torch.Tensor], means: Dict[str, Any], tasks: List[str]) -> Dict[str, torch.Tensor]:
+def _predictions(kind: str, d: Dict[str, torch.Tensor], means: Dict[str, Any],
+                 tasks: List[str]) -> Dict[str, torch.Tensor]:
     onehot = d[keys.NODE_ATTRS].double()
     n_graphs = int(d[keys.PTR].numel() - 1)
     counts = torch.zeros(n_graphs, onehot.shape[1], dtype=torch.float64).index_add_(0, d[keys.BATCH], onehot)

@@ -38,7 +38,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from mf_lightning.cli.runner import cli_main, parser as cli_parser
+from mf_lightning.cli.runner import cli_main
+from mf_lightning.cli.runner import parser as cli_parser
 from mf_lightning.utils import dumps_json
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,8 @@ def resolve_frame(file: Optional[str] = None, root: Optional[str] = None):
     return load_frame(path), str(path)
 
 
-def fold_assignment(ids: Sequence[str], n_folds: int = N_FOLDS, seed: int = FOLD_SEED) -> Dict[str, Dict[str, List[str]]]:
+def fold_assignment(ids: Sequence[str], n_folds: int = N_FOLDS,
+                    seed: int = FOLD_SEED) -> Dict[str, Dict[str, List[str]]]:
     """matbench v0.1's folds: ``{"fold_k": {"train": ids, "test": ids}}``."""
     from sklearn.model_selection import KFold
 

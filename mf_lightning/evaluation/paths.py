@@ -2,8 +2,9 @@
 
 ``python -m mf_lightning.evaluation.paths FILE --model model.pt --out DIR``
 
-For every path of FILE (frames grouped by their (``nonpolar_mpid``, ``polar_mpid``) pair, ordered non-polar -> polar by their
-fractional-coordinate interpolation, :func:`~mf_lightning.data.polarisation.order_along_paths`):
+For every path of FILE (frames grouped by their (``nonpolar_mpid``, ``polar_mpid``) pair,
+ordered non-polar -> polar by their fractional-coordinate interpolation,
+:func:`~mf_lightning.data.polarisation.order_along_paths`):
 
 1. the model's P (zero field) of every frame;
 2. the reference P as the file has it (one branch per path, SPEC section 4) and the model's P
@@ -28,10 +29,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from mf_lightning.cli.runner import cli_main
+from mf_lightning.cli.runner import parser as cli_parser
 from mf_lightning.data.polarisation import align_branch, order_along_paths, path_id
-from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2
 from mf_lightning.runtime import configure_process
-from mf_lightning.cli.runner import cli_main, parser as cli_parser
+from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2
 from mf_lightning.utils import dumps_json
 
 COMPONENTS = "xyz"

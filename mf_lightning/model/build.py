@@ -7,13 +7,12 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
-
-from mf_lightning._deps import mace_modules, o3
 from mace.modules.models import ScaleShiftMACE
 
+from mf_lightning._deps import mace_modules, o3
 from mf_lightning.model.field_mace import FieldMACE
-from mf_lightning.utils import default_dtype, resolve_dtype
 from mf_lightning.model.io import config_to_json
+from mf_lightning.utils import default_dtype, resolve_dtype
 
 
 def hidden_irreps_for(num_channels: int, max_L: int) -> str:
@@ -105,7 +104,8 @@ def build_model(
         atomic_inter_shift=np.full(len(heads), float(atomic_inter_shift)),
     )
     if isinstance(atomic_polarisabilities, Mapping):
-        atomic_polarisabilities = [float(atomic_polarisabilities.get(k, atomic_polarisabilities.get(str(k), 0.0))) for k in z]
+        given = atomic_polarisabilities
+        atomic_polarisabilities = [float(given.get(k, given.get(str(k), 0.0))) for k in z]
     from mf_lightning.model.coupling import DEFAULTS
 
     coupling = {**DEFAULTS, **(coupling or {})}

@@ -59,9 +59,9 @@ import math
 from typing import Iterable, Optional, Sequence
 
 import torch
+from mace.modules.irreps_tools import reshape_irreps, tp_out_irreps_with_instructions
 
 from mf_lightning._deps import o3
-from mace.modules.irreps_tools import reshape_irreps, tp_out_irreps_with_instructions
 
 FIELD_IRREPS = o3.Irreps("1x1o")
 INIT_MODES = ("zeros", "random")

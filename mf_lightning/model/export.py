@@ -35,7 +35,8 @@ from typing import Optional, Sequence
 import torch
 from e3nn.util.jit import compile_mode
 
-from mf_lightning.cli.runner import cli_main, parser as cli_parser
+from mf_lightning.cli.runner import cli_main
+from mf_lightning.cli.runner import parser as cli_parser
 from mf_lightning.model.field_mace import FieldMACE
 
 
@@ -109,9 +110,8 @@ def constant_field_backbone(model: FieldMACE, field: Sequence[float], dtype: Opt
     F(R, E) and its forces -dF/dR at that E. Zero field: the backbone itself."""
     if not any(float(v) for v in field):
         return zero_field_backbone(model, dtype)
-    from mf_lightning.utils import resolve_dtype
-
     from mf_lightning.model.split_backward import uninstall
+    from mf_lightning.utils import resolve_dtype
 
     model = copy.deepcopy(model).cpu().eval()
     if dtype is not None:
@@ -189,7 +189,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     at = f"the field {tuple(args.field)} V/A" if args.field and any(args.field) else "zero field"
     if args.lammps:
         path = export_lammps(model, out, args.field, args.head, args.dtype or "float64")
-        print(f"wrote {path}: the model at {at} for LAMMPS (pair_style mace no_domain_decomposition; pair_coeff * * {path.name} <elements>)")
+        print(f"wrote {path}: the model at {at} for LAMMPS "
+              f"(pair_style mace no_domain_decomposition; pair_coeff * * {path.name} <elements>)")
     else:
         path = export_mace(model, out, args.dtype, args.field)
         print(f"wrote {path}: the mace model at {at} (MACECalculator(model_paths='{path}'))")

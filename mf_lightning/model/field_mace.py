@@ -16,17 +16,17 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
-
-from mf_lightning._deps import o3
 from mace.modules.utils import prepare_graph
 from mace.tools.scatter import scatter_sum
 
+from mf_lightning._deps import o3
 from mf_lightning.data import keys
 from mf_lightning.errors import HeadError
-from mf_lightning.utils import default_dtype, resolve_dtype
 from mf_lightning.model import coupling as cpl
 from mf_lightning.model.observables import compute_observables, needs
 from mf_lightning.model.split_backward import install as install_split_backward
+from mf_lightning.utils import default_dtype, resolve_dtype
+
 
 class FieldMACE(torch.nn.Module):
     """Field-aware MACE. Build with :func:`build_model`, :meth:`from_mace` or :func:`load_model`.

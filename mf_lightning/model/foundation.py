@@ -19,8 +19,8 @@ Our names are ``<family>:<size>`` for mace's size-keyed entries (``small-0b2`` i
 from __future__ import annotations
 
 import hashlib
-import os
 import json
+import os
 import re
 from pathlib import Path
 from typing import Dict, Optional, Tuple

@@ -19,12 +19,11 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
-
-from mf_lightning._deps import mace_modules, o3
-from mace.modules.models import MACE, ScaleShiftMACE
 from mace.modules.blocks import ScaleShiftBlock
+from mace.modules.models import MACE, ScaleShiftMACE
 from mace.tools.scripts_utils import extract_config_mace_model
 
+from mf_lightning._deps import mace_modules, o3
 from mf_lightning.errors import InputError
 
 FORMAT = "mf-lightning/field-mace"
@@ -134,7 +133,8 @@ def with_heads(backbone: ScaleShiftMACE, config_json: Dict[str, Any], heads) -> 
     config = dict(config_json)
     n = len(heads)
     config["heads"] = heads
-    config["atomic_energies"] = np.tile(np.asarray(config["atomic_energies"], dtype=float).reshape(1, -1), (n, 1)).tolist()
+    e0 = np.asarray(config["atomic_energies"], dtype=float).reshape(1, -1)
+    config["atomic_energies"] = np.tile(e0, (n, 1)).tolist()
     for k in ("atomic_inter_scale", "atomic_inter_shift"):
         config[k] = np.repeat(np.asarray(config[k], dtype=float).reshape(-1)[:1], n).tolist()
     dtype = backbone.atomic_energies_fn.atomic_energies.dtype

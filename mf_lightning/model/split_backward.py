@@ -30,10 +30,10 @@ from collections import defaultdict
 from typing import Optional, Tuple
 
 import torch
+from e3nn.o3._tensor_product._codegen import codegen_tensor_product_left_right
 from torch import fx
 
 from mf_lightning._deps import o3
-from e3nn.o3._tensor_product._codegen import codegen_tensor_product_left_right
 
 _MAIN = "_compiled_main_left_right"
 

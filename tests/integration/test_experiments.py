@@ -14,8 +14,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from tests.conftest import REPO, SHARED_DATA
 from mf_lightning.model.coupling import coupling_forms
+from tests.conftest import REPO, SHARED_DATA
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 TOY = ["model.num_channels=4", "model.max_ell=1", "model.correlation=2", "model.r_max=3.5",
@@ -321,7 +321,6 @@ def test_finetune_keeps_the_source_at_zero_field_and_reports_replay(tmp_path, so
     assert metrics["val"]["replay"]["energy"]["rmse"] < 1e-7
     assert {"becs_diag", "polarisation"} <= set(metrics["val"]["sio2"])
     import mf_lightning
-
     from mf_lightning.calculator import MACEFieldCalculator
 
     model = mf_lightning.load_model(tmp_path / "run" / "model.pt")

@@ -10,12 +10,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from mace.tools.torch_geometric.batch import Batch
 
 from mf_lightning.data.dataset import TASKS, ref_key, weight_key
 from mf_lightning.data.graphs import UnknownElementError
 from mf_lightning.data.polarisation import path_coordinates
 from mf_lightning.data.reader import DataError, Record
-from mace.tools.torch_geometric.batch import Batch
 from tests.conftest import REPO, SHARED_DATA
 
 CONF = str(REPO / "conf")

@@ -11,6 +11,7 @@ from mf_lightning.dielectric import eps_inf_from_alpha, eps_poly, refractive_ind
 from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2, EPS0_E_PER_V_A
 from tests.conftest import REPO, shared_file
 
+
 def shipped_labels(name):
     """The label spec of conf/data/<name>.yaml: the tests check the configuration users run."""
     from omegaconf import OmegaConf

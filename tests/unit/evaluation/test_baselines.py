@@ -14,9 +14,9 @@ from tests.conftest import SHARED_DATA
 
 @pytest.fixture(scope="module")
 def sio2_dm(tmp_path_factory):
-    from datamodules import MDTrajectoryDataModule, MultiSourceDataModule
     from omegaconf import OmegaConf
 
+    from datamodules import MDTrajectoryDataModule, MultiSourceDataModule
     from tests.conftest import REPO
 
     labels = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "data" / "sio2.yaml").labels)

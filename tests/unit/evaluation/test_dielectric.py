@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from mf_lightning.dielectric import (
-    eps_poly, ionic_dielectric, model_hessian, optical_modes, refractive_index, wavenumber,
+    eps_poly,
+    ionic_dielectric,
+    model_hessian,
+    optical_modes,
+    refractive_index,
+    wavenumber,
 )
 from mf_lightning.units import EPS0_E_PER_V_A
 from tests.helpers import elements_of, tiny_model

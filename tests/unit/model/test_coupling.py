@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from mf_lightning.data import keys
-from mf_lightning.model.coupling import field_to_irrep
+from mf_lightning.model.coupling import COUPLINGS, field_to_irrep
 from tests.helpers import batch_of, elements_of, tiny_model
-from mf_lightning.model.coupling import COUPLINGS
 
 FIELD = (0.03, -0.02, 0.05)
 

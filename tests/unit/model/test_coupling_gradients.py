@@ -12,13 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+import mf_lightning
 from mf_lightning.data import keys
 from mf_lightning.data.dataset import ref_key, weight_key
 from mf_lightning.losses import MultiTaskLoss
-from tests.helpers import batch_of, elements_of
-
-import mf_lightning
-from tests.helpers import TINY
+from tests.helpers import TINY, batch_of, elements_of
 
 FIELD_TASKS = ("polarisation", "becs", "polarisability")
 

@@ -14,7 +14,6 @@ import mf_lightning
 from mf_lightning.data import keys
 from mf_lightning.data.graphs import atoms_to_graph, collate
 from mf_lightning.model.io import ModelFileError
-
 from tests.conftest import shared_file
 from tests.helpers import make_source
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import subprocess
 import sys
 
@@ -13,10 +12,10 @@ import torch
 import mf_lightning
 from mf_lightning.data import keys
 from mf_lightning.model import io
+from mf_lightning.model.coupling import COUPLINGS
 from mf_lightning.model.io import ModelFileError
 from tests.conftest import SHARED_DATA
 from tests.helpers import batch_of, elements_of, tiny_model
-from mf_lightning.model.coupling import COUPLINGS
 
 PROPS = (keys.ENERGY, keys.FORCES, keys.POLARISATION, keys.BECS, keys.POLARISABILITY)
 

@@ -10,8 +10,8 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from mf_lightning.data import keys
-from tests.helpers import batch_of, elements_of, tiny_model
 from mf_lightning.model.coupling import COUPLINGS
+from tests.helpers import batch_of, elements_of, tiny_model
 
 ALL = (keys.ENERGY, keys.FORCES, keys.STRESS, keys.POLARISATION, keys.BECS, keys.POLARISABILITY)
 FORMS = tuple(COUPLINGS)  # every registered form, with no test edit

@@ -12,8 +12,8 @@ import torch
 
 from mf_lightning.data import keys
 from mf_lightning.model import split_backward
-from tests.helpers import batch_of, elements_of, tiny_model
 from mf_lightning.model.coupling import COUPLINGS
+from tests.helpers import batch_of, elements_of, tiny_model
 
 ALL = (keys.ENERGY, keys.FORCES, keys.STRESS, keys.POLARISATION, keys.BECS, keys.POLARISABILITY)
 FIELD = (0.04, -0.03, 0.06)

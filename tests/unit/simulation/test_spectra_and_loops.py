@@ -12,7 +12,14 @@ from ase import Atoms, units
 
 from mf_lightning.hysteresis import loop_metrics
 from mf_lightning.spectra import (
-    C_CM_PER_FS, analyse, analyse_trajectory, autocorrelation, eps_ionic_from_fluctuations, main as spectra_main,
+    C_CM_PER_FS,
+    analyse,
+    analyse_trajectory,
+    autocorrelation,
+    eps_ionic_from_fluctuations,
+)
+from mf_lightning.spectra import (
+    main as spectra_main,
 )
 from mf_lightning.units import EPS0_E_PER_V_A
 

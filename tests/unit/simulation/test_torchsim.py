@@ -8,11 +8,10 @@ import ase.io
 import numpy as np
 import pytest
 import torch
+import torch_sim as ts  # the `torchsim` extra (in the test extras)
 
 from tests.conftest import SHARED_DATA
-from tests.helpers import elements_of, tiny_model
-
-import torch_sim as ts  # the `torchsim` extra (in the test extras)
+from tests.helpers import tiny_model
 
 
 @pytest.fixture(scope="module")

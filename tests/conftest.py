@@ -60,3 +60,22 @@ def dielectric_atoms():
 @pytest.fixture(scope="session")
 def structures(sio2_atoms, batio3_atoms, dielectric_atoms):
     return {"SiO2": sio2_atoms, "BaTiO3": batio3_atoms, "dielectric": dielectric_atoms}
+
+
+# ---------------------------------------------------------------- dtypes
+DTYPES = ("float64", "float32")
+
+
+@pytest.fixture(params=DTYPES)
+def dtype(request):
+    """Model, observable and calculator identities in both precisions (finite-difference checks
+    stay float64: a central difference in float32 is dominated by round-off)."""
+    return request.param
+
+
+def tolerance(dtype: str, scale: float = 1.0) -> dict:
+    """``assert_close`` tolerances for an identity that holds to round-off: float64 as strict as
+    before, float32 relative to the size of the quantity compared (``scale``)."""
+    if dtype == "float64":
+        return dict(rtol=1e-9, atol=1e-11)
+    return dict(rtol=2e-4, atol=2e-4 * float(scale))

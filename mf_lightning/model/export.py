@@ -153,10 +153,10 @@ def export_lammps(model: FieldMACE, out, field: Optional[Sequence[float]] = None
 
     from mf_lightning.utils import atomic_open
 
+    # as everywhere: a multi-head model never falls back to mace's default (the last head)
+    head = model.resolve_head(head, ["energy", "forces"])
     backbone = constant_field_backbone(model, field or (0.0, 0.0, 0.0), dtype)
-    if head is not None and head not in backbone.heads:
-        raise ValueError(f"head {head!r} is not one of the model's heads {list(backbone.heads)}")
-    wrapped = LAMMPS_MACE(backbone, head=head) if head is not None else LAMMPS_MACE(backbone)
+    wrapped = LAMMPS_MACE(backbone, head=head)
     compiled = jit.compile(wrapped)
     out = Path(out)
     with atomic_open(out, "wb") as fh:
@@ -171,13 +171,15 @@ PROG = "python -m mf_lightning.model.export"
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = cli_parser(PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="an mf-lightning model file (model.pt of train.py)")
-    parser.add_argument("--out", required=True, help="the mace .model file to write")
+    parser.add_argument("--out", required=True,
+                        help="the file to write: a mace .model, or with --lammps the TorchScript LAMMPS model")
     parser.add_argument("--dtype", default=None, choices=["float32", "float64"], help="default: the model's own")
     parser.add_argument("--field", nargs=3, type=float, default=None, metavar=("EX", "EY", "EZ"),
                         help="export the model at this constant field (V/A); default zero field")
     parser.add_argument("--lammps", action="store_true",
                         help="write mace's TorchScript LAMMPS model (pair_style mace) instead of a .model file")
-    parser.add_argument("--head", default=None, help="--lammps: the head to run (default: mace's, the last)")
+    parser.add_argument("--head", default=None,
+                        help="--lammps: the head to run (needed when several heads learnt energies and forces)")
     args = parser.parse_args(argv)
     from mf_lightning.errors import InputError
     from mf_lightning.model.io import load_model

@@ -214,3 +214,16 @@ def test_constant_field_exports_are_the_model_at_that_field(tmp_path, form):
     b = frames[0].copy()
     b.calc = theirs
     assert abs(a.get_potential_energy() - b.get_potential_energy()) > 1e-6
+
+
+def test_lammps_export_of_a_multi_head_model_names_its_head(tmp_path):
+    """mace's LAMMPS wrapper would silently take the last head; ours asks, as every tool does."""
+    from mf_lightning.errors import HeadError
+    from mf_lightning.model.export import export_lammps
+    from tests.helpers import TINY
+
+    model = mf_lightning.build_model(atomic_numbers=[8, 14], heads=["replay", "sio2"], seed=0, **TINY)
+    with pytest.raises(HeadError, match="replay"):
+        export_lammps(model, tmp_path / "m.pt")
+    assert export_lammps(model, tmp_path / "m.pt", head="replay").is_file()
+    assert int(torch.jit.load(str(tmp_path / "m.pt")).head) == 0

@@ -314,7 +314,8 @@ def stopped_by(trainer: pl.Trainer) -> str:
     ``stopped`` (another callback, e.g. the non-finite guard). A run cut by ``max_time`` is not
     comparable with full runs in an ablation table."""
     for cb in trainer.callbacks:
-        if isinstance(cb, Timer) and cb._duration is not None and (cb.time_remaining() or 0) <= 0:
+        remaining = cb.time_remaining() if isinstance(cb, Timer) else None  # None: a Timer without a limit
+        if remaining is not None and remaining <= 0:
             return "max_time"
         if isinstance(cb, EarlyStopping) and cb.stopped_epoch > 0:
             return "early_stopping"

@@ -18,13 +18,13 @@ Our names are ``<family>:<size>`` for mace's size-keyed entries (``small-0b2`` i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
+from mf_lightning.data.root import sha256_of
 from mf_lightning.errors import InputError
 
 SIZES = ("small", "medium", "large")
@@ -63,12 +63,6 @@ def foundation_models() -> Dict[str, Tuple[str, str]]:
     return names
 
 
-def is_remote(source: str) -> bool:
-    """A foundation-model name or a URL (not a local file)."""
-    source = str(source)
-    return source.startswith(URL_SCHEMES) or (not Path(source).exists() and source in foundation_models())
-
-
 def url_of(source: str) -> str:
     source = str(source)
     if source.startswith(URL_SCHEMES):
@@ -88,14 +82,6 @@ def cache_path_of(url: str) -> Path:
 
     name = "".join(c for c in os.path.basename(url) if c.isalnum() or c in "_")
     return Path(get_cache_dir()) / name
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_pinned(path: Path, url: str) -> str:

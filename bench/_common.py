@@ -118,6 +118,6 @@ def labelled_batch(recs, z, r_max: float, dtype):
     from mace.tools.torch_geometric.batch import Batch
 
     from mf_lightning.data.dataset import record_to_graph
-    from mf_lightning.module import batch_to_dict
+    from mf_lightning.train.metrics import batch_to_dict
 
     return batch_to_dict(Batch.from_data_list([record_to_graph(r, z, r_max, ["Default"], "Default") for r in recs]), dtype)

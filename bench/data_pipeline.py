@@ -21,7 +21,7 @@ from _common import ROOT, append, child_setup, fmt, header, parse, run_child
 def setup_once(name: str, cache: str, out: str):
     from hydra import compose, initialize_config_dir
 
-    from mf_lightning.training import make_datamodule
+    from mf_lightning.train.pipeline import make_datamodule
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"data={name}", f"paths.cache_dir={cache}", f"paths.output_dir={out}"])

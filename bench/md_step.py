@@ -44,7 +44,7 @@ def one(spec: dict) -> dict:
     malloc = child_setup(spec["threads"], spec["malloc"])
     from mace.calculators import MACECalculator
 
-    from mf_lightning.calculator import MACEFieldCalculator
+    from mf_lightning.simulation.calculator import MACEFieldCalculator
 
     rec = records(spec["structure"], 1)[0]
     field_model, backbone = models(elements([rec]), spec["dtype"], spec["channels"])

@@ -24,7 +24,7 @@ REPEATS = [(1, 1, 1), (2, 1, 1), (2, 2, 1), (2, 2, 2), (4, 2, 2), (4, 4, 2), (4,
 def one(spec: dict) -> dict:
     malloc = child_setup(spec["threads"], spec["malloc"])
     import mf_lightning
-    from mf_lightning.calculator import MACEFieldCalculator
+    from mf_lightning.simulation.calculator import MACEFieldCalculator
 
     rec = records("sio2", 1)[0]
     atoms = rec.atoms.copy() * tuple(spec["repeat"])

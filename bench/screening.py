@@ -1,4 +1,4 @@
-"""Screening throughput (structures per second) of the two engines of ``mf_lightning.predict``:
+"""Screening throughput (structures per second) of the two engines of ``mf_lightning.analysis.screening``:
 ``ase`` (response in batched forward passes of the model, relaxation one structure at a time
 with ASE's BFGS) and ``torchsim`` (both batched through TorchSim's ``FieldMaceModel``).
 
@@ -32,8 +32,8 @@ def one(spec: dict) -> dict:
     import ase.io
 
     import mf_lightning
+    from mf_lightning.analysis.screening import screen
     from mf_lightning.data.root import resolve_file
-    from mf_lightning.predict import screen
 
     models = {"response": mf_lightning.load_model(ROOT / "experiments" / "models" / "mp_dielectric_cpu.pt").double(),
               "relax + response": mf_lightning.load_model(ROOT / "experiments" / "models" / "sio2_md_cpu.pt").double()}

@@ -69,9 +69,9 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(HERE.parent))
-    from mf_lightning.calculator import MACEFieldCalculator
-    from mf_lightning.md import run_md
-    from mf_lightning.predict import screen
+    from mf_lightning.analysis.screening import screen
+    from mf_lightning.simulation.calculator import MACEFieldCalculator
+    from mf_lightning.simulation.md import run_md
     from tests.helpers import tiny_model  # a small random model: memory, not accuracy, is measured
 
     model = tiny_model([8, 14])

@@ -41,7 +41,7 @@ def one(spec: dict) -> dict:
 
     import mf_lightning
     from mf_lightning.data import keys
-    from mf_lightning.losses import MultiTaskLoss
+    from mf_lightning.train.losses import MultiTaskLoss
 
     dtype = spec["dtype"]
     tdtype = getattr(torch, dtype)

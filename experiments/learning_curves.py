@@ -5,7 +5,7 @@
 
 Each run directory is a train.py output (``metrics.csv`` or ``csv/**/metrics.csv``); the x axis
 is ``time/elapsed_s`` (logged at every validation), one panel per validated quantity, log scale.
-``--baselines``: the JSON of ``python -m mf_lightning.evaluation.baselines --out`` (validation
+``--baselines``: the JSON of ``mf-baselines --out`` (validation
 split): the zero and per-element-mean predictors are drawn as horizontal lines. Also writes
 the curve as a CSV beside the PNG.
 """

@@ -8,16 +8,23 @@ Z* and polarisability alpha are its exact autograd derivatives.
 __version__ = "0.1.0"
 
 import mf_lightning._deps  # noqa: F401,E402  (mace before e3nn; see _deps for why)
-from mf_lightning.model import FieldMACE, ModelFileError, build_model, coupling_forms, load_model  # noqa: E402
+from mf_lightning.model import (  # noqa: E402
+    FieldMACE,
+    ModelFileError,
+    build_model,
+    coupling_forms,
+    load_model,
+    save_model,
+)
 
-__all__ = ["FieldMACE", "MACEFieldCalculator", "build_model", "load_model", "ModelFileError", "coupling_forms",
-           "COUPLING_FORMS", "__version__"]
+__all__ = ["FieldMACE", "MACEFieldCalculator", "build_model", "load_model", "save_model", "ModelFileError",
+           "coupling_forms", "COUPLING_FORMS", "__version__"]
 
 
 def __getattr__(name):
     # lazily: the calculator pulls in ASE; COUPLING_FORMS stays current as forms register
     if name == "MACEFieldCalculator":
-        from mf_lightning.calculator import MACEFieldCalculator
+        from mf_lightning.simulation.calculator import MACEFieldCalculator
 
         return MACEFieldCalculator
     if name == "COUPLING_FORMS":

@@ -1,7 +1,7 @@
 """Errors a user can fix, and the exit codes every command-line tool shares.
 
-Every CLI (``train.py``, ``eval.py``, ``python -m mf_lightning.<tool>``) treats bad input the
-same way (:func:`mf_lightning.cli.runner.cli_main`): an :class:`InputError` (or a missing or
+Every CLI (``train.py``, ``eval.py``, ``mf-<tool>``) treats bad input the
+same way (:func:`mf_lightning.cli._common.cli_main`): an :class:`InputError` (or a missing or
 unreadable file) is printed as one line naming the file, frame and key where they apply, without
 a traceback (``--debug``, or ``debug=true`` for the Hydra entry points, shows it), and the tool
 exits with :data:`EXIT_INPUT`. Batch tools (predict, matbench, distill) skip a bad structure,
@@ -23,6 +23,10 @@ class InputError(Exception):
 
 class HeadError(InputError, ValueError):
     """A head that does not exist, or several heads and no way to choose one."""
+
+
+class ModelFileError(InputError, RuntimeError):
+    """A model file is missing, truncated, corrupted, or not of a kind we may load."""
 
 
 class RunFailedError(Exception):

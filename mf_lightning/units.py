@@ -10,3 +10,9 @@ EPS0_E_PER_V_A = 8.8541878128e-12 / _u._e / 1e10
 
 # Polarisation: 1 e/A^2 = 1.602176634e-19 C / 1e-16 cm^2 = 1602.18 uC/cm^2.
 E_PER_A2_TO_UC_PER_CM2 = _u._e * 1e6 / 1e-16
+
+# Stress: 1 GPa = 1/160.2177 eV/A^3.
+EV_PER_A3_PER_GPA = 1.0 / 160.21766208
+
+# Field: 1 V/A = 1e8 V/cm = 100 MV/cm.
+MV_PER_CM_PER_V_PER_A = 100.0

@@ -16,12 +16,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from mf_lightning.calculator import MACEFieldCalculator
-from mf_lightning.cli.experiment_tools import REPO, ensure_model, fmt, markdown_table
+from mf_lightning.analysis.hysteresis import PAPER_BATIO3 as PAPER
+from mf_lightning.analysis.hysteresis import dynamic_loop, quasi_static_loop, write_loop
+from mf_lightning.cli.experiment_tools import REPO, ensure_model, fmt
+from mf_lightning.data.quantities import to_internal
 from mf_lightning.data.root import resolve_file
-from mf_lightning.hysteresis import PAPER_BATIO3 as PAPER
-from mf_lightning.hysteresis import dynamic_loop, quasi_static_loop, write_loop
-from mf_lightning.md import FIELD_UNITS, load_structure
+from mf_lightning.simulation.calculator import MACEFieldCalculator
+from mf_lightning.simulation.md import load_structure
+from mf_lightning.utils import markdown_table
 
 
 def main(argv=None) -> int:
@@ -44,7 +46,7 @@ def main(argv=None) -> int:
     model = ensure_model(args.model, "batio3_quickstart", out)
     atoms = load_structure(str(resolve_file("md/BaTiO3.xyz")), frame=0)
     calc = MACEFieldCalculator(str(model))
-    E0 = args.E0 * FIELD_UNITS["MV/cm"]
+    E0 = float(to_internal("electric_field", "MV/cm", args.E0, volume=0.0))
 
     rows = []
     loop = dynamic_loop(atoms, calc, out / "dynamic", E0, period, cycles=cycles, axis="z", timestep_fs=args.dt,

@@ -18,11 +18,12 @@ import json
 import sys
 from pathlib import Path
 
-from mf_lightning.calculator import MACEFieldCalculator
-from mf_lightning.cli.experiment_tools import REPO, ensure_model, fmt, markdown_table
+from mf_lightning.analysis.spectra import analyse_trajectory, write_outputs
+from mf_lightning.cli.experiment_tools import REPO, ensure_model, fmt
 from mf_lightning.data.root import resolve_file
-from mf_lightning.md import load_structure, run_md
-from mf_lightning.spectra import analyse_trajectory, write_outputs
+from mf_lightning.simulation.calculator import MACEFieldCalculator
+from mf_lightning.simulation.md import load_structure, run_md
+from mf_lightning.utils import markdown_table
 
 PAPER = {"ir": [1036, 428, 759], "eps_inf": (2.37, 2.13), "eps_0": (4.56, 4.44)}
 ALLEGRO = {"ir": [1041, 420, 765], "eps_inf": (2.41, 2.37), "eps_0": (4.73, 4.51)}

@@ -1,7 +1,7 @@
-"""Command-line tools: the Hydra entry points (train, eval), the shared runner and helpers.
-
-Every tool is a console script (pyproject ``[project.scripts]``, ``mf-<tool>``); the Hydra
-configs ship inside the package (:data:`CONF_DIR`), so an installed wheel trains.
+"""Command-line tools, the top layer: one thin ``main`` per console script (``mf-<tool>`` is
+``cli/<tool>.py``, pyproject ``[project.scripts]``) over :mod:`._common` (shared options, process
+set-up, model loading, one bad-input policy); the Hydra entry points (:mod:`.train`, :mod:`.eval`)
+whose configs ship inside the package (:data:`CONF_DIR`), so an installed wheel trains.
 """
 
 from pathlib import Path

@@ -10,9 +10,10 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mf_lightning.calculator import MACEFieldCalculator
+from mf_lightning.analysis.dielectric import eps_inf_from_alpha
 from mf_lightning.runtime import configure_process
-from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2, EPS0_E_PER_V_A
+from mf_lightning.simulation.calculator import MACEFieldCalculator
+from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2
 
 
 def response_demo(cfg: DictConfig) -> dict:
@@ -34,7 +35,7 @@ def response_demo(cfg: DictConfig) -> dict:
     becs = calc.get_becs()
     alpha = calc.get_polarisability()
     seconds = time.perf_counter() - t0
-    eps_inf = np.eye(3) + alpha / EPS0_E_PER_V_A
+    eps_inf = eps_inf_from_alpha(alpha)
     np.set_printoptions(precision=5, suppress=True)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"UNTRAINED random-weight FieldMACE ({model_cfg['coupling']['form']}, {n_params} parameters, "

@@ -6,7 +6,7 @@
 default, made exactly as in training with the same ``seed``) or a path to any extxyz file with
 labels under the internal names (``conf/data/extxyz.yaml``; every structure is evaluated).
 Writes ``metrics.json`` and ``parity/*.png`` in the run directory and prints a table; see
-:mod:`mf_lightning.evaluation.evaluate`.
+:mod:`mf_lightning.analysis.evaluate`.
 """
 
 from __future__ import annotations
@@ -45,17 +45,17 @@ def rewrite_overrides(argv: list) -> list:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig):
-    from mf_lightning.cli.runner import run_hydra_job
+    from mf_lightning.cli._common import run_hydra_job
 
     return run_hydra_job(_main, cfg, "eval.py")
 
 
 def _main(cfg: DictConfig):
-    from datamodules import FieldDataModule
-    from mf_lightning.evaluation.evaluate import evaluate_datamodule, table
+    from mf_lightning.analysis.evaluate import evaluate_datamodule, table
+    from mf_lightning.data.datamodules import FieldDataModule
     from mf_lightning.model.io import load_model
     from mf_lightning.runtime import configure_process
-    from mf_lightning.training import bind_to_model, make_datamodule
+    from mf_lightning.train.pipeline import bind_to_model, make_datamodule
 
     configure_process(cfg.get("torch_threads"), malloc=cfg.get("malloc_tuning", True))
     model = load_model(cfg.model_file, device=cfg.device, dtype=cfg.dtype)

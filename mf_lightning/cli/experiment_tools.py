@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,12 +25,6 @@ def ensure_model(model: Optional[str], experiment: str, work_dir: Path, override
                *overrides]
         subprocess.run(cmd, cwd=REPO, env={**os.environ, "PROJECT_ROOT": str(REPO)}, check=True)
     return path
-
-
-def markdown_table(header: List[str], rows: List[List[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def fmt(x, digits: int = 3) -> str:

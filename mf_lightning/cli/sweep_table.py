@@ -1,9 +1,9 @@
 """A Hydra callback that writes the ablation table when a multirun ends (the reducer of a
 runner/reducer pair): ``hydra.callbacks.table._target_=mf_lightning.cli.sweep_table.WriteTable``.
 
-It runs :mod:`mf_lightning.table` on the sweep folder and writes ``table.md``, ``table.csv`` and
+It runs :mod:`mf_lightning.analysis.table` on the sweep folder and writes ``table.md``, ``table.csv`` and
 ``table.tex`` there (test metrics; with ``baseline``, the paired comparison against that row).
-The same table by hand: ``python -m mf_lightning.table multirun/<sweep> --out <sweep>/table``.
+The same table by hand: ``mf-table multirun/<sweep> --out <sweep>/table``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class WriteTable(Callback):
         self.baseline, self.stage, self.stat, self.columns = baseline, stage, stat, columns
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from mf_lightning import table
+        from mf_lightning.cli import table
 
         sweep = Path(config.hydra.sweep.dir)
         argv = [str(sweep), "--stage", self.stage, "--stat", self.stat, "--out", str(sweep / "table")]

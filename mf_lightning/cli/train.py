@@ -1,7 +1,7 @@
 """Training entry point (Hydra): ``mf-train experiment=<name> [overrides]`` (installed console
 script) or ``python train.py ...`` in a checkout; the configs ship in ``mf_lightning/conf``.
 
-Only puts things in order; see :mod:`mf_lightning.training`. Returns the validation metric
+Only puts things in order; see :mod:`mf_lightning.train.pipeline`. Returns the validation metric
 named by ``optimized_metric`` (for sweepers). ``demo.only=true`` instead prints the response
 of the configured, untrained model for one structure.
 """
@@ -19,7 +19,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig):
-    from mf_lightning.cli.runner import run_hydra_job
+    from mf_lightning.cli._common import run_hydra_job
 
     return run_hydra_job(_main, cfg, "train.py")
 
@@ -30,7 +30,7 @@ def _main(cfg: DictConfig):
 
         response_demo(cfg)
         return None
-    from mf_lightning.training import train
+    from mf_lightning.train.pipeline import train
 
     return train(cfg)
 

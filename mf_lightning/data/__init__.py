@@ -1,1 +1,3 @@
-"""Data: key names, conversion of structures to graphs (later: loaders, units, audit)."""
+"""Data: the quantities and their units (:mod:`.quantities`), key names, reading labelled and
+unlabelled structures, graphs and their cache, splits, the label audit and one Lightning
+DataModule per source (:mod:`.datamodules`)."""

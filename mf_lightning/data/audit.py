@@ -18,7 +18,7 @@ Per structure:
 * ``duplicate_of``: the same structure (species, cell and fractional positions to 1e-3) in
   another file or another split.
 
-``python -m mf_lightning.data.audit FILE... --data CONFIG`` writes ``audit.csv`` and
+``mf-audit FILE... --data CONFIG`` writes ``audit.csv`` and
 ``audit.md``. DataModules can drop flagged structures from training (``drop_flagged``).
 """
 
@@ -32,21 +32,13 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from mf_lightning.cli.runner import cli_main
-from mf_lightning.cli.runner import parser as cli_parser
-from mf_lightning.data.polarisation import PATH_KEYS, fold_onto, path_coordinates, path_id, polarisation_quanta
-from mf_lightning.data.reader import Record, read_records, reduced_formula
+from mf_lightning.data.polarisation import fold_onto, path_coordinates, path_id, polarisation_quanta
+from mf_lightning.data.quantities import QUANTITIES
+from mf_lightning.data.reader import Record, reduced_formula
+from mf_lightning.utils import markdown_table
 
 ASR_TOL = 0.1
 ASYM_TOL = 1e-2
-
-# label specs per known file layout (the same keys as conf/data/*.yaml)
-KNOWN_LABELS = {
-    "REF_becs": ("becs", "e"),
-    "born_charge": ("becs", "e"),
-    "REF_polarisation": ("polarisation", "e/A^2"),
-}
-
 
 def structure_fingerprint(atoms, decimals: int = 3) -> str:
     frac = np.round(atoms.get_scaled_positions(wrap=True) % 1.0, decimals) % 1.0
@@ -135,21 +127,20 @@ def summary_markdown(rows: List[Dict], title: str = "Label audit") -> str:
     for row in rows:
         for f in filter(None, row["flags"].split(";")):
             counts[f] += 1
-    lines = [f"## {title}", "", f"{n} structures audited; "
-             f"{sum(1 for r in rows if r['flags'])} flagged.", "",
-             "| check | flagged | worst value | worst structure |", "|---|---|---|---|"]
+    table = []
     for flag, col in [("asr", "asr_violation"), ("alpha_asymmetric", "alpha_asymmetry"),
                       ("alpha_negative", "alpha_min_eig"), ("p_branch", "p_off_branch"),
                       ("duplicate", None)]:
+        vals = [(r[col], r) for r in rows if np.isfinite(r[col])] if col else []
         if col is None:
-            lines.append(f"| {flag} | {counts[flag]} | - | - |")
-            continue
-        vals = [(r[col], r) for r in rows if np.isfinite(r[col])]
-        if not vals:
-            lines.append(f"| {flag} | {counts[flag]} | (no such label) | - |")
-            continue
-        worst = min(vals, key=lambda t: t[0]) if col == "alpha_min_eig" else max(vals, key=lambda t: t[0])
-        lines.append(f"| {flag} | {counts[flag]} | {worst[0]:.4g} | {worst[1]['id']} ({worst[1]['formula']}) |")
+            table.append([flag, counts[flag], "-", "-"])
+        elif not vals:
+            table.append([flag, counts[flag], "(no such label)", "-"])
+        else:
+            worst = min(vals, key=lambda t: t[0]) if col == "alpha_min_eig" else max(vals, key=lambda t: t[0])
+            table.append([flag, counts[flag], f"{worst[0]:.4g}", f"{worst[1]['id']} ({worst[1]['formula']})"])
+    lines = [f"## {title}", "", f"{n} structures audited; {sum(1 for r in rows if r['flags'])} flagged.", "",
+             markdown_table(["check", "flagged", "worst value", "worst structure"], table)]
     flagged = [r for r in rows if r["flags"]]
     if flagged:
         lines += ["", "Flagged structures (first 20):", ""]
@@ -172,43 +163,18 @@ def write_report(rows: List[Dict], out_dir, title: str = "Label audit") -> tuple
     return csv_path, md_path
 
 
-def _labels_for(path: Path, polarisability_unit: Optional[str]) -> Dict:
+def labels_for(path: Path, polarisability_unit: Optional[str]) -> Dict:
     """Audit labels present in a file under the known key names."""
     from mf_lightning.data.reader import iter_frames
 
     found = set()  # keys of every frame: a label absent from frame 0 may be in the others
     for _, atoms in iter_frames(path):  # a missing, empty or unreadable file: DataError naming it
         found |= set(atoms.info) | set(atoms.arrays) | set(getattr(atoms.calc, "results", {}) or {})
-    labels = {q: {"key": k, "unit": u} for k, (q, u) in KNOWN_LABELS.items() if k in found}
-    for key, unit in [("REF_polarisability", polarisability_unit or "chi/4pi"), ("polarizability", "e*A^2/V")]:
-        if key in found:
-            labels["polarisability"] = {"key": key, "unit": unit}
+    labels = {}
+    for q in QUANTITIES.values():  # the known keys of each quantity (Quantity.file_keys); a later key wins
+        for key, unit in q.file_keys.items():
+            if key in found:
+                if q.name == "polarisability" and key == "REF_polarisability" and polarisability_unit:
+                    unit = polarisability_unit
+                labels[q.name] = {"key": key, "unit": unit}
     return labels
-
-
-PROG = "python -m mf_lightning.data.audit"
-
-
-@cli_main(PROG)
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = cli_parser(PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("files", nargs="+", help="extxyz files to audit (duplicates are checked across them)")
-    parser.add_argument("--out", default="audit", help="output folder for audit.csv and audit.md")
-    parser.add_argument("--polarisability-unit", default=None,
-                        help="unit of REF_polarisability (default chi/4pi, as in MP-Dielectric; BaTiO3 uses e/(V*A))")
-    parser.add_argument("--asr-tol", type=float, default=ASR_TOL)
-    args = parser.parse_args(argv)
-    records = []
-    for f in args.files:
-        path = Path(f)
-        records += read_records(path, _labels_for(path, args.polarisability_unit), meta_keys=PATH_KEYS)
-    rows = audit_records(records, asr_tol=args.asr_tol)
-    title = "Label audit: " + ", ".join(Path(f).name for f in args.files)
-    csv_path, md_path = write_report(rows, args.out, title=title)
-    print(md_path.read_text())
-    print(f"wrote {csv_path} and {md_path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

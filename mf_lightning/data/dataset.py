@@ -25,22 +25,13 @@ from mace.tools.torch_geometric.data import Data
 import mf_lightning._deps  # noqa: F401
 from mf_lightning.data import keys
 from mf_lightning.data.graphs import atoms_to_graph
+from mf_lightning.data.keys import ref_key, weight_key
+from mf_lightning.data.quantities import QUANTITIES, tasks
 from mf_lightning.data.reader import Record
-from mf_lightning.data.root import sha256_of as file_sha256
-from mf_lightning.data.units import SHAPES
-from mf_lightning.model.io import atomic_torch_save
-from mf_lightning.utils import atomic_write_text
+from mf_lightning.files import atomic_torch_save, atomic_write_text
+from mf_lightning.files import sha256_of as file_sha256
 
-TASKS = ("energy", "forces", "stress", "polarisation", "becs", "polarisability")
 CACHE_FORMAT = 3  # bump when what a cached graph list holds changes (3: paths ordered per (non-polar, polar) pair)
-
-
-def ref_key(task: str) -> str:
-    return f"ref_{task}"
-
-
-def weight_key(task: str) -> str:
-    return f"weight_{task}"
 
 
 def record_to_graph(record: Record, atomic_numbers: Sequence[int], r_max: float,
@@ -51,9 +42,9 @@ def record_to_graph(record: Record, atomic_numbers: Sequence[int], r_max: float,
     d = {k: v for k, v in g.to_dict().items() if v is not None}
     n = len(record.atoms)
     d["num_nodes"] = n  # batching offsets edge_index by it; a plain Data cannot infer it
-    for task in TASKS:
-        shape, per_atom = SHAPES[task]
-        lead = (n,) if per_atom else (1,)
+    for task in tasks():
+        q = QUANTITIES[task]
+        shape, lead = q.shape, ((n,) if q.per_atom else (1,))
         value = record.labels.get(task)
         if value is None:
             d[ref_key(task)] = torch.zeros(lead + shape, dtype=torch.float64)

@@ -97,6 +97,19 @@ class UnknownElementError(InputError, ValueError):
     """A structure holds an element the model's element table does not know."""
 
 
+def check_elements(numbers: Sequence[int], atomic_numbers: Sequence[int], source: str = "<atoms>") -> None:
+    """Raise :class:`UnknownElementError` naming the elements of ``numbers`` that the model's
+    element table ``atomic_numbers`` lacks, and the table."""
+    known = set(int(x) for x in atomic_numbers)
+    unknown = sorted(set(int(x) for x in numbers) - known)
+    if unknown:
+        from ase.data import chemical_symbols
+
+        names = ", ".join(chemical_symbols[u] for u in unknown)
+        raise UnknownElementError(f"{source}: element(s) {names} not in the model's element table "
+                                  f"({', '.join(chemical_symbols[k] for k in sorted(known))})")
+
+
 def atoms_to_graph(
     atoms,
     atomic_numbers: Sequence[int],
@@ -114,16 +127,7 @@ def atoms_to_graph(
         raise InputError(f"r_max must be positive (A), got {r_max}")
     check_geometry(atoms, source, distances=False)  # the rest before the list; distances on its edges
     z = np.asarray(atoms.get_atomic_numbers())
-    known = set(int(x) for x in atomic_numbers)
-    unknown = sorted(set(int(x) for x in z) - known)
-    if unknown:
-        from ase.data import chemical_symbols
-
-        names = ", ".join(chemical_symbols[u] for u in unknown)
-        raise UnknownElementError(
-            f"{source}: element(s) {names} not in the model's element table "
-            f"({', '.join(chemical_symbols[k] for k in sorted(known))})"
-        )
+    check_elements(z, atomic_numbers, source)
     field = np.zeros(3) if electric_field is None else np.asarray(electric_field, dtype=float)
     if field.shape != (3,) or not np.all(np.isfinite(field)):
         raise ValueError(f"{source}: electric field must be 3 finite numbers (V/A), got {field!r}")

@@ -28,5 +28,17 @@ BECS = "becs"  # Born effective charges Z*_{k,ij} = d(Omega P_i)/dR_kj, e, (n_at
 POLARISABILITY = "polarisability"  # alpha_ij = dP_i/dE_j, e/(V A), (n_graphs, 3, 3)
 VOLUME = "volume"  # |det cell|, A^3, (n_graphs,)
 
+
+
+def ref_key(quantity: str) -> str:
+    """A graph's reference label of ``quantity`` (zeros where the structure has none)."""
+    return f"ref_{quantity}"
+
+
+def weight_key(quantity: str) -> str:
+    """A graph's weight of that label: 1 where labelled, 0 where not."""
+    return f"weight_{quantity}"
+
+
 RESPONSE_PROPERTIES = (POLARISATION, BECS, POLARISABILITY)
 ALL_PROPERTIES = (ENERGY, FORCES, STRESS, VIRIALS, POLARISATION, BECS, POLARISABILITY)

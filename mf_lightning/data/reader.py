@@ -20,10 +20,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 import numpy as np
 
 from mf_lightning.data.graphs import MAX_COORDINATE, geometry_problem
-from mf_lightning.data.units import SHAPES, check_unit, to_internal, voigt6_to_3x3
+from mf_lightning.data.quantities import QUANTITIES, check_unit, get, to_internal, voigt6_to_3x3
 from mf_lightning.errors import InputError
-
-VOLUME_LABELS = {"stress", "polarisation", "polarisability", "becs"}
 
 
 class DataError(InputError, ValueError):
@@ -95,14 +93,15 @@ def _as_array(value) -> np.ndarray:
 
 
 def _shape_label(quantity: str, raw: np.ndarray, n_atoms: int) -> np.ndarray:
-    shape, per_atom = SHAPES[quantity]
+    q = get(quantity)
+    shape, per_atom = q.shape, q.per_atom
     size = int(np.prod(shape)) if shape else 1
     if per_atom:
         if raw.size != n_atoms * size:
             raise ValueError(f"expected {n_atoms} x {size} values (per atom), got shape {raw.shape}")
         return raw.reshape((n_atoms,) + shape)
     flat = raw.reshape(-1)
-    if quantity == "stress" and flat.size == 6:
+    if q.voigt6 and flat.size == 6:
         return voigt6_to_3x3(flat)
     if flat.size != size:
         raise ValueError(f"expected {size} values, got {flat.size} (shape {raw.shape})")
@@ -251,7 +250,7 @@ def read_records(
         missing = required - set(present)
         if missing:
             raise DataError(path, frame, spec[sorted(missing)[0]]["key"], "required label missing")
-        volume = _check_cell(path, frame, atoms, needs_volume=bool(VOLUME_LABELS & set(present)))
+        volume = _check_cell(path, frame, atoms, needs_volume=any(QUANTITIES[q].needs_volume for q in present))
         problem = geometry_problem(atoms)  # overlapping atoms, a singular periodic cell, ...
         if problem:
             raise DataError(path, frame, "Lattice" if "cell" in problem else "pos", problem)

@@ -12,7 +12,6 @@ missing everywhere else and ``allow_download`` is true.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from mf_lightning.errors import InputError
+from mf_lightning.files import sha256_of
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _PAPER = "https://raw.githubusercontent.com/mdi-group/2025-04-mace-field"
@@ -65,12 +65,6 @@ def candidate_roots(root: Optional[str] = None) -> list[Path]:
     return roots
 
 
-def sha256_of(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def download(url: str, dest: Path, sha256: str, timeout: float = 60.0) -> Path:

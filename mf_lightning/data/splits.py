@@ -15,7 +15,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from mf_lightning.utils import atomic_write_text
+from mf_lightning.files import atomic_write_text
 
 SPLITS = ("train", "val", "test")
 

@@ -3,6 +3,6 @@
 from mf_lightning.model.build import build_model
 from mf_lightning.model.coupling import coupling_forms
 from mf_lightning.model.field_mace import FieldMACE
-from mf_lightning.model.io import ModelFileError, load_model
+from mf_lightning.model.io import ModelFileError, load_model, save_model
 
-__all__ = ["FieldMACE", "build_model", "load_model", "ModelFileError", "coupling_forms"]
+__all__ = ["FieldMACE", "build_model", "load_model", "save_model", "ModelFileError", "coupling_forms"]

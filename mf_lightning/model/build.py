@@ -10,8 +10,8 @@ import torch
 from mace.modules.models import ScaleShiftMACE
 
 from mf_lightning._deps import mace_modules, o3
+from mf_lightning.model.backbone import config_to_json
 from mf_lightning.model.field_mace import FieldMACE
-from mf_lightning.model.io import config_to_json
 from mf_lightning.utils import default_dtype, resolve_dtype
 
 

@@ -114,10 +114,10 @@ class FieldTensorProduct(torch.nn.Module):
         irreps: o3.Irreps,
         l_in: Optional[Sequence[int]] = None,
         l_out: Optional[Sequence[int]] = None,
-        init: str = "zeros",
-        init_scale: float = 1e-2,
+        init: str = DEFAULTS["init"],
+        init_scale: float = DEFAULTS["init_scale"],
         where: str = "",
-        field_order: int = 2,
+        field_order: int = DEFAULTS["field_order"],
     ):
         super().__init__()
         if field_order not in (1, 2):

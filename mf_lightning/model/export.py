@@ -1,6 +1,6 @@
 """Back into mace's ecosystem: a trained FieldMACE's zero-field model as a mace ``.model`` file.
 
-``python -m mf_lightning.model.export model.pt --out model.model [--dtype float64] [--field Ex Ey Ez] [--lammps]``
+``mf-export model.pt --out model.model [--dtype float64] [--field Ex Ey Ez] [--lammps]``
 
 At E = 0 every coupling term vanishes (it is linear or quadratic in E) and so does the atomic
 polarisability term -1/2 a_Z |E|^2: the FieldMACE *is* its mace backbone there. The export is that
@@ -35,8 +35,6 @@ from typing import Optional, Sequence
 import torch
 from e3nn.util.jit import compile_mode
 
-from mf_lightning.cli.runner import cli_main
-from mf_lightning.cli.runner import parser as cli_parser
 from mf_lightning.model.field_mace import FieldMACE
 
 
@@ -137,7 +135,7 @@ def constant_field_backbone(model: FieldMACE, field: Sequence[float], dtype: Opt
 def export_mace(model: FieldMACE, out, dtype: Optional[str] = None, field: Optional[Sequence[float]] = None) -> Path:
     """Write ``model`` at ``field`` (default zero: its backbone) as a mace ``.model`` file
     (atomically)."""
-    from mf_lightning.model.io import atomic_torch_save
+    from mf_lightning.files import atomic_torch_save
 
     out = Path(out)
     atomic_torch_save(constant_field_backbone(model, field or (0.0, 0.0, 0.0), dtype), out)
@@ -151,7 +149,7 @@ def export_lammps(model: FieldMACE, out, field: Optional[Sequence[float]] = None
     from e3nn.util import jit
     from mace.calculators import LAMMPS_MACE
 
-    from mf_lightning.utils import atomic_open
+    from mf_lightning.files import atomic_open
 
     # as everywhere: a multi-head model never falls back to mace's default (the last head)
     head = model.resolve_head(head, ["energy", "forces"])
@@ -162,42 +160,3 @@ def export_lammps(model: FieldMACE, out, field: Optional[Sequence[float]] = None
     with atomic_open(out, "wb") as fh:
         torch.jit.save(compiled, fh)
     return out
-
-
-PROG = "python -m mf_lightning.model.export"
-
-
-@cli_main(PROG)
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = cli_parser(PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", help="an mf-lightning model file (model.pt of train.py)")
-    parser.add_argument("--out", required=True,
-                        help="the file to write: a mace .model, or with --lammps the TorchScript LAMMPS model")
-    parser.add_argument("--dtype", default=None, choices=["float32", "float64"], help="default: the model's own")
-    parser.add_argument("--field", nargs=3, type=float, default=None, metavar=("EX", "EY", "EZ"),
-                        help="export the model at this constant field (V/A); default zero field")
-    parser.add_argument("--lammps", action="store_true",
-                        help="write mace's TorchScript LAMMPS model (pair_style mace) instead of a .model file")
-    parser.add_argument("--head", default=None,
-                        help="--lammps: the head to run (needed when several heads learnt energies and forces)")
-    args = parser.parse_args(argv)
-    from mf_lightning.errors import InputError
-    from mf_lightning.model.io import load_model
-
-    out = Path(args.out)
-    if out.exists() and out.resolve() == Path(args.model).resolve():
-        raise InputError(f"--out {out} is the model being exported: choose another file")
-    model = load_model(args.model)
-    at = f"the field {tuple(args.field)} V/A" if args.field and any(args.field) else "zero field"
-    if args.lammps:
-        path = export_lammps(model, out, args.field, args.head, args.dtype or "float64")
-        print(f"wrote {path}: the model at {at} for LAMMPS "
-              f"(pair_style mace no_domain_decomposition; pair_coeff * * {path.name} <elements>)")
-    else:
-        path = export_mace(model, out, args.dtype, args.field)
-        print(f"wrote {path}: the mace model at {at} (MACECalculator(model_paths='{path}'))")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

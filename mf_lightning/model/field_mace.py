@@ -36,7 +36,7 @@ class FieldMACE(torch.nn.Module):
             :meth:`from_mace` to a ScaleShiftMACE with scale 1 and shift 0, which computes the
             same energy).
         backbone_config: the backbone's constructor arguments in JSON-able form (what
-            :func:`mf_lightning.model.io.save` writes so the model can be rebuilt without pickle).
+            :func:`mf_lightning.model.io.save_model` writes so the model can be rebuilt without pickle).
         form: coupling form, one of :func:`~mf_lightning.model.coupling.coupling_forms`.
         layers: indices of interaction layers that couple; ``None`` = every layer the form can
             couple (``residual_tp``: all but a scalar-only last layer, as in the paper;
@@ -299,7 +299,7 @@ class FieldMACE(torch.nn.Module):
         the file, so it is refused unless ``allow_pickle=True``. ``heads``: give a single-head
         source several heads (e.g. replay / dielectric / ferroelectric), each starting as a copy.
         """
-        from mf_lightning.model.io import backbone_config_of, load_mace_pickle, with_heads
+        from mf_lightning.model.backbone import backbone_config_of, load_mace_pickle, with_heads
 
         if isinstance(model_or_path, torch.nn.Module):
             source = model_or_path
@@ -314,12 +314,6 @@ class FieldMACE(torch.nn.Module):
             model = cls(backbone, config, form=form, layers=layers, l_in=l_in, l_out=l_out,
                         init=init, init_scale=init_scale, field_order=field_order)
         return model.to(backbone.atomic_energies_fn.atomic_energies.dtype)
-
-    def save(self, path) -> None:
-        """Write a weights-only file (state dict + JSON-able config); see :func:`load_model`."""
-        from mf_lightning.model.io import save_model
-
-        save_model(self, path)
 
 
 def fit_atomic_polarisabilities(graphs, n_elements: int) -> Optional[np.ndarray]:

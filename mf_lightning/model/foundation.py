@@ -13,7 +13,7 @@ Our names are ``<family>:<size>`` for mace's size-keyed entries (``small-0b2`` i
 ``mace-mp-0b2:small``, ``medium-mpa-0`` is ``mace-mpa-0:medium``, ``small`` is
 ``mace-mp-0:small``, MACE-OFF23 is ``mace-off23:<size>``) and ``mace-<key>`` for the rest
 (``mh-1`` is ``mace-mh-1``); a family with a single size may omit it (``mace-mpa-0``).
-``python -m mf_lightning.model.foundation`` lists them.
+``mf-foundation`` lists them.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
-from mf_lightning.data.root import sha256_of
 from mf_lightning.errors import InputError
+from mf_lightning.files import sha256_of
 
 SIZES = ("small", "medium", "large")
 URL_SCHEMES = ("https://", "http://", "file://")
@@ -86,7 +86,7 @@ def cache_path_of(url: str) -> Path:
 
 def _check_pinned(path: Path, url: str) -> str:
     """Record ``path``'s SHA-256 on first use, check it on every later one."""
-    from mf_lightning.utils import FileLock, atomic_write_text, dumps_json
+    from mf_lightning.files import FileLock, atomic_write_text, dumps_json
 
     registry = path.parent / REGISTRY
     digest = sha256_of(path)
@@ -126,15 +126,3 @@ def resolve_source(source: str) -> Tuple[Path, bool]:
         raise InputError(f"could not fetch {source} from {url}: {exc}") from exc
     _check_pinned(path, url)
     return path, not source.startswith(URL_SCHEMES)
-
-
-def main(argv: Optional[list] = None) -> int:
-    """List the foundation-model names, their URLs and whether each is cached here."""
-    for name, (key, url) in sorted(foundation_models().items()):
-        cached = "cached" if cache_path_of(url).is_file() else "-"
-        print(f"{name:28s} {cached:7s} {url}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

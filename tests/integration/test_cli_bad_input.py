@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from mf_lightning.errors import EXIT_INPUT, EXIT_PARTIAL
+from mf_lightning.model.io import save_model
 from tests.conftest import REPO, SHARED_DATA
 from tests.helpers import tiny_model
 
@@ -38,7 +39,7 @@ BAD_FILES = {
 def case(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_input")
     model = tiny_model([8, 14])
-    model.save(root / "model.pt")
+    save_model(model, root / "model.pt")
     ase.io.write(root / "good.xyz", [quartz()] * 2, format="extxyz")
     good_text = (root / "good.xyz").read_text()
     files = {}
@@ -66,9 +67,7 @@ def case(tmp_path_factory):
 
 def tools(root, path, model):
     """(prog, main, argv, batch) for every module CLI, run on ``path`` with ``model``."""
-    from mf_lightning import hysteresis, md, predict, spectra, table
-    from mf_lightning.data import audit, distill
-    from mf_lightning.evaluation import matbench, paths
+    from mf_lightning.cli import audit, distill, hysteresis, matbench, md, paths, predict, spectra, table
 
     out = root / "out"
     return [
@@ -132,7 +131,7 @@ def test_every_model_cli_on_bad_model_files(case, bad_model, capsys):
 
 
 def test_debug_shows_the_traceback(case):
-    from mf_lightning import md
+    from mf_lightning.cli import md
 
     root, files = case
     with pytest.raises(Exception, match="no such structure file"):

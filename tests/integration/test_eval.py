@@ -12,7 +12,8 @@ import ase.io
 import numpy as np
 import pytest
 
-from mf_lightning.calculator import MACEFieldCalculator
+from mf_lightning.model.io import save_model
+from mf_lightning.simulation.calculator import MACEFieldCalculator
 from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2
 from tests.conftest import REPO, SHARED_DATA
 from tests.helpers import elements_of, tiny_model
@@ -45,7 +46,7 @@ def labelled_file(path, frames, model):
 def test_eval_cli_on_an_extxyz_file(tmp_path):
     frames = ase.io.read(SHARED_DATA / "md" / "SiO2.xyz", index="0:3")
     model = tiny_model(elements_of(*frames))
-    model.save(tmp_path / "model.pt")
+    save_model(model, tmp_path / "model.pt")
     labelled = labelled_file(tmp_path / "held_out.xyz", frames, model)
 
     env = {**os.environ, "MF_DATA_DIR": str(SHARED_DATA), "OMP_NUM_THREADS": "1",
@@ -140,11 +141,11 @@ def test_p_metrics_of_a_zero_predictor_are_on_one_branch():
     zero-predictor line, and the parity points lie on the horizontal axis, not the diagonal."""
     import torch
 
+    from mf_lightning.analysis.evaluate import stats
     from mf_lightning.data import keys
     from mf_lightning.data.dataset import ref_key
     from mf_lightning.data.polarisation import polarisation_quanta
-    from mf_lightning.evaluation.evaluate import stats
-    from mf_lightning.module import reference_and_prediction, zero_predictor_error
+    from mf_lightning.train.metrics import reference_and_prediction, zero_predictor_error
 
     rng = np.random.default_rng(0)
     cells = np.array([np.diag(rng.uniform(4, 6, 3)) for _ in range(40)])

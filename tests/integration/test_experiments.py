@@ -41,7 +41,7 @@ def test_experiment_composes(name):
         assert cfg.data.replay == "replay" and cfg.module.freeze_backbone_epochs > 0
         return
     assert cfg.model.coupling.form in coupling_forms()
-    assert cfg.data._target_.startswith("datamodules.")
+    assert cfg.data._target_.startswith("mf_lightning.data.datamodules.")
 
 
 @pytest.mark.parametrize("overrides,target", [
@@ -76,7 +76,7 @@ def source_model_and_replay(tmp_path_factory):
     import ase.io
 
     import mf_lightning
-    from mf_lightning.data.distill import distill
+    from mf_lightning.simulation.distill import distill
     from tests.helpers import make_source
 
     tmp = tmp_path_factory.mktemp("source")
@@ -297,7 +297,7 @@ def test_ablation_sweep_and_table(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert len(list(sweep.rglob("metrics.json"))) == 4
-    from mf_lightning import table
+    from mf_lightning.cli import table
 
     assert table.main([str(sweep), "--out", str(tmp_path / "ablation")]) == 0
     md = (tmp_path / "ablation.md").read_text()
@@ -321,7 +321,7 @@ def test_finetune_keeps_the_source_at_zero_field_and_reports_replay(tmp_path, so
     assert metrics["val"]["replay"]["energy"]["rmse"] < 1e-7
     assert {"becs_diag", "polarisation"} <= set(metrics["val"]["sio2"])
     import mf_lightning
-    from mf_lightning.calculator import MACEFieldCalculator
+    from mf_lightning.simulation.calculator import MACEFieldCalculator
 
     model = mf_lightning.load_model(tmp_path / "run" / "model.pt")
     assert model.heads == ["sio2", "replay"]  # one per source
@@ -336,14 +336,14 @@ def test_finetune_keeps_the_source_at_zero_field_and_reports_replay(tmp_path, so
     with pytest.raises(ValueError, match="not one of the model's heads"):
         MACEFieldCalculator(model, head="typo")
     assert MACEFieldCalculator(model, head="replay").head == "replay"
-    from mf_lightning.predict import predict_response
+    from mf_lightning.analysis.screening import predict_response
 
     atoms = ase.io.read(SHARED_DATA / "md" / "SiO2.xyz", index=0)
     by_default = predict_response(model, [atoms])[0]
     np.testing.assert_array_equal(by_default["becs"], predict_response(model, [atoms], head="sio2")[0]["becs"])
     # eval.py with a single-source data config binds the head of that name
-    from datamodules import MDTrajectoryDataModule, MultiSourceDataModule
-    from mf_lightning.training import bind_to_model
+    from mf_lightning.data.datamodules import MDTrajectoryDataModule, MultiSourceDataModule
+    from mf_lightning.train.pipeline import bind_to_model
 
     sio2 = MDTrajectoryDataModule(file=str(SHARED_DATA / "md" / "SiO2.xyz"), name="sio2",
                                   labels={"becs": {"key": "born_charge", "unit": "e"}})

@@ -8,6 +8,7 @@ import json
 
 import ase.io
 
+from mf_lightning.model.io import save_model
 from tests.conftest import REPO, shared_file
 from tests.helpers import elements_of, tiny_model
 
@@ -20,7 +21,7 @@ def load_script(name):
 
 
 def test_sio2_spectra_experiment(tmp_path, sio2_atoms):
-    tiny_model(elements_of(sio2_atoms)).save(tmp_path / "model.pt")
+    save_model(tiny_model(elements_of(sio2_atoms)), tmp_path / "model.pt")
     run = load_script("sio2_spectra")
     assert run.main(["--model", str(tmp_path / "model.pt"), "--out", str(tmp_path / "out"), "--production-fs", "60",
                      "--equilibration-fs", "10", "--no-progress"]) == 0
@@ -35,7 +36,7 @@ def test_sio2_spectra_experiment(tmp_path, sio2_atoms):
 
 def test_batio3_hysteresis_experiment(tmp_path):
     atoms = ase.io.read(shared_file("md", "BaTiO3.xyz"), index=0)
-    tiny_model(elements_of(atoms)).save(tmp_path / "model.pt")
+    save_model(tiny_model(elements_of(atoms)), tmp_path / "model.pt")
     run = load_script("batio3_hysteresis")
     assert run.main(["--model", str(tmp_path / "model.pt"), "--out", str(tmp_path / "out"), "--period-fs", "24",
                      "--cycles", "1.5", "--dt", "2", "--points", "2", "--relax-steps", "3", "--no-progress"]) == 0

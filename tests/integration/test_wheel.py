@@ -29,14 +29,15 @@ def test_wheel_install_trains_the_quickstart_through_the_console_script(tmp_path
                               str(wheel)], capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr[-3000:]
     assert (target / "mf_lightning" / "conf" / "experiment" / "quickstart.yaml").is_file()
-    assert (target / "datamodules" / "__init__.py").is_file()
+    assert (target / "mf_lightning" / "data" / "datamodules" / "__init__.py").is_file()
+    assert all((target / "bin" / f"mf-{tool}").is_file() for tool in ("train", "eval", "predict", "md", "baselines"))
     work = tmp_path / "work"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PROJECT_ROOT"}
     env.update({"PYTHONPATH": str(target), "MF_DATA_DIR": str(SHARED_DATA), "MF_CACHE_DIR": str(tmp_path / "cache"),
                 "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
-    where = subprocess.run([sys.executable, "-c", "import mf_lightning, datamodules; "
-                            "print(mf_lightning.__file__, datamodules.__file__)"],
+    where = subprocess.run([sys.executable, "-c", "import mf_lightning, mf_lightning.data.datamodules; "
+                            "print(mf_lightning.__file__, mf_lightning.data.datamodules.__file__)"],
                            cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert where.returncode == 0 and where.stdout.count(str(target)) == 2, where.stdout + where.stderr[-2000:]
     run = subprocess.run([str(target / "bin" / "mf-train"), "experiment=quickstart", "trainer.max_epochs=1",

@@ -12,11 +12,14 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from mace.tools.torch_geometric.batch import Batch
 
-from mf_lightning.data.dataset import TASKS, ref_key, weight_key
 from mf_lightning.data.graphs import UnknownElementError
+from mf_lightning.data.keys import ref_key, weight_key
 from mf_lightning.data.polarisation import path_coordinates
+from mf_lightning.data.quantities import tasks
 from mf_lightning.data.reader import DataError, Record
 from tests.conftest import REPO, SHARED_DATA
+
+TASKS = tasks()
 
 CONF = str(REPO / "conf")
 

@@ -7,6 +7,7 @@ import urllib.error
 
 import pytest
 
+from mf_lightning.cli.audit import main as audit_main
 from mf_lightning.data import audit, root
 from mf_lightning.data.reader import read_records
 from tests.conftest import SHARED_DATA
@@ -69,7 +70,7 @@ def test_checked_download_succeeds(monkeypatch, tmp_path):
 
 def test_audit_flags_known_asr_violations(tmp_path):
     path = SHARED_DATA / "mp_dielectric" / "dielectric-valid.xyz"
-    records = read_records(path, audit._labels_for(path, None))
+    records = read_records(path, audit.labels_for(path, None))
     rows = audit.audit_records(records)
     by_id = {r["id"]: r for r in rows}
     gese = by_id["dielectric-valid.xyz:41"]
@@ -84,7 +85,7 @@ def test_audit_cli_and_cross_file_duplicates(tmp_path, capsys):
     src = SHARED_DATA / "md" / "SiO2.xyz"
     copy = tmp_path / "again.xyz"
     copy.write_bytes(src.read_bytes())
-    assert audit.main([str(src), str(copy), "--out", str(tmp_path / "out")]) == 0
+    assert audit_main([str(src), str(copy), "--out", str(tmp_path / "out")]) == 0
     csv_text = (tmp_path / "out" / "audit.csv").read_text()
     md = (tmp_path / "out" / "audit.md").read_text()
     assert "| duplicate | 201 |" in md

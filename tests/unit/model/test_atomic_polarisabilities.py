@@ -11,6 +11,7 @@ from mf_lightning.data import keys
 from mf_lightning.data.dataset import record_to_graph
 from mf_lightning.data.reader import Record
 from mf_lightning.model.field_mace import fit_atomic_polarisabilities
+from mf_lightning.model.io import save_model
 from tests.helpers import TINY, batch_of, elements_of
 
 PROPS = (keys.ENERGY, keys.FORCES, keys.POLARISATION, keys.BECS, keys.POLARISABILITY)
@@ -62,7 +63,7 @@ def test_plain_mace_has_none_and_files_keep_them(tmp_path, sio2_atoms):
     with pytest.raises(ValueError, match="form 'none'"):
         mf_lightning.build_model(atomic_numbers=z, coupling={"form": "none"}, atomic_polarisabilities=[0.1, 0.2], **TINY)
     model = mf_lightning.build_model(atomic_numbers=z, atomic_polarisabilities={8: 0.01, 14: 0.02}, **TINY)
-    model.save(tmp_path / "m.pt")
+    save_model(model, tmp_path / "m.pt")
     torch.testing.assert_close(load_model(tmp_path / "m.pt").atomic_polarisabilities,
                                torch.tensor([0.01, 0.02], dtype=torch.float64))
     payload = torch.load(tmp_path / "m.pt", weights_only=True)

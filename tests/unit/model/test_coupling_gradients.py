@@ -15,7 +15,8 @@ import torch
 import mf_lightning
 from mf_lightning.data import keys
 from mf_lightning.data.dataset import ref_key, weight_key
-from mf_lightning.losses import MultiTaskLoss
+from mf_lightning.model.io import save_model
+from mf_lightning.train.losses import MultiTaskLoss
 from tests.helpers import TINY, batch_of, elements_of
 
 FIELD_TASKS = ("polarisation", "becs", "polarisability")
@@ -118,7 +119,7 @@ def test_field_order_2_is_the_default_and_old_files_load_bilinear(tmp_path, sio2
     assert any(name.endswith("linear2.weight") for name, _ in model.named_parameters())
     old = build(elements_of(sio2_atoms), form="residual_tp", field_order=1)
     path = tmp_path / "old.pt"
-    old.save(path)
+    save_model(old, path)
     payload = torch.load(path, weights_only=True)
     del payload["coupling"]["field_order"]  # as written before the term existed
     torch.save(payload, path)

@@ -57,7 +57,8 @@ def test_a_url_is_fetched_by_maces_downloader_and_pinned(cache, small_model):
 
 
 def test_a_url_needs_the_pickle_opt_in_a_named_official_model_does_not(cache, small_model):
-    from mf_lightning.model.io import ModelFileError, load_mace_pickle
+    from mf_lightning.model.backbone import load_mace_pickle
+    from mf_lightning.model.io import ModelFileError
 
     with pytest.raises(ModelFileError, match="allow_pickle"):
         load_mace_pickle(f"file://{small_model}")
@@ -76,6 +77,6 @@ def test_offline_the_error_names_the_url_and_where_to_put_the_file(cache, tmp_pa
         foundation.resolve_source(url)
     assert url in str(err.value) and str(foundation.cache_path_of(url)) in str(err.value)
     with pytest.raises(InputError, match="neither a model file nor a foundation model"):
-        from mf_lightning.model.io import load_mace_pickle
+        from mf_lightning.model.backbone import load_mace_pickle
 
         load_mace_pickle("mace-mp-9")

@@ -13,7 +13,7 @@ import torch
 import mf_lightning
 from mf_lightning.data import keys
 from mf_lightning.data.graphs import atoms_to_graph, collate
-from mf_lightning.model.io import ModelFileError
+from mf_lightning.model.io import ModelFileError, save_model
 from tests.conftest import shared_file
 from tests.helpers import make_source
 
@@ -78,7 +78,7 @@ def test_from_mace_equals_source_at_zero_field(tmp_path, quartz_frames, kind, he
     assert not torch.allclose(with_field[keys.ENERGY], out[keys.ENERGY], rtol=0, atol=1e-9)
 
     # the upgraded model survives a weights-only round trip with its architecture flags
-    fm.save(tmp_path / "field.pt")
+    save_model(fm, tmp_path / "field.pt")
     back = mf_lightning.load_model(tmp_path / "field.pt")
     assert back.backbone.use_reduced_cg == reduced and back.heads == heads
     again = back(mace_batch(quartz_frames, heads, frame_heads), properties=(keys.ENERGY, keys.FORCES, keys.STRESS))

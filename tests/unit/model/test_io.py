@@ -13,7 +13,7 @@ import mf_lightning
 from mf_lightning.data import keys
 from mf_lightning.model import io
 from mf_lightning.model.coupling import COUPLINGS
-from mf_lightning.model.io import ModelFileError
+from mf_lightning.model.io import ModelFileError, save_model
 from tests.conftest import SHARED_DATA
 from tests.helpers import batch_of, elements_of, tiny_model
 
@@ -28,7 +28,7 @@ PROPS = (keys.ENERGY, keys.FORCES, keys.POLARISATION, keys.BECS, keys.POLARISABI
 def test_save_load_round_trip(tmp_path, dielectric_atoms, form, extra):
     model = tiny_model(elements_of(dielectric_atoms), form=form, **extra)
     path = tmp_path / "m.pt"
-    model.save(path)
+    save_model(model, path)
     raw = torch.load(path, weights_only=True)  # must load without unpickling anything
     assert raw["format"] == io.FORMAT and raw["coupling"]["form"] == form
     back = mf_lightning.load_model(path)
@@ -41,7 +41,7 @@ def test_save_load_round_trip(tmp_path, dielectric_atoms, form, extra):
 
 def test_load_in_other_dtype(tmp_path, dielectric_atoms):
     model = tiny_model(elements_of(dielectric_atoms))
-    model.save(tmp_path / "m.pt")
+    save_model(model, tmp_path / "m.pt")
     back = mf_lightning.load_model(tmp_path / "m.pt", dtype="float32")
     assert back.dtype == torch.float32
 
@@ -50,7 +50,7 @@ def test_save_is_atomic(tmp_path, dielectric_atoms, monkeypatch):
     """A crash in the middle of a save leaves the previous file intact and no temp file."""
     model = tiny_model(elements_of(dielectric_atoms))
     path = tmp_path / "m.pt"
-    model.save(path)
+    save_model(model, path)
     before = path.read_bytes()
 
     def dying_save(obj, fh, *a, **k):
@@ -59,7 +59,7 @@ def test_save_is_atomic(tmp_path, dielectric_atoms, monkeypatch):
 
     monkeypatch.setattr(io.torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        model.save(path)
+        save_model(model, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
 
@@ -67,7 +67,7 @@ def test_save_is_atomic(tmp_path, dielectric_atoms, monkeypatch):
 def test_truncated_and_corrupted_files(tmp_path, dielectric_atoms):
     model = tiny_model(elements_of(dielectric_atoms))
     good = tmp_path / "m.pt"
-    model.save(good)
+    save_model(model, good)
     data = good.read_bytes()
     (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelFileError, match="trunc.pt: truncated or corrupted"):
@@ -92,7 +92,7 @@ def test_foreign_or_mismatched_payload(tmp_path, dielectric_atoms):
     with pytest.raises(ModelFileError, match="not an mf-lightning model file"):
         mf_lightning.load_model(tmp_path / "foreign.pt")
     model = tiny_model(elements_of(dielectric_atoms))
-    model.save(tmp_path / "m.pt")
+    save_model(model, tmp_path / "m.pt")
     payload = torch.load(tmp_path / "m.pt", weights_only=True)
     # a weight of the network (atomic_polarisabilities, first in the dict, may be absent: files
     # from before it existed load with zeros, tests/unit/model/test_atomic_polarisabilities.py)
@@ -139,14 +139,14 @@ def test_mace_export_is_the_model_at_zero_field(tmp_path):
     import ase.io
     from mace.calculators import MACECalculator
 
-    from mf_lightning.calculator import MACEFieldCalculator
-    from mf_lightning.model.export import main as export_main
+    from mf_lightning.cli.export import main as export_main
+    from mf_lightning.simulation.calculator import MACEFieldCalculator
 
     atoms = ase.io.read(SHARED_DATA / "md" / "SiO2.xyz", index=0)
     model = tiny_model(elements_of(atoms))
     with torch.no_grad():
         model.atomic_polarisabilities.fill_(0.3)
-    model.save(tmp_path / "m.pt")
+    save_model(model, tmp_path / "m.pt")
     assert export_main([str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.model")]) == 0
     ours = MACEFieldCalculator(str(tmp_path / "m.pt"))
     theirs = MACECalculator(model_paths=str(tmp_path / "m.model"), device="cpu", default_dtype="float64")
@@ -180,14 +180,14 @@ def test_constant_field_exports_are_the_model_at_that_field(tmp_path, form):
     import ase.io
     from mace.calculators import MACECalculator
 
-    from mf_lightning.calculator import MACEFieldCalculator
-    from mf_lightning.model.export import main as export_main
+    from mf_lightning.cli.export import main as export_main
+    from mf_lightning.simulation.calculator import MACEFieldCalculator
 
     frames = ase.io.read(SHARED_DATA / "md" / "SiO2.xyz", index=":2")
     model = tiny_model(elements_of(frames[0]), form=form)
     with torch.no_grad():
         model.atomic_polarisabilities.fill_(0.3)
-    model.save(tmp_path / "m.pt")
+    save_model(model, tmp_path / "m.pt")
     field = [0.02, -0.01, 0.05]
     args = [str(tmp_path / "m.pt"), "--field", *map(str, field)]
     assert export_main([*args, "--out", str(tmp_path / "m.model")]) == 0

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mf_lightning.calculator import MACEFieldCalculator
 from mf_lightning.data.polarisation import polarisation_quanta
-from mf_lightning.md import FieldProtocol, complete_frames_end, read_log, run_md
+from mf_lightning.simulation.calculator import MACEFieldCalculator
+from mf_lightning.simulation.md import FieldProtocol, complete_frames_end, read_log, run_md
 from tests.helpers import elements_of, tiny_model
 
 

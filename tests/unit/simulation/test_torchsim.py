@@ -30,8 +30,8 @@ def model(structures):
 
 
 def test_batched_model_equals_the_ase_calculator(structures, model):
-    from mf_lightning.calculator import MACEFieldCalculator
-    from mf_lightning.torchsim import FieldMaceModel, FieldState
+    from mf_lightning.simulation.calculator import MACEFieldCalculator
+    from mf_lightning.simulation.torchsim import FieldMaceModel, FieldState
 
     fields = np.array([[0.0, 0.0, 0.0], [0.01, 0.0, -0.02], [0.0, 0.03, 0.0], [0.02, 0.02, 0.02],
                        [0.0, 0.0, 0.05]])[: len(structures)]
@@ -65,8 +65,8 @@ def test_batched_fire_relaxation_matches_ase_bfgs():
     from ase.optimize import BFGS
 
     import mf_lightning
-    from mf_lightning.calculator import MACEFieldCalculator
-    from mf_lightning.torchsim import FieldMaceModel
+    from mf_lightning.simulation.calculator import MACEFieldCalculator
+    from mf_lightning.simulation.torchsim import FieldMaceModel
     from tests.conftest import REPO
 
     model = mf_lightning.load_model(REPO / "experiments" / "models" / "sio2_md_cpu.pt").double()

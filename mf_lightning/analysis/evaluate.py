@@ -1,0 +1,249 @@
+"""What ``eval.py`` does: any exported model on any supported data, metrics with and without the
+labels the audit flags, parity plots.
+
+Quantities and units are those of training (:func:`mf_lightning.data.quantities.metric_units`: energy
+per atom, P folded onto the reference's branch in uC/cm^2, Z* and alpha split into diagonal and
+off-diagonal), plus, where alpha is labelled, the refractive index ``n`` = sqrt(eps_poly), and
+with ``ionic=true`` the ionic dielectric tensor eps_ion (model Hessian + Z*, see
+:mod:`mf_lightning.analysis.dielectric`) against the file's ``REF_dielectric_ionic``.
+
+For every quantity: RMSE, MAE, R^2 (1 - SS_res/SS_tot over all components) and counts, over all
+labelled structures (``all``), over those whose reference labels pass the label audit
+(``unflagged``) and over the flagged ones (``flagged``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from mf_lightning.data import keys
+from mf_lightning.data.keys import weight_key
+from mf_lightning.data.quantities import QUANTITIES, metric_units
+from mf_lightning.files import dumps_json
+from mf_lightning.train.losses import structure_weights
+from mf_lightning.train.metrics import (
+    batch_to_dict,
+    labelled_tasks,
+    reference_and_prediction,
+    stats,
+    zero_predictor_error,
+)
+from mf_lightning.utils import markdown_table
+
+log = logging.getLogger(__name__)
+
+class Collected:
+    """(reference, prediction, structure index, zero-predictor error) rows per quantity; reference
+    and prediction on one branch (:func:`~mf_lightning.train.metrics.reference_and_prediction`)."""
+
+    def __init__(self):
+        self.rows: Dict[str, List[tuple]] = defaultdict(list)
+
+    def add(self, q: str, ref: np.ndarray, pred: np.ndarray, structure: np.ndarray,
+            zero_error: Optional[np.ndarray] = None) -> None:
+        ref = np.asarray(ref, float)
+        self.rows[q].append((ref, np.asarray(pred, float), np.asarray(structure, int),
+                             -ref if zero_error is None else np.asarray(zero_error, float)))
+
+    def arrays(self, q: str):
+        ref, pred, s, zero = zip(*self.rows[q])
+        return np.concatenate(ref), np.concatenate(pred), np.concatenate(s), np.concatenate(zero)
+
+
+def collect_predictions(model, graphs: Sequence, batch_size: int = 8, collected: Optional[Collected] = None,
+                        offset: int = 0) -> Collected:
+    """Run ``model`` on labelled graphs; keep (ref, pred) rows of every labelled quantity."""
+    from mace.tools.torch_geometric.dataloader import DataLoader
+
+    collected = collected or Collected()
+    dtype = model.dtype
+    device = next(model.parameters()).device
+    start = offset
+    for batch in DataLoader(list(graphs), batch_size=batch_size, shuffle=False):
+        d = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch_to_dict(batch, dtype).items()}
+        n_graphs = int(d[keys.PTR].numel() - 1)
+        tasks = labelled_tasks(d)
+        out = model(d, properties=(keys.ENERGY, *tasks))
+        for task in tasks:
+            w = d[weight_key(task)].view(-1) > 0
+            mask = structure_weights(task, d) > 0  # per row: atoms for per-atom tasks
+            structure = (d[keys.BATCH] if QUANTITIES[task].per_atom else torch.arange(n_graphs, device=device)) + start
+            ref, pred, _ = reference_and_prediction(task, out, d)
+            zero = zero_predictor_error(task, out, d)
+            for q in ref:
+                collected.add(q, ref[q][mask].double().cpu().numpy(), pred[q][mask].double().cpu().numpy(),
+                              structure[mask].cpu().numpy(), zero[q][mask].double().cpu().numpy())
+            if task == "polarisability":
+                from mf_lightning.analysis.dielectric import eps_inf_from_alpha, refractive_index
+
+                a_ref = d["ref_polarisability"].view(-1, 3, 3)[w].double().cpu().numpy()
+                a_pred = out[keys.POLARISABILITY][w].detach().double().cpu().numpy()
+                collected.add("n", refractive_index(eps_inf_from_alpha(a_ref)),
+                              refractive_index(eps_inf_from_alpha(a_pred)),
+                              torch.arange(n_graphs)[w.cpu()].numpy() + start)
+        start += n_graphs
+    return collected
+
+
+def collect_ionic(model, structures: Sequence, references: Sequence[Optional[np.ndarray]], head: Optional[str],
+                  collected: Collected, offset: int = 0, max_atoms: int = 40) -> Dict[str, Any]:
+    """eps_ion of the model (no relaxation: the labelled structures are DFT-relaxed) against the
+    reference ionic tensors; structures above ``max_atoms`` atoms are skipped (3N backward passes)."""
+    from mf_lightning.analysis.dielectric import dielectric_properties
+    from mf_lightning.simulation.calculator import MACEFieldCalculator
+
+    calc = MACEFieldCalculator(model, head=head)
+    done, skipped, unstable = 0, 0, 0
+    diag = np.eye(3, dtype=bool)
+    for i, (atoms, ref) in enumerate(zip(structures, references)):
+        if ref is None:
+            continue
+        if len(atoms) > max_atoms:
+            skipped += 1
+            continue
+        ion = dielectric_properties(calc, atoms, ionic=True)
+        unstable += bool(ion["unstable_modes_cm"])
+        pred = ion["eps_ion"]
+        ref = np.asarray(ref).reshape(3, 3)
+        collected.add("eps_ion_diag", ref[diag][None], pred[diag][None], np.array([offset + i]))
+        collected.add("eps_ion_offdiag", ref[~diag][None], pred[~diag][None], np.array([offset + i]))
+        done += 1
+    return {"evaluated": done, "skipped_too_large": skipped, "with_unstable_modes": unstable, "max_atoms": max_atoms}
+
+
+def summarise(collected: Collected, flagged: Sequence[bool]) -> Dict[str, Any]:
+    flagged = np.asarray(flagged, dtype=bool)
+    out: Dict[str, Any] = {}
+    for q in collected.rows:
+        ref, pred, s, zero = collected.arrays(q)
+        bad = flagged[s] if flagged.size else np.zeros(len(s), bool)
+        entry = {"unit": metric_units().get(q, ""), "n_structures": int(len(np.unique(s))),
+                 "all": stats(ref, pred, zero), "unflagged": stats(ref[~bad], pred[~bad], zero[~bad])}
+        if bad.any():
+            entry["flagged"] = stats(ref[bad], pred[bad], zero[bad])
+        out[q] = entry
+    return out
+
+
+def parity_inputs(collected: Collected) -> Dict[str, List[np.ndarray]]:
+    return {q: [np.stack([r.reshape(-1), p.reshape(-1)]) for r, p, *_ in rows] for q, rows in collected.rows.items()}
+
+
+def table(metrics: Dict[str, Any]) -> str:
+    rows = []
+    for name, m in metrics["datasets"].items():
+        for q, e in m["quantities"].items():
+            a, u = e["all"], e["unflagged"]
+            rows.append([name, q, f"{a.get('rmse', float('nan')):.4g}", f"{a.get('mae', float('nan')):.4g}",
+                         f"{a.get('r2', float('nan')):.4f}", f"{u.get('rmse', float('nan')):.4g}",
+                         f"{a.get('zero_rmse', float('nan')):.4g}", e["unit"], e["n_structures"]])
+    return markdown_table(["dataset", "quantity", "RMSE", "MAE", "R^2", "RMSE unflagged", "RMSE of 0", "unit",
+                           "structures"], rows)
+
+
+def source_frames(src, splits: Sequence[str]) -> List[Any]:
+    """The ASE frames behind a source's graphs of ``splits``, in the same order (each file read once)."""
+    from mf_lightning.data.reader import iter_frames
+    from mf_lightning.data.root import resolve_file
+
+    file_of = {s: src.test_file if (s == "test" and src.test_file) else src.file for s in splits}
+    wanted: Dict[str, set] = {}
+    for s in splits:
+        wanted.setdefault(file_of[s], set()).update(m["frame"] for m in src.meta[s])
+    frames = {(name, f): atoms for name, needed in wanted.items()
+              for f, atoms in iter_frames(resolve_file(name, src.root)) if f in needed}
+    return [frames[(file_of[s], m["frame"])] for s in splits for m in src.meta[s]]
+
+
+# the model's predictions in a predictions file: mace's MACE_ prefix, internal units
+PREDICTED = {"energy": ("MACE_energy", "eV"), "forces": ("MACE_forces", "eV/A"), "stress": ("MACE_stress", "eV/A^3"),
+             "polarisation": ("MACE_polarisation", "e/A^2"), "becs": ("MACE_becs", "e"),
+             "polarisability": ("MACE_polarisability", "e/(V*A)")}
+
+
+def write_predictions(model, graphs: Sequence, structures: Sequence, path: Path, batch_size: int = 8) -> Path:
+    """An extxyz of ``structures`` (their reference labels as in the file) with the model's E, F,
+    S, P, Z* and alpha beside them under mace's ``MACE_`` prefix (``mace_eval_configs``' convention)
+    in internal units (listed in each frame's ``MACE_units``); S, P, Z* and alpha for periodic
+    structures only. Readable by ``ase.io.read``."""
+    import ase.io
+    from mace.tools.torch_geometric.dataloader import DataLoader
+
+    from mf_lightning.files import atomic_open
+
+    device = next(model.parameters()).device
+    frames, k = [], 0
+    for batch in DataLoader(list(graphs), batch_size=batch_size, shuffle=False):
+        d = {key: (v.to(device) if torch.is_tensor(v) else v) for key, v in batch_to_dict(batch, model.dtype).items()}
+        periodic = bool((torch.linalg.det(d[keys.CELL].view(-1, 3, 3)).abs() > 0).all())
+        wanted = list(PREDICTED) if periodic else ["energy", "forces"]
+        out = model(d, properties=tuple(wanted))
+        ptr = d[keys.PTR].cpu().numpy()
+        for g in range(len(ptr) - 1):
+            atoms = structures[k].copy()
+            atoms.calc = structures[k].calc  # the file's labels ASE keeps there (SiO2.xyz: forces, stress)
+            k += 1
+            for q in wanted:
+                key, _ = PREDICTED[q]
+                v = out[q].detach().cpu().double().numpy()
+                if q in ("forces", "becs"):
+                    atoms.arrays[key] = v[ptr[g]:ptr[g + 1]].reshape(ptr[g + 1] - ptr[g], -1)
+                else:
+                    atoms.info[key] = v[g].reshape(-1) if v[g].ndim else float(v[g])
+            atoms.info["MACE_units"] = " ".join(f"{PREDICTED[q][0]}:{PREDICTED[q][1]}" for q in wanted)
+            frames.append(atoms)
+    with atomic_open(path, "w") as fh:
+        ase.io.write(fh, frames, format="extxyz")
+    return path
+
+
+def evaluate_datamodule(model, dm, split: str, out_dir: Path, batch_size: int = 8, ionic: bool = False,
+                        ionic_key: str = "REF_dielectric_ionic", ionic_max_atoms: int = 40,
+                        plots: bool = True, predictions: bool = False) -> Dict[str, Any]:
+    """Evaluate every source of a (set-up) MultiSourceDataModule on ``split`` (train/val/test/all)."""
+    from mf_lightning.data.datamodules.base import flags_of
+    from mf_lightning.data.root import resolve_file
+
+    metrics: Dict[str, Any] = {"split": split, "datasets": {}}
+    parity: Dict[str, Dict[str, List[np.ndarray]]] = {}
+    for name, src in dm.sources.items():
+        splits = ["train", "val", "test"] if split == "all" else [split]
+        graphs = [g for s in splits for g in src.datasets[s]]
+        meta = [m for s in splits for m in src.meta[s]]
+        if not graphs:
+            log.warning("%s: the %s split is empty", name, split)
+            continue
+        flags = [flags_of(g) for g in graphs]
+        collected = collect_predictions(model, graphs, batch_size=batch_size)
+        entry: Dict[str, Any] = {}
+        structures = source_frames(src, splits) if (ionic or predictions) else None
+        if ionic:
+            refs = [np.asarray(a.info[ionic_key], float) if ionic_key in a.info else None for a in structures]
+            entry["ionic"] = collect_ionic(model, structures, refs, src.head, collected, max_atoms=ionic_max_atoms)
+        if predictions:
+            entry["predictions"] = str(write_predictions(model, graphs, structures, out_dir / f"predictions_{name}.xyz",
+                                                         batch_size=batch_size))
+        evaluated = sorted({str(resolve_file(src.test_file if (s == "test" and src.test_file) else src.file, src.root))
+                            for s in splits})
+        entry.update({
+            "file": evaluated[0] if len(evaluated) == 1 else evaluated, "head": src.head,
+            "labels": {q: dict(s) for q, s in src.labels.items()},  # key and file unit of each label
+            "n_structures": len(graphs), "n_atoms": int(sum(g.num_nodes for g in graphs)),
+            "flagged": [m["id"] for m, f in zip(meta, flags) if f],
+            "quantities": summarise(collected, [bool(f) for f in flags]),
+        })
+        metrics["datasets"][name] = entry
+        parity[name] = parity_inputs(collected)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(dumps_json(metrics))
+    if plots:
+        from mf_lightning.train.plots import parity_plots
+
+        parity_plots(parity, out_dir)
+    return metrics

@@ -1,0 +1,339 @@
+"""IR and Raman spectra and the dielectric function from a finite-field MD trajectory.
+
+``mf-spectra TRAJ --out DIR`` (TRAJ as written by :mod:`mf_lightning.simulation.md`).
+
+* IR: autocorrelation of the cell dipole current dM/dt (M = Omega P, e A; P is the model's own,
+  smooth and never folded), summed over Cartesian components; Raman: autocorrelation of the
+  fluctuation of alpha (all components; isotropic trace/3 and anisotropic traceless parts).
+* Warnings (``summary.json`` and stderr) when the numbers cannot be trusted: resolution coarser
+  than the broadening, a trajectory shorter than 10 ps, a driven run (a field changing in time:
+  the fluctuation results do not apply and eps_0 is NaN), negative IR or loss-function values.
+* Each autocorrelation (unbiased estimator, FFT) is multiplied by the decaying half of a Hann
+  window (1 at lag 0, 0 at the longest lag), cosine-transformed, and broadened with a Gaussian of
+  ``sigma`` cm^-1 (default 20). Frequencies are wavenumbers, cm^-1; the resolution is
+  1 / (c T_traj).
+* eps_inf = I + <alpha>/eps0; eps_0 = eps_inf + Omega Cov[P] / (eps0 kB T) (tensor; the
+  diagonal is SPEC section 6's "per direction"), with <Omega> and the thermostat's T.
+* eps(omega) = eps_inf + chi(omega) with the classical fluctuation-dissipation theorem for each
+  diagonal direction, chi(omega) = Omega/(eps0 kB T) [C(0) + i omega int_0^inf C(t) e^{i omega t} dt],
+  C(t) = <dP(0) dP(t)> (windowed as above): chi(0) is the static ionic part and chi(inf) = 0.
+  The energy-loss function is -Im[1/eps(omega)].
+* Peaks: local maxima of the broadened spectra with a prominence of at least 5 % of the largest,
+  strongest first.
+
+Outputs: ``spectra.csv`` (wavenumber, IR, Raman, Raman iso/aniso, Re/Im eps and loss per
+direction), ``summary.json`` (eps_inf, eps_0 tensors, parallel/perpendicular to ``axis``, peak
+lists, resolution) and ``spectra.png`` (IR, Raman, Re eps, Im eps and loss).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+from ase import units
+
+from mf_lightning.errors import InputError
+from mf_lightning.files import dumps_json
+from mf_lightning.units import EPS0_E_PER_V_A
+
+C_CM_PER_FS = units._c * 100 * 1e-15  # speed of light, cm/fs
+AXIS_INDEX = {"x": 0, "y": 1, "z": 2}
+
+
+# ---------------------------------------------------------------------- building blocks
+def autocorrelation(x: np.ndarray, subtract_mean: bool = True) -> np.ndarray:
+    """Unbiased autocorrelation of a (n,) or (n, d) series along time, per component: (n, d)."""
+    x = np.asarray(x, dtype=float)
+    if x.ndim == 1:
+        x = x[:, None]
+    if subtract_mean:
+        x = x - x.mean(0)
+    n = len(x)
+    size = 1 << (2 * n - 1).bit_length()
+    f = np.fft.rfft(x, n=size, axis=0)
+    acf = np.fft.irfft(f * np.conj(f), n=size, axis=0)[:n]
+    return acf / (n - np.arange(n))[:, None]
+
+
+def hann_decay(n: int) -> np.ndarray:
+    """The decaying half of a Hann window: 1 at lag 0, 0 at lag n (exclusive)."""
+    return np.cos(0.5 * np.pi * np.arange(n) / n) ** 2
+
+
+def gaussian_broaden(y: np.ndarray, d_cm: float, sigma_cm: float, parity: int = 1) -> np.ndarray:
+    """Convolve (along axis 0, a grid starting at 0 cm^-1 with spacing ``d_cm``) with a unit-area
+    Gaussian of ``sigma_cm``. The function is continued to negative wavenumbers as even
+    (``parity=1``: spectra, Re eps) or odd (``parity=-1``: Im eps), so the lowest frequencies are
+    not pulled towards zero by the edge. FFT convolution: O(N log N), so an 800 ps trajectory's
+    grid (millions of points, hundreds of kernel points) takes well under a second."""
+    from scipy.signal import fftconvolve
+
+    if sigma_cm <= 0:
+        return y
+    y = np.asarray(y)
+    squeeze = y.ndim == 1
+    y2 = y[:, None] if squeeze else y.reshape(len(y), -1)
+    half = min(int(math.ceil(4 * sigma_cm / d_cm)), len(y2) - 1)
+    k = np.exp(-0.5 * (np.arange(-half, half + 1) * d_cm / sigma_cm) ** 2)
+    k /= k.sum()
+    n = len(y2)
+    mirror = parity * y2[1:half + 1][::-1]
+    tail = np.repeat(y2[-1:], half, axis=0)  # beyond the grid: held at the last value
+    ext = np.concatenate([mirror, y2, tail])
+    out = fftconvolve(ext, k[:, None], mode="same", axes=0)[len(mirror):len(mirror) + n]
+    return out[:, 0] if squeeze else out.reshape(y.shape)
+
+
+def _one_sided(values: np.ndarray, dt_fs: float, pad: int):
+    """int_0^T f(t) e^{i omega t} dt (trapezoid) on an FFT grid: (wavenumbers cm^-1, (m, d))."""
+    n = len(values)
+    size = pad * (1 << (n - 1).bit_length())
+    # e^{+i omega t} is the inverse FFT's sign; ifft divides by size
+    integral = np.fft.ifft(values, n=size, axis=0) * size * dt_fs - 0.5 * dt_fs * values[0]
+    m = size // 2 + 1
+    return np.arange(m) / (size * dt_fs) / C_CM_PER_FS, integral[:m]
+
+
+def one_sided_transform(acf: np.ndarray, dt_fs: float, pad: int = 4):
+    """int_0^T w(t) C(t) e^{i omega t} dt with the decaying Hann window w (per column)."""
+    acf = np.asarray(acf, dtype=float)
+    if acf.ndim == 1:
+        acf = acf[:, None]
+    return _one_sided(acf * hann_decay(len(acf))[:, None], dt_fs, pad)
+
+
+def power_spectrum(acf: np.ndarray, dt_fs: float, sigma_cm: float = 20.0, pad: int = 4):
+    """Cosine transform 2 Re int_0^T w C cos(omega t) dt, summed over components, broadened."""
+    wn, integral = one_sided_transform(acf, dt_fs, pad)
+    spec = 2 * integral.real.sum(axis=1)
+    return wn, gaussian_broaden(spec, wn[1] - wn[0], sigma_cm)
+
+
+def find_peaks(wn: np.ndarray, spectrum: np.ndarray, min_cm: float = 50.0, max_cm: Optional[float] = None,
+               prominence: float = 0.05, n_max: int = 10) -> List[Dict[str, float]]:
+    from scipy.signal import find_peaks as _find
+
+    mask = (wn >= min_cm) & (wn <= (max_cm if max_cm is not None else wn[-1]))
+    w, s = wn[mask], spectrum[mask]
+    if s.size == 0 or np.max(s) <= 0:
+        return []
+    idx, props = _find(s, prominence=prominence * np.max(s))
+    order = np.argsort(-s[idx])[:n_max]
+    return [{"wavenumber_cm": float(w[idx[i]]), "relative_intensity": float(s[idx[i]] / np.max(s))} for i in order]
+
+
+# ---------------------------------------------------------------------- dielectric constants
+def eps_inf_from_alpha_series(alpha: np.ndarray) -> np.ndarray:
+    """I + <alpha>/eps0 from (n, 3, 3) or (n, 9) alpha (e/(V A))."""
+    from mf_lightning.analysis.dielectric import eps_inf_from_alpha
+
+    return eps_inf_from_alpha(np.asarray(alpha, dtype=float).reshape(-1, 3, 3).mean(0))
+
+
+def eps_ionic_from_fluctuations(p: np.ndarray, volume: float, temperature_K: float) -> np.ndarray:
+    """Omega Cov[P] / (eps0 kB T) (3, 3), dimensionless: P (n, 3) in e/A^2 on one branch, Omega A^3."""
+    p = np.asarray(p, dtype=float)
+    cov = np.cov(p.T, bias=False)
+    return volume * cov / (EPS0_E_PER_V_A * units.kB * temperature_K)
+
+
+def dielectric_function(p: np.ndarray, dt_fs: float, volume: float, temperature_K: float,
+                        eps_inf: np.ndarray, sigma_cm: float = 20.0, pad: int = 4):
+    """eps(omega) per diagonal direction (wavenumbers, complex (m, 3)), classical FDT."""
+    acf = autocorrelation(p)  # (n, 3)
+    # C(0) + i omega int C e^{i omega t} = -int dC/dt e^{i omega t} (by parts): the same quantity,
+    # but its discrete form keeps chi(omega) -> 0 far above the lines (the first form leaves an
+    # O((omega dt)^2) remainder of C(0) there) and chi(0) = C(0) exactly in the continuum limit.
+    decay = np.gradient(acf * hann_decay(len(acf))[:, None], dt_fs, axis=0)
+    wn, integral = _one_sided(decay, dt_fs, pad)
+    chi = -volume / (EPS0_E_PER_V_A * units.kB * temperature_K) * integral
+    d = wn[1] - wn[0]
+    chi = gaussian_broaden(chi.real, d, sigma_cm) + 1j * gaussian_broaden(chi.imag, d, sigma_cm, parity=-1)
+    return wn, np.diag(eps_inf)[None, :] + chi
+
+
+def par_perp(tensor: np.ndarray, axis: int) -> Dict[str, float]:
+    d = np.diag(np.asarray(tensor))
+    others = [i for i in range(3) if i != axis]
+    return {"parallel": float(d[axis]), "perpendicular": float(np.mean(d[others]))}
+
+
+# ---------------------------------------------------------------------- analysis of a trajectory
+def analyse(times_fs: np.ndarray, p: np.ndarray, volume: np.ndarray, temperature_K: float,
+            alpha: Optional[np.ndarray] = None, alpha_times_fs: Optional[np.ndarray] = None,
+            sigma_cm: float = 20.0, axis: int = 2, max_cm: float = 2000.0,
+            field: Optional[np.ndarray] = None) -> Dict[str, Any]:
+    """Spectra and dielectric constants of one trajectory. ``field`` (n, 3; V/A), if given, tells
+    a driven run (a field changing in time) from an equilibrium one. ``result["warnings"]`` lists
+    what makes the numbers unreliable: resolution coarser than the broadening, a trajectory too
+    short, a driven run (the fluctuation-dissipation results eps_0, eps(omega) and the loss function
+    do not apply: eps_0 is then NaN), negative IR intensities or a negative loss function."""
+    times_fs = np.asarray(times_fs, dtype=float)
+    dts = np.diff(times_fs)
+    if len(times_fs) < 8 or not np.allclose(dts, dts[0], rtol=1e-6):
+        raise InputError(f"spectra need at least 8 P samples evenly spaced in time (got {len(times_fs)}): "
+                         "give a trajectory written by mf-md")
+    dt = float(dts[0])
+    omega_mean = float(np.mean(volume))
+    dipole = np.asarray(p, dtype=float) * np.asarray(volume, dtype=float).reshape(-1, 1)  # e A
+    current = np.gradient(dipole, dt, axis=0)
+    wn, ir = power_spectrum(autocorrelation(current, subtract_mean=False), dt, sigma_cm)
+    out: Dict[str, Any] = {"dt_fs": dt, "duration_fs": float(times_fs[-1] - times_fs[0]), "n_samples": len(times_fs),
+                           "resolution_cm": float(1.0 / ((times_fs[-1] - times_fs[0]) * C_CM_PER_FS)),
+                           "temperature_K": temperature_K, "volume_A3": omega_mean, "sigma_cm": sigma_cm}
+    keep = wn <= max_cm
+    out["wavenumber"], out["ir"] = wn[keep], ir[keep]
+    out["ir_peaks"] = find_peaks(wn[keep], ir[keep])
+    eps_ion = eps_ionic_from_fluctuations(p, omega_mean, temperature_K)
+    out["eps_ionic_fluct"] = eps_ion
+    if alpha is not None and len(alpha) >= 8:
+        alpha = np.asarray(alpha, dtype=float).reshape(-1, 3, 3)
+        at = np.asarray(alpha_times_fs, dtype=float)
+        adt = np.diff(at)
+        if not np.allclose(adt, adt[0], rtol=1e-6):
+            raise InputError("alpha samples must be evenly spaced in time")
+        eps_inf = eps_inf_from_alpha_series(alpha)
+        trace = np.trace(alpha, axis1=1, axis2=2) / 3
+        aniso = alpha - trace[:, None, None] * np.eye(3)
+        awn, raman = power_spectrum(autocorrelation(alpha.reshape(-1, 9)), float(adt[0]), sigma_cm)
+        _, iso = power_spectrum(autocorrelation(trace), float(adt[0]), sigma_cm)
+        _, ani = power_spectrum(autocorrelation(aniso.reshape(-1, 9)), float(adt[0]), sigma_cm)
+        out["raman"] = np.interp(out["wavenumber"], awn, raman, right=np.nan)
+        out["raman_isotropic"] = np.interp(out["wavenumber"], awn, iso, right=np.nan)
+        out["raman_anisotropic"] = np.interp(out["wavenumber"], awn, ani, right=np.nan)
+        out["raman_peaks"] = find_peaks(out["wavenumber"], np.nan_to_num(out["raman"]))
+    else:
+        eps_inf = np.eye(3)
+        out["note"] = "no alpha in the trajectory (log it with --response-every): eps_inf taken as 1"
+    warnings = []
+    driven = field is not None and len(field) > 1 and float(np.ptp(np.asarray(field, float), axis=0).max()) > 1e-12
+    if driven:
+        warnings.append("driven run (the field changes in time): eps_0 from fluctuations, eps(omega) and the "
+                        "loss function assume equilibrium and do not apply; eps_0 is reported as NaN")
+        eps_ion = np.full((3, 3), np.nan)
+    out["eps_inf"], out["eps_0"] = eps_inf, eps_inf + eps_ion
+    out["eps_inf_par_perp"], out["eps_0_par_perp"] = par_perp(eps_inf, axis), par_perp(eps_inf + eps_ion, axis)
+    ewn, eps = dielectric_function(p, dt, omega_mean, temperature_K, eps_inf, sigma_cm)
+    out["eps_omega"] = np.stack([np.interp(out["wavenumber"], ewn, eps[:, j].real) +
+                                 1j * np.interp(out["wavenumber"], ewn, eps[:, j].imag) for j in range(3)], axis=1)
+    length = describe_length(out["duration_fs"])
+    if sigma_cm > 0 and out["resolution_cm"] > sigma_cm:
+        warnings.append(f"the trajectory ({length}) resolves only {out['resolution_cm']:.0f} cm^-1, coarser than "
+                        f"the broadening sigma {sigma_cm:g} cm^-1: run at least "
+                        f"{describe_length(1.0 / (sigma_cm * C_CM_PER_FS))} for resolved lines")
+    if out["duration_fs"] < MIN_DURATION_FS:
+        warnings.append(f"the trajectory is short ({length}, {len(times_fs)} samples): spectra and fluctuation "
+                        f"averages need tens of ps (the paper: 200 ps)")
+    ir_max = float(np.max(np.abs(out["ir"]))) if out["ir"].size else 0.0
+    if ir_max > 0 and float(np.min(out["ir"])) < -NEGATIVE_TOL * ir_max:
+        warnings.append(f"negative IR intensities (down to {np.min(out['ir']) / ir_max:.0%} of the maximum): "
+                        f"windowing artefacts of a short or non-stationary trajectory")
+    loss = -np.imag(1.0 / out["eps_omega"])
+    if np.max(np.abs(loss)) > 0 and float(np.min(loss)) < -NEGATIVE_TOL * float(np.max(np.abs(loss))):
+        warnings.append("negative energy-loss function: the fluctuation estimate of eps(omega) is not converged")
+    out["warnings"] = warnings
+    return out
+
+
+# below these the spectra CLI warns (see analyse)
+MIN_DURATION_FS = 10_000.0
+NEGATIVE_TOL = 0.01
+
+
+def describe_length(fs: float) -> str:
+    """A trajectory length as a person reads it: 50 fs, 1.5 ps, 200 ps."""
+    return f"{fs:.0f} fs" if fs < 1000 else f"{fs / 1000:.3g} ps"
+
+
+def analyse_trajectory(path, temperature_K: Optional[float] = None, skip_fs: float = 0.0, **kwargs) -> Dict[str, Any]:
+    from mf_lightning.simulation.md import read_log
+
+    logged = read_log(path, keys=("time_fs", "polarisation", "volume", "temperature", "polarisability",
+                                  "electric_field"))
+    t = logged["polarisation_time_fs"]
+    keep = t >= t[0] + skip_fs
+    a_t = logged["polarisability_time_fs"]
+    a_keep = a_t >= t[0] + skip_fs
+    if temperature_K is None:
+        temperature_K = float(np.mean(logged["temperature"][keep]))
+    return analyse(t[keep], logged["polarisation"][keep], logged["volume"][keep], temperature_K,
+                   alpha=logged["polarisability"][a_keep] if a_keep.any() else None,
+                   alpha_times_fs=a_t[a_keep], field=logged["electric_field"][keep]
+                   if len(logged["electric_field"]) == len(t) else None, **kwargs)
+
+
+# ---------------------------------------------------------------------- outputs
+def _normalised(y):
+    y = np.nan_to_num(np.asarray(y, dtype=float))
+    m = np.max(np.abs(y))
+    return y / m if m > 0 else y
+
+
+def write_outputs(result: Dict[str, Any], out_dir, axis: int = 2) -> Dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wn = result["wavenumber"]
+    eps = result["eps_omega"]
+    loss = -np.imag(1.0 / eps)
+    cols = {"wavenumber_cm": wn, "ir": result["ir"]}
+    for k in ("raman", "raman_isotropic", "raman_anisotropic"):
+        if k in result:
+            cols[k] = result[k]
+    for j, c in enumerate("xyz"):
+        cols[f"re_eps_{c}{c}"], cols[f"im_eps_{c}{c}"] = eps[:, j].real, eps[:, j].imag
+        cols[f"loss_{c}{c}"] = loss[:, j]
+    header = ",".join(cols)
+    np.savetxt(out_dir / "spectra.csv", np.column_stack(list(cols.values())), delimiter=",", header=header,
+               comments="", fmt="%.6g")
+    summary = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in result.items()
+               if k not in ("wavenumber", "ir", "raman", "raman_isotropic", "raman_anisotropic", "eps_omega")}
+    (out_dir / "summary.json").write_text(dumps_json(summary))
+
+    others = [i for i in range(3) if i != axis]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    a = axes[0, 0]
+    a.plot(wn, _normalised(result["ir"]), "k")
+    for pk in result["ir_peaks"][:3]:
+        a.axvline(pk["wavenumber_cm"], color="C3", lw=0.6, ls=":")
+        a.text(pk["wavenumber_cm"], 1.02, f"{pk['wavenumber_cm']:.0f}", fontsize=7, ha="center", color="C3")
+    a.set(title="IR (dM/dt autocorrelation)", xlabel="wavenumber (cm$^{-1}$)", ylabel="intensity (norm.)")
+    a = axes[0, 1]
+    if "raman" in result:
+        a.plot(wn, _normalised(result["raman"]), "k", label="total")
+        a.plot(wn, _normalised(result["raman_isotropic"]) * 0.8, "C0", lw=0.8, label="isotropic")
+        a.plot(wn, _normalised(result["raman_anisotropic"]) * 0.8, "C1", lw=0.8, label="anisotropic")
+        a.legend(fontsize=7)
+    else:
+        a.text(0.5, 0.5, "no alpha logged", ha="center", transform=a.transAxes)
+    a.set(title="Raman (alpha autocorrelation)", xlabel="wavenumber (cm$^{-1}$)", ylabel="intensity (norm.)")
+    a = axes[1, 0]
+    par = eps[:, axis].real
+    perp = eps[:, others].real.mean(1)
+    a.plot(wn, par, "C0", label="parallel")
+    a.plot(wn, perp, "C1", label="perpendicular")
+    a.axhline(0, color="k", lw=0.5)
+    lim = np.nanpercentile(np.abs(np.concatenate([par, perp])), 98)
+    a.set(title="Re $\\epsilon(\\omega)$", xlabel="wavenumber (cm$^{-1}$)", ylim=(-lim, lim))
+    a.legend(fontsize=7)
+    a = axes[1, 1]
+    a.plot(wn, eps[:, axis].imag, "C0", label="Im $\\epsilon$ parallel")
+    a.plot(wn, eps[:, others].imag.mean(1), "C1", label="Im $\\epsilon$ perpendicular")
+    a.plot(wn, loss[:, axis], "C0--", lw=0.8, label="-Im $1/\\epsilon$ parallel")
+    a.plot(wn, loss[:, others].mean(1), "C1--", lw=0.8, label="-Im $1/\\epsilon$ perpendicular")
+    a.set(title="absorption and energy loss", xlabel="wavenumber (cm$^{-1}$)")
+    a.legend(fontsize=7)
+    fig.suptitle(f"{describe_length(result['duration_fs'])} at {result['temperature_K']:.0f} K, "
+                 f"sigma {result['sigma_cm']:.0f} cm$^{{-1}}$, resolution {result['resolution_cm']:.0f} cm$^{{-1}}$",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_dir / "spectra.png", dpi=120)
+    plt.close(fig)
+    return {"csv": out_dir / "spectra.csv", "summary": out_dir / "summary.json", "figure": out_dir / "spectra.png"}

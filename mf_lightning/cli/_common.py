@@ -1,0 +1,214 @@
+"""What every command-line tool shares, so a tool's ``main`` only parses its own arguments.
+
+* the options that mean the same everywhere: ``--model``/``--head``/``--device``/``--dtype``
+  (:func:`add_model_args`), a structure with ``--frame``/``--supercell``
+  (:func:`add_structure_args`), the electric-field options of MD (:func:`add_field_args`);
+* the process set-up before heavy work (:func:`setup_process`: malloc, threads, logging) and
+  model loading from those options (:func:`load_model_from`, :func:`calculator_from`);
+* one behaviour for bad input (see :mod:`mf_lightning.errors`), below.
+
+``cli_main(main, prog)`` wraps a tool's ``main(argv) -> int``: user errors become one line on
+stderr (``<prog>: error: <what and where>``) and exit code :data:`~mf_lightning.errors.EXIT_INPUT`;
+``--debug`` (or ``MF_DEBUG=1``) lets the traceback through. Anything else is a bug and keeps its
+traceback. :func:`parser` gives every tool the same ``--debug`` flag in its ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import functools
+import importlib
+import logging
+import os
+import sys
+from typing import Callable, Optional, Sequence, Tuple
+
+from mf_lightning.errors import EXIT_FAILED, EXIT_INPUT, InputError, RunFailedError
+from mf_lightning.units import MV_PER_CM_PER_V_PER_A
+
+DEBUG_FLAG = "--debug"
+
+
+def parser(prog: str, description: str = "", **kwargs) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description, **kwargs)
+    p.add_argument(DEBUG_FLAG, action="store_true", help="show the full traceback of an error")
+    return p
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def classify(exc: BaseException) -> Optional[Tuple[int, str]]:
+    """(exit code, one-line message) for an error the user can act on; None for a bug."""
+    if isinstance(exc, InputError):
+        return EXIT_INPUT, one_line(exc)
+    if isinstance(exc, RunFailedError):
+        return EXIT_FAILED, one_line(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return EXIT_FAILED, (f"disk full while writing {exc.filename or 'output'}: free space and run again "
+                             "(resumable runs continue)")
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        what = {FileNotFoundError: "no such file", IsADirectoryError: "is a folder, not a file",
+                NotADirectoryError: "not a folder", PermissionError: "permission denied"}[type(exc)]
+        return EXIT_INPUT, f"{exc.filename}: {what}" if exc.filename else one_line(exc)
+    return None
+
+
+def debug_requested(argv: Sequence[str]) -> bool:
+    return DEBUG_FLAG in argv or os.environ.get("MF_DEBUG", "") not in ("", "0")
+
+
+def report(exc: BaseException, prog: str) -> Optional[int]:
+    """Print a user error's one line and return its exit code; None if it is a bug."""
+    known = classify(exc)
+    if known is None:
+        return None
+    code, message = known
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return code
+
+
+def cli_main(prog: str):
+    """Decorator for a tool's ``main(argv) -> int`` (see the module docstring)."""
+
+    def wrap(main: Callable[[Sequence[str]], int]) -> Callable[[Optional[Sequence[str]]], int]:
+        @functools.wraps(main)
+        def run(argv: Optional[Sequence[str]] = None) -> int:
+            argv = list(sys.argv[1:] if argv is None else argv)
+            try:
+                return main(argv)
+            except Exception as exc:  # noqa: BLE001 - sorted into user errors and bugs below
+                if debug_requested(argv):
+                    raise
+                code = report(exc, prog)
+                if code is None:
+                    raise
+                return code
+
+        return run
+
+    return wrap
+
+
+def run_hydra_job(job, cfg, prog: str):
+    """Run a Hydra entry point's body with the CLIs' bad-input policy: a user error is one line
+    on stderr and exit code 2 (``debug=true`` shows the traceback), a run whose result cannot be
+    trusted exits 3; bugs keep their traceback (Hydra prints it)."""
+    try:
+        return job(cfg)
+    except Exception as exc:  # noqa: BLE001 - sorted into user errors and bugs
+        if bool(cfg.get("debug", False)) or debug_requested([]):
+            raise
+        code = report(exc, prog)
+        if code is None:
+            raise
+        sys.stdout.flush()
+        sys.exit(code)
+
+
+# ---------------------------------------------------------------------- shared options and set-up
+DTYPES = ("float32", "float64")
+
+
+def doc_summary(module: str) -> str:
+    """The first paragraph of a module's docstring: a tool's ``--help`` description."""
+    return (importlib.import_module(module).__doc__ or "").split("\n\n")[0]
+
+
+def add_model_args(p: argparse.ArgumentParser, dtype_default: Optional[str] = "float64", head: bool = True,
+                   model_help: str = "an exported model (model.pt from train.py)") -> None:
+    """``--model``, ``--head``, ``--device``, ``--dtype`` with one meaning in every tool.
+    ``dtype_default=None``: the model's own dtype."""
+    p.add_argument("--model", required=True, help=model_help)
+    if head:
+        p.add_argument("--head", default=None,
+                       help="the head to evaluate (default: the model's only head, or the first response head)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--dtype", default=dtype_default, choices=DTYPES,
+                   help="compute dtype" + ("" if dtype_default else " (default: the model's own)"))
+
+
+def add_structure_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("structure", help="any file ASE reads")
+    p.add_argument("--frame", type=int, default=0)
+    p.add_argument("--supercell", type=int, nargs=3, default=None)
+
+
+def setup_process(threads: Optional[int] = None, log: bool = True) -> None:
+    """Before heavy work: glibc malloc settings and torch threads (:mod:`mf_lightning.runtime`),
+    and progress messages on stderr."""
+    from mf_lightning.runtime import configure_process
+
+    configure_process(threads)
+    if log:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def load_model_from(args: argparse.Namespace):
+    from mf_lightning.model.io import load_model
+
+    return load_model(args.model, device=args.device, dtype=args.dtype)
+
+
+def calculator_from(args: argparse.Namespace):
+    from mf_lightning.simulation.calculator import MACEFieldCalculator
+
+    return MACEFieldCalculator(args.model, device=args.device, dtype=args.dtype, head=args.head)
+
+
+# |E0| above this (V/A; 1 V/A = 100 MV/cm) is far beyond any dielectric's breakdown: a unit slip
+LARGE_FIELD_V_PER_A = 1.0
+
+
+def field_in_v_per_a(value: float, unit: str) -> float:
+    from mf_lightning.data.quantities import to_internal
+
+    return float(to_internal("electric_field", unit, value, volume=0.0))
+
+
+def field_units() -> list:
+    from mf_lightning.data.quantities import QUANTITIES
+
+    return sorted(QUANTITIES["electric_field"].file_units)
+
+
+def field_amplitude(args: argparse.Namespace) -> float:
+    """``--E0`` in V/A; a warning when it is far above breakdown fields (a unit slip)."""
+    e0 = field_in_v_per_a(args.E0, args.field_unit)
+    if abs(e0) > LARGE_FIELD_V_PER_A:
+        logging.getLogger(__name__).warning(
+            "--E0 %g %s is %g MV/cm, far above breakdown fields: did you mean --field-unit MV/cm?",
+            args.E0, args.field_unit, abs(e0) * MV_PER_CM_PER_V_PER_A)
+    return e0
+
+
+def add_field_amplitude_args(g, E0: float = 0.0, unit: str = "V/A", period_fs: Optional[float] = None) -> None:
+    """``--E0``, ``--field-unit``, ``--axis``, ``--period-fs``: the field of MD and of hysteresis loops."""
+    g.add_argument("--E0", type=float, default=E0, help="amplitude (unit: --field-unit)")
+    g.add_argument("--field-unit", default=unit, choices=field_units())
+    g.add_argument("--axis", default="z", help="x | y | z | a direction 'ex,ey,ez'")
+    g.add_argument("--period-fs", type=float, default=period_fs, help="period of a sine field (fs)")
+
+
+def add_field_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("electric field")
+    g.add_argument("--field-kind", default="none", choices=["none", "constant", "sine"])
+    add_field_amplitude_args(g)
+    g.add_argument("--t-on-fs", type=float, default=None, help="field off before this time")
+    g.add_argument("--t-off-fs", type=float, default=None, help="field off from this time")
+    g.add_argument("--field-function", default=None, help="module:function f(t_fs) -> 3 values in V/A")
+
+
+def field_from_args(args: argparse.Namespace):
+    """The field protocol the options describe (None: no field)."""
+    from mf_lightning.simulation.md import FieldProtocol, axis_vector, import_function
+
+    if args.field_function:
+        return import_function(args.field_function)
+    if args.field_kind == "none":
+        return None
+    return FieldProtocol(kind=args.field_kind, E0=field_amplitude(args),
+                         direction=axis_vector(args.axis), period_fs=args.period_fs, t_on_fs=args.t_on_fs,
+                         t_off_fs=args.t_off_fs)

@@ -1,0 +1,54 @@
+"""``mf-hysteresis``: the command line of :mod:`mf_lightning.analysis.hysteresis`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional, Sequence
+
+from mf_lightning.analysis.hysteresis import dynamic_loop, paper_reference, quasi_static_loop, write_loop
+from mf_lightning.cli import _common as common
+from mf_lightning.simulation.md import load_structure
+
+PROG = "mf-hysteresis"
+
+
+@common.cli_main(PROG)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = common.parser(PROG, description=common.doc_summary("mf_lightning.analysis.hysteresis"))
+    common.add_structure_args(parser)
+    common.add_model_args(parser, dtype_default=None)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--mode", default="dynamic", choices=["dynamic", "quasistatic"])
+    common.add_field_amplitude_args(parser, E0=36.0, unit="MV/cm", period_fs=2000.0)
+    parser.add_argument("--cycles", type=float, default=2.0)
+    parser.add_argument("--dt", type=float, default=2.0, help="time step (fs)")
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--friction", type=float, default=0.01, help="1/fs")
+    parser.add_argument("--log-every", type=int, default=5)
+    parser.add_argument("--points", type=int, default=11, help="quasi-static: field values per quarter cycle")
+    parser.add_argument("--fmax", type=float, default=0.01)
+    parser.add_argument("--discard", type=float, default=None,
+                        help="fraction of the samples before the loop (default: the first quarter period)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    common.setup_process()
+    E0 = common.field_amplitude(args)
+    calc = common.calculator_from(args)
+    atoms = load_structure(args.structure, args.frame, args.supercell)
+    if args.mode == "dynamic":
+        loop = dynamic_loop(atoms, calc, args.out, E0, args.period_fs, cycles=args.cycles, axis=args.axis,
+                            timestep_fs=args.dt, temperature_K=args.temperature, friction_per_fs=args.friction,
+                            log_every=args.log_every, progress=not args.no_progress)
+        discard = args.discard if args.discard is not None else 0.25 / args.cycles
+    else:
+        loop = quasi_static_loop(atoms, calc, E0, n_points=args.points, axis=args.axis, fmax=args.fmax)
+        discard = args.discard if args.discard is not None else (args.points - 1) / len(loop["E"])
+    metrics = write_loop(loop, args.out, discard, title=f"{atoms.get_chemical_formula()} {args.mode}",
+                         reference=paper_reference(atoms))
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

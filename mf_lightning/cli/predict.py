@@ -1,0 +1,53 @@
+"""``mf-predict``: the command line of :mod:`mf_lightning.analysis.screening`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from mf_lightning.analysis.screening import ENGINES, screen
+from mf_lightning.cli._common import add_model_args, cli_main, doc_summary, load_model_from, setup_process
+from mf_lightning.cli._common import parser as cli_parser
+from mf_lightning.data.structures import iter_structures
+from mf_lightning.errors import EXIT_OK, EXIT_PARTIAL
+
+PROG = "mf-predict"
+
+
+@cli_main(PROG)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = cli_parser(PROG, description=doc_summary("mf_lightning.analysis.screening"),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("structures", nargs="+", help="structure files and/or folders")
+    parser.add_argument("--out", required=True, help="output CSV (appended to and resumed if it exists)")
+    add_model_args(parser)
+    parser.add_argument("--field", type=float, nargs=3, default=(0.0, 0.0, 0.0), metavar=("EX", "EY", "EZ"),
+                        help="uniform field in V/A (default 0)")
+    parser.add_argument("--ionic", action="store_true", help="also eps_ion (model Hessian + Z*) and eps_0")
+    parser.add_argument("--relax", action="store_true",
+                        help="relax ions first (ase: BFGS one by one; torchsim: batched FIRE); every column "
+                             "then describes the relaxed structure")
+    parser.add_argument("--engine", default="ase", choices=ENGINES,
+                        help="ase (default) or torchsim: relaxation and response batched through TorchSim")
+    parser.add_argument("--relax-cell", action="store_true", help="relax the cell too")
+    parser.add_argument("--fmax", type=float, default=0.01, help="relaxation force threshold (eV/A)")
+    parser.add_argument("--max-atoms", type=int, default=2000, help="atoms per batch")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.relax_cell and not args.relax:
+        parser.error("--relax-cell relaxes the cell with the ions: add --relax")
+    setup_process()
+    model = load_model_from(args)
+    counts = screen(iter_structures(args.structures), model, Path(args.out), head=args.head, field=args.field,
+                    ionic=args.ionic, relax=args.relax, fmax=args.fmax, relax_cell=args.relax_cell,
+                    max_atoms=args.max_atoms, progress=not args.no_progress, engine=args.engine)
+    print(f"{args.out}: {counts['predicted']} predicted, {counts['done_before']} already there, "
+          f"{counts['failed']} failed" + (f" (see {Path(args.out).with_name(Path(args.out).stem + '.errors.csv')})"
+                                          if counts["failed"] else ""))
+    return EXIT_OK if counts["failed"] == 0 else EXIT_PARTIAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

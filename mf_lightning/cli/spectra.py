@@ -1,0 +1,42 @@
+"""``mf-spectra``: the command line of :mod:`mf_lightning.analysis.spectra`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional, Sequence
+
+from mf_lightning.analysis.spectra import AXIS_INDEX, analyse_trajectory, describe_length, write_outputs
+from mf_lightning.cli._common import cli_main, doc_summary
+from mf_lightning.cli._common import parser as cli_parser
+
+PROG = "mf-spectra"
+
+
+@cli_main(PROG)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = cli_parser(PROG, description=doc_summary("mf_lightning.analysis.spectra"))
+    parser.add_argument("trajectory", help="extxyz trajectory of mf_lightning.simulation.md")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--sigma", type=float, default=20.0, help="Gaussian broadening (cm^-1)")
+    parser.add_argument("--temperature", type=float, default=None, help="K (default: mean logged temperature)")
+    parser.add_argument("--skip-fs", type=float, default=0.0, help="discard this much equilibration (fs)")
+    parser.add_argument("--axis", default="z", choices=sorted(AXIS_INDEX), help="the 'parallel' axis")
+    parser.add_argument("--max-cm", type=float, default=2000.0)
+    args = parser.parse_args(argv)
+    axis = AXIS_INDEX[args.axis]
+    result = analyse_trajectory(args.trajectory, temperature_K=args.temperature, skip_fs=args.skip_fs,
+                                sigma_cm=args.sigma, axis=axis, max_cm=args.max_cm)
+    paths = write_outputs(result, args.out, axis=axis)
+    print(json.dumps({"ir_peaks_cm": [round(p["wavenumber_cm"]) for p in result["ir_peaks"][:5]],
+                      "raman_peaks_cm": [round(p["wavenumber_cm"]) for p in result.get("raman_peaks", [])[:5]],
+                      "eps_inf": result["eps_inf_par_perp"], "eps_0": result["eps_0_par_perp"],
+                      "length": describe_length(result["duration_fs"]), "samples": result["n_samples"]}, indent=1))
+    for w in result["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    print("written:", ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Files, for every layer: atomic writes, guarded loads, strict JSON, checksums, run locks.
+
+Every file the package writes goes through :func:`atomic_open` (temporary file in the same folder,
+fsync, rename), so a crash mid-write leaves the previous file intact; torch files are read
+weights-only through :func:`guarded_torch_load`, whose errors say what is wrong with the file.
+It imports nothing of the package but its error types, so data, model, training and tools all may use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import hashlib
+import json
+import math
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+
+def strict_json_value(obj):
+    """``obj`` with NaN/inf floats as None and numpy scalars/arrays as plain values: what
+    ``json.dumps(..., allow_nan=False)`` accepts (NaN is not valid JSON; other tools reject it)."""
+    if isinstance(obj, dict):
+        return {str(k): strict_json_value(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json_value(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return strict_json_value(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def dumps_json(obj, indent: int = 1) -> str:
+    """Strict JSON text (non-finite numbers written as null), for every file the tools write."""
+    return json.dumps(strict_json_value(obj), indent=indent, allow_nan=False)
+
+
+def plain_value(value):
+    """Tensors, arrays and numpy scalars -> plain Python values (JSON- and weights-only-safe)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value
+
+
+def sha256_of(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tensor_checksum(state: Dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name, t in sorted(state.items()):
+        t = t.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class FileLock:
+    """An exclusive, non-blocking ``flock`` on ``path`` (released on exit or when the process
+    dies): a second process that wants the same output is refused with ``message`` instead of
+    interleaving rows or checkpoints with the first. ``blocking=True``: wait for the lock
+    instead (short critical sections, e.g. updating a shared registry file)."""
+
+    def __init__(self, path, message: str = "", blocking: bool = False):
+        self.path, self.message, self.fh, self.blocking = Path(path), message, None, blocking
+
+    def __enter__(self):
+        import fcntl
+
+        from mf_lightning.errors import InputError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX if self.blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self.fh.close()
+            raise InputError(f"{self.message} (lock {self.path} is held); "
+                             "wait for it or choose another output") from exc
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode: str = "w"):
+    """A file object whose content replaces ``path`` only when the block succeeds: written to a
+    temporary file beside it, fsync'ed, then renamed over it; on any error (or a kill) ``path``
+    is untouched and the temporary file is removed (a kill leaves it: see atomic_torch_save)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (:func:`atomic_open`): never a truncated file."""
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
+
+
+def atomic_torch_save(obj, path) -> None:
+    """``torch.save`` through :func:`atomic_open` (temporary file beside
+    ``path``, fsync, rename over it).
+
+    Temporary files left by earlier writes of the same ``path`` that were killed (SIGKILL runs no
+    clean-up) are removed first: one writer per target is the rule (a training run holds a lock
+    on its run folder). A write that fails because the disk is full raises ``OSError(ENOSPC)``
+    naming the file, not torch's ``enforce fail at inline_container.cc``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    try:
+        with atomic_open(path, "wb") as fh:
+            torch.save(obj, fh)
+    except RuntimeError as exc:
+        if "file write failed" in str(exc) or "unexpected pos" in str(exc):
+            raise OSError(errno.ENOSPC, "No space left on device (disk full)", str(path)) from exc
+        raise
+
+
+def guarded_torch_load(path, error: type, kind: str, pickle_message: str, corrupt_hint: str = "",
+                       allow_pickle: bool = False, map_location="cpu"):
+    """``torch.load`` (weights-only unless ``allow_pickle``) whose failures are ``error`` with a
+    message: no such ``kind``; truncated or corrupted (+ ``corrupt_hint``); or, for a file that
+    needs unpickling, ``pickle_message``. Shared by model files and training checkpoints."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: no such {kind}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one has no directory
+        raise error(f"{path}: truncated or corrupted {kind} (not a complete torch archive).{corrupt_hint}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=not allow_pickle)
+    except pickle.UnpicklingError as exc:
+        raise error(f"{path}: {pickle_message}") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise error(f"{path}: truncated or corrupted {kind} ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}).{corrupt_hint}") from exc
+
+
+class TableWriter:
+    """Appends rows to a CSV (header written once), flushing after every batch: a table that
+    survives a kill and is resumed by the next run with the same columns."""
+
+    def __init__(self, path: Path, columns: List[str], fresh: bool = False):
+        from mf_lightning.errors import InputError
+
+        self.path, self.columns = Path(path), columns
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if fresh and self.path.exists():
+            self.path.unlink()
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        if not new:
+            with open(self.path, newline="") as fh:
+                header = next(csv.reader(fh), [])
+            if header != columns:
+                raise InputError(f"{self.path} has columns {header}, expected {columns}: "
+                                 "use another --out, or the same options as the run that wrote it")
+        self.fh = open(self.path, "a", newline="")
+        self.writer = csv.DictWriter(self.fh, fieldnames=columns, extrasaction="ignore")
+        if new:
+            self.writer.writeheader()
+
+    def write(self, rows: List[Dict[str, Any]]) -> None:
+        for row in rows:
+            self.writer.writerow(row)
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def close(self) -> None:
+        self.fh.close()

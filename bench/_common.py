@@ -82,7 +82,7 @@ def fmt(value, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-FILES = {"sio2": "md/SiO2.xyz", "batio3": "md/BaTiO3.xyz"}
+FILES = {"sio2": "md/SiO2.xyz", "batio3": "md/BaTiO3.xyz", "mp_dielectric": "mp_dielectric/dielectric-valid.xyz"}
 
 
 def records(structure: str, n: int):

@@ -29,6 +29,10 @@ class ModelFileError(InputError, RuntimeError):
     """A model file is missing, truncated, corrupted, or not of a kind we may load."""
 
 
+class CueqUnavailableError(InputError, RuntimeError):
+    """cuEquivariance was asked for, and cuequivariance-torch is not installed."""
+
+
 class RunFailedError(Exception):
     """A run that completed its steps but whose result must not be trusted (non-finite metrics)."""
 

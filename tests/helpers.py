@@ -14,6 +14,10 @@ from ase.calculators.calculator import Calculator, all_changes
 import mf_lightning
 from mf_lightning.data.graphs import atoms_to_graph, collate
 
+# MF_TEST_DEVICE=cuda runs the tests built on tiny_model/batch_of on a GPU (bench/gpu_check.sh);
+# CI and make test: the CPU
+TEST_DEVICE = os.environ.get("MF_TEST_DEVICE", "cpu")
+
 
 def elements_of(*atoms_list) -> list[int]:
     return sorted({int(z) for a in atoms_list for z in a.get_atomic_numbers()})
@@ -29,14 +33,14 @@ def tiny_model(atomic_numbers, form="residual_tp", dtype="float64", seed=0, **co
     coupling = {"form": form, "init": "random", "init_scale": 1.0, **coupling}
     return mf_lightning.build_model(atomic_numbers=atomic_numbers, coupling=coupling, dtype=dtype,
                                     seed=seed, atomic_energies=[-1.0 - 0.5 * i for i in range(len(atomic_numbers))],
-                                    **TINY)
+                                    **TINY).to(TEST_DEVICE)
 
 
 def batch_of(model, atoms_list, fields=None, dtype=torch.float64):
     fields = fields or [None] * len(atoms_list)
     graphs = [atoms_to_graph(a, model.atomic_numbers, model.r_max, heads=model.heads, electric_field=f)
               for a, f in zip(atoms_list, fields)]
-    return collate(graphs, dtype=dtype)
+    return collate(graphs, dtype=dtype, device=next(model.parameters()).device)
 
 
 # ---------------------------------------------------------------- small mace-torch source models

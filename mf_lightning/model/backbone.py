@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from mace.modules.models import MACE, ScaleShiftMACE
 from mace.tools.scripts_utils import extract_config_mace_model
 
 from mf_lightning._deps import mace_modules, o3
-from mf_lightning.errors import ModelFileError
+from mf_lightning.errors import CueqUnavailableError, ModelFileError
 from mf_lightning.files import plain_value
 from mf_lightning.utils import default_dtype
 
@@ -163,3 +163,39 @@ def load_mace_pickle(path, allow_pickle: bool = False) -> torch.nn.Module:
     if not isinstance(obj, torch.nn.Module):
         raise ModelFileError(f"{path}: holds a {type(obj).__name__}, not a mace-torch model")
     return obj
+
+
+# ---------------------------------------------------------------- cuEquivariance
+def cueq_available() -> bool:
+    """Whether mace-torch found cuequivariance-torch (``pip install '.[cueq]'``; on a GPU also
+    the CUDA kernels, ``'.[gpu]'``). Without the kernels it runs, slowly, in plain torch."""
+    from mace.modules import wrapper_ops
+
+    return bool(getattr(wrapper_ops, "CUET_AVAILABLE", False))
+
+
+def convert_backbone(backbone: ScaleShiftMACE, cueq: bool, fused: Optional[bool] = None) -> ScaleShiftMACE:
+    """The backbone rebuilt on cuEquivariance (``cueq=True``) or back on e3nn, every weight
+    carried over by mace-torch's own converters (``mace.cli.convert_e3nn_cueq`` and
+    ``convert_cueq_e3nn``). The cuEquivariance blocks use the ``mul_ir`` layout: node features
+    keep e3nn's order, so FieldMACE's coupling (an e3nn tensor product with no cuEquivariance
+    counterpart in mace) reads and writes them unchanged between the blocks. ``fused``: mace's
+    fused convolution kernel (CUDA only; default: where the backbone is on a GPU, as mace does)."""
+    if cueq and not cueq_available():
+        raise CueqUnavailableError("cuEquivariance was requested (model.cueq=true) but cuequivariance-torch is not "
+                                   "installed: pip install '.[gpu]' (CUDA) or '.[cueq]' (any device, slow), "
+                                   "or set model.cueq=false")
+    reference = next(backbone.parameters())
+    device, dtype = reference.device, reference.dtype
+    with default_dtype(dtype):  # mace's converters set torch's default dtype process-wide
+        if cueq:
+            from mace.cli.convert_e3nn_cueq import run
+
+            # mace fuses the convolution only when told "cuda" (not "cuda:1"); .to() places it after
+            fused = device.type == "cuda" if fused is None else bool(fused)
+            new = run(backbone, device="cuda" if fused else "cpu", return_model=True, layout="mul_ir")
+        else:
+            from mace.cli.convert_cueq_e3nn import run
+
+            new = run(backbone, device="cpu", return_model=True)
+    return new.to(device=device, dtype=dtype)

@@ -47,6 +47,7 @@ def build_model(
     atomic_polarisabilities: Optional[Union[Sequence[float], Mapping[int, float]]] = None,
     dtype: str = "float64",
     seed: Optional[int] = None,
+    cueq: bool = False,
 ) -> FieldMACE:
     """A FieldMACE on a new mace-torch ``ScaleShiftMACE`` (defaults: the paper's architecture).
 
@@ -56,6 +57,7 @@ def build_model(
     :class:`FieldMACE` (default: ``residual_tp`` on every couplable layer, small random init).
     ``atomic_polarisabilities``: a_Z per element (e A^2/V; list in ``atomic_numbers`` order or
     {Z: a}); default zeros (training fits them to the data, see :class:`FieldMACE`).
+    ``cueq``: run the backbone on cuEquivariance (:meth:`FieldMACE.use_cueq`).
     """
     # None means "not known yet" (train.py fills them from the data); use neutral values here
     avg_num_neighbors = 10.0 if avg_num_neighbors is None else avg_num_neighbors
@@ -114,4 +116,4 @@ def build_model(
     with default_dtype(torch_dtype):
         backbone = ScaleShiftMACE(**config)
         model = FieldMACE(backbone, config_to_json(config), atomic_polarisabilities=atomic_polarisabilities, **coupling)
-    return model.to(torch_dtype)
+    return model.to(torch_dtype).use_cueq(cueq)

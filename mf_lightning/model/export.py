@@ -35,6 +35,7 @@ from typing import Optional, Sequence
 import torch
 from e3nn.util.jit import compile_mode
 
+from mf_lightning.model.backbone import convert_backbone
 from mf_lightning.model.field_mace import FieldMACE
 
 
@@ -43,7 +44,8 @@ def zero_field_backbone(model: FieldMACE, dtype: Optional[str] = None) -> torch.
     from mf_lightning.model.split_backward import uninstall
     from mf_lightning.utils import resolve_dtype
 
-    backbone = copy.deepcopy(model.backbone).cpu()
+    # exported files are e3nn models (they load without cuEquivariance), whatever the model runs on
+    backbone = (convert_backbone(model.backbone, cueq=False) if model.cueq else copy.deepcopy(model.backbone)).cpu()
     if dtype is not None:
         backbone = backbone.to(resolve_dtype(dtype))
     uninstall(backbone)  # e3nn's own tensor products: the file must not need mf_lightning to load
@@ -111,7 +113,7 @@ def constant_field_backbone(model: FieldMACE, field: Sequence[float], dtype: Opt
     from mf_lightning.model.split_backward import uninstall
     from mf_lightning.utils import resolve_dtype
 
-    model = copy.deepcopy(model).cpu().eval()
+    model = copy.deepcopy(model).use_cueq(False).cpu().eval()  # an e3nn model, as zero_field_backbone
     if dtype is not None:
         model = model.to(resolve_dtype(dtype))
     backbone = model.backbone

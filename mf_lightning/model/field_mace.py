@@ -116,8 +116,25 @@ class FieldMACE(torch.nn.Module):
         # {head: [quantities it was trained on]} (set by training, saved in the model file):
         # lets a multi-head model name the head for P, Z* and alpha without guessing
         self.head_quantities: Optional[Dict[str, List[str]]] = None
+        self.split_backward = bool(split_backward)
+        # the backbone runs on cuEquivariance (use_cueq); saved files always hold e3nn weights
+        self.cueq = False
         if split_backward:
             install_split_backward(self)
+
+    def use_cueq(self, enabled: bool = True, fused: Optional[bool] = None) -> "FieldMACE":
+        """Run the backbone on cuEquivariance (``enabled``) or on e3nn, in place, every weight kept
+        (:func:`~mf_lightning.model.backbone.convert_backbone`); F, P, Z* and alpha are unchanged
+        to round-off. The field coupling stays e3nn. ``fused``: mace's fused CUDA convolution
+        (default: if the model is on a GPU). Returns the model."""
+        from mf_lightning.model.backbone import convert_backbone
+
+        if bool(enabled) != self.cueq:
+            self.backbone = convert_backbone(self.backbone, bool(enabled), fused=fused)
+            self.cueq = bool(enabled)
+            if self.split_backward:  # the e3nn products left in the backbone (and new ones on the way back)
+                install_split_backward(self)
+        return self
 
     # ------------------------------------------------------------------ structure
     def _stage_irreps(self, form: str, t: int) -> o3.Irreps:

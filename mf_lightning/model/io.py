@@ -10,17 +10,20 @@ rename), so a crash during a save leaves the previous file intact.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from mf_lightning.errors import ModelFileError
 from mf_lightning.files import atomic_torch_save, guarded_torch_load, tensor_checksum
-from mf_lightning.model.backbone import build_backbone
+from mf_lightning.model.backbone import build_backbone, convert_backbone, cueq_available
 from mf_lightning.model.field_mace import FieldMACE
 from mf_lightning.utils import default_dtype, resolve_dtype
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelFileError", "save_model", "load_model"]
+log = logging.getLogger(__name__)
 
 FORMAT = "mf-lightning/field-mace"
 FORMAT_VERSION = 1
@@ -31,8 +34,14 @@ FORMAT_VERSION = 1
 
 
 def save_model(model, path) -> None:
-    """Write ``model`` (a :class:`FieldMACE`) as a weights-only file, atomically."""
+    """Write ``model`` (a :class:`FieldMACE`) as a weights-only file, atomically. A model running
+    on cuEquivariance is written with its backbone's e3nn weights (mace's converter), so the file
+    loads anywhere; ``cueq`` records the choice for :func:`load_model`."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if getattr(model, "cueq", False):
+        e3nn = convert_backbone(model.backbone, cueq=False).state_dict()
+        state = {**{k: v for k, v in state.items() if not k.startswith("backbone.")},
+                 **{f"backbone.{k}": v.detach().cpu() for k, v in e3nn.items()}}
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -44,6 +53,7 @@ def save_model(model, path) -> None:
         # {head: quantities trained on}: how a multi-head model picks its head (resolve_head)
         "head_quantities": getattr(model, "head_quantities", None),
         "state_dict": state,
+        "cueq": bool(getattr(model, "cueq", False)),
         # torch does not check the zip CRC on load: a flipped bit in a weight loads silently
         "sha256": tensor_checksum(state),
     }
@@ -59,8 +69,10 @@ def _weights_only_load(path: Path):
         "mace-torch .model file you trust, upgrade it with FieldMACE.from_mace(path, allow_pickle=True).")
 
 
-def load_model(path, device: str = "cpu", dtype=None):
-    """Load a model written by :func:`save_model` (``weights_only=True``; no code runs)."""
+def load_model(path, device: str = "cpu", dtype=None, cueq: Optional[bool] = None):
+    """Load a model written by :func:`save_model` (``weights_only=True``; no code runs).
+    ``cueq``: run the backbone on cuEquivariance (True; an error if it is not installed) or on
+    e3nn (False); None: as the model was saved, where cuEquivariance is installed."""
     path = Path(path)
     payload = _weights_only_load(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -87,6 +99,14 @@ def load_model(path, device: str = "cpu", dtype=None):
     model.loss_scales = payload.get("loss_scales")
     model.head_quantities = payload.get("head_quantities")
     model = model.to(device=device, dtype=resolve_dtype(dtype) if dtype is not None else saved_dtype)
+    if cueq is None:
+        cueq = bool(payload.get("cueq", False))
+        if cueq and not cueq_available():
+            log.info("%s was trained on cuEquivariance, which is not installed here: running it on e3nn "
+                     "(the same numbers)", path)
+            cueq = False
+    if cueq:
+        model.use_cueq()
     return model.eval()
 
 

@@ -140,7 +140,7 @@ def make_model(cfg: DictConfig, dm: MultiSourceDataModule, upgraded=None):
     if upgraded is not None:
         return upgraded, {}
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    for key in ("_target_", "source", "allow_pickle"):
+    for key in ("_target_", "source", "allow_pickle", "cueq"):
         model_cfg.pop(key, None)
     model_cfg["atomic_numbers"] = dm.atomic_numbers
     model_cfg["heads"] = dm.heads
@@ -313,6 +313,7 @@ def train_time(trainer: pl.Trainer) -> Optional[float]:
 
 def train(cfg: DictConfig) -> Optional[float]:
     configure_process(cfg.get("torch_threads"), malloc=cfg.get("malloc_tuning", True))
+    torch.set_float32_matmul_precision(str(cfg.get("float32_matmul_precision") or "highest"))
     pl.seed_everything(int(cfg.seed), workers=True)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -354,6 +355,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> Optional[float]:
     scales = loss_scales(cfg, dm, model, stats)
     model.loss_scales = scales
     model.head_quantities = head_quantities(cfg, dm)
+    if cfg.model.get("cueq"):  # before Lightning restores a checkpoint: its weights are cuEquivariance's
+        # built on the CPU, trained on the GPU: ask for mace's fused CUDA convolution explicitly
+        model.use_cueq(fused=torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto"))
     module = FieldMACEModule(model, dataset_names=dm.names, loss_scales=scales,
                              **OmegaConf.to_container(cfg.module, resolve=True))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
@@ -371,6 +375,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> Optional[float]:
     if ckpt_path and ckpt_path not in ("last", "hpc", "best", "registry"):
         check_checkpoint(ckpt_path, allow_pickle=allow_pickle, module=module)  # a clear error before Lightning's
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=not allow_pickle)
+    # read now: validate/test below load the best checkpoint, which restores the Timer's state of
+    # that epoch as an offset, so afterwards the Timer counts that training time twice
+    fit_end = {"steps": int(trainer.global_step), "stopped_by": stopped_by(trainer),
+               "train_time_s": train_time(trainer)}
 
     monitored = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor]
     best = monitored[0].best_model_path if monitored else ""
@@ -385,8 +393,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> Optional[float]:
                "n_parameters": int(sum(p.numel() for p in module.model.parameters())),
                # this process's wall time (a resumed run: since its resume), and the machine's
                "wall_time_s": time.time() - started, "resumed": bool(ckpt_path),
-               "steps": int(trainer.global_step), "stopped_by": stopped_by(trainer),
-               "train_time_s": train_time(trainer),
+               **fit_end,
                "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
     monitor = cfg.get("optimized_metric")  # what a sweeper minimises (a validation metric)
     values = [r[monitor] for r in val if monitor and monitor in r]

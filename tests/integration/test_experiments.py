@@ -14,6 +14,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from mf_lightning.model.backbone import cueq_available
 from mf_lightning.model.coupling import coupling_forms
 from tests.conftest import REPO, SHARED_DATA
 
@@ -54,6 +55,19 @@ def test_launchers_compose(overrides, target):
     assert cfg.hydra.launcher._target_ == target
     if "trainer=ddp" in overrides:
         assert cfg.trainer.strategy == "ddp" and cfg.hydra.launcher.tasks_per_node == cfg.trainer.devices
+
+
+def test_gpu_trainer_and_cueq_compose():
+    """trainer=gpu is one GPU whose precision follows model.dtype; model.cueq and the TF32 switch
+    are plain settings (without CUDA only composing is checked; the GPU run is bench/gpu_check.sh)."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=sio2_md", "trainer=gpu", "model.cueq=true",
+                                                      "model.dtype=float32", "float32_matmul_precision=high"])
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.devices == 1 and cfg.trainer.precision is None
+    assert cfg.model.cueq is True and cfg.float32_matmul_precision == "high"
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=sio2_md"])
+    assert cfg.model.cueq is False and cfg.float32_matmul_precision == "highest"  # the CPU defaults
 
 
 def test_optuna_search_composes():
@@ -138,6 +152,45 @@ def test_resume_from_last_checkpoint_is_exact(tmp_path):
     assert a["epoch"] == b["epoch"] and a["global_step"] == b["global_step"]
     for k, v in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.skipif(not cueq_available(),
+                    reason="cuequivariance-torch not installed (pip install '.[cueq]')")
+def test_training_on_cuequivariance_exports_e3nn_weights_and_resumes_exactly(tmp_path):
+    """model.cueq=true end to end on the CPU (cuequivariance-torch in plain torch): the run trains
+    on the cuEquivariance backbone, its model.pt holds e3nn weights and remembers the choice, and
+    a run resumed from last.ckpt (cuEquivariance weights) ends where an uninterrupted one does."""
+    common = ["model.cueq=true", "trainer.max_epochs=2", "callbacks.early_stopping=null", *TOY[:6]]
+    run_train(tmp_path, "smoke", *common, run="straight")
+    run_train(tmp_path, "smoke", *common[:1], "trainer.max_epochs=1", *common[2:], run="killed")
+    run_train(tmp_path, "smoke", *common, f"ckpt_path={tmp_path / 'killed' / 'checkpoints' / 'last.ckpt'}",
+              run="killed")
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(tmp_path / "killed" / "checkpoints" / "last.ckpt", weights_only=False)
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=0, msg=k)
+    from mf_lightning.model.io import load_model
+
+    payload = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
+    assert payload["cueq"] is True
+    assert load_model(tmp_path / "straight" / "model.pt").cueq
+    assert not load_model(tmp_path / "straight" / "model.pt", cueq=False).cueq
+
+
+def test_train_time_and_stop_reason_are_read_before_the_best_checkpoint_is_reloaded(tmp_path):
+    """validate/test after fit reload the best checkpoint, whose Timer state came back as an
+    offset: read afterwards, the training time counted the best epoch's time twice and a run with
+    a time limit looked cut by it. A run well inside its limit stops by max_epochs, and its
+    training time fits in its wall time."""
+    run_train(tmp_path, "smoke", "trainer.max_epochs=2", "callbacks.early_stopping=null",
+              "+trainer.max_time=00:01:00:00", *TOY[:6], run="run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["stopped_by"] == "max_epochs" and metrics["checkpoint"]
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    timer = [v for k, v in last["callbacks"].items() if k.startswith("Timer")][0]["time_elapsed"]["train"]
+    # the fit's own time: at most the last checkpoint's (written at the end of training) plus the
+    # moments after it, never that plus the best epoch's time again
+    assert timer <= metrics["train_time_s"] < 1.5 * timer
 
 
 def test_a_run_cut_by_max_time_is_incomplete_and_the_same_command_with_more_time_finishes_it(tmp_path):

@@ -97,3 +97,20 @@ def test_no_layer_imports_a_layer_above_it():
 @pytest.mark.parametrize("layer", LAYERS)
 def test_every_layer_is_a_package(layer):
     assert (PACKAGE / layer / "__init__.py").is_file()
+
+
+def test_every_cli_module_is_a_console_script_named_after_it():
+    """A tool is ``mf_lightning/cli/<tool>.py`` with a ``main`` and the console script
+    ``mf-<tool>``: a new tool without its script line (or a script pointing elsewhere) fails here."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    scripts = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]["scripts"]
+    expected = {}
+    for path in sorted((PACKAGE / "cli").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        mains = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in ("main", "cli")]
+        if path.stem.startswith("_") or not mains or path.stem == "demo":
+            continue
+        entry = "cli" if any(n.name == "cli" for n in mains) else "main"
+        expected[f"mf-{path.stem}"] = f"mf_lightning.cli.{path.stem}:{entry}"
+    assert scripts == expected

@@ -32,7 +32,7 @@ def models(models_by_dtype):
 
 def run(model, atoms, field=FIELD, props=ALL):
     out = model(batch_of(model, [atoms], [field], dtype=model.dtype), properties=props)
-    return {k: v.detach() for k, v in out.items()}
+    return {k: v.detach().cpu() for k, v in out.items()}  # on the CPU: compared with numpy-made expectations
 
 
 @pytest.mark.parametrize("form", FORMS)

@@ -46,6 +46,8 @@ from pathlib import Path
 
 from _common import ROOT, cpu_name, elements, labelled_batch, records
 
+from mf_lightning.utils import markdown_table  # after _common: it puts the checkout on sys.path
+
 SECTION_TESTS = ("tests/unit/model/test_observables.py", "tests/unit/model/test_cueq.py")
 PHYSICS_K = "acoustic or covariance or translation or float32_and_float64 or cueq"
 
@@ -65,12 +67,6 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def table(header, rows) -> str:
-    from mf_lightning.utils import markdown_table
-
-    return markdown_table(header, rows)
-
-
 # ---------------------------------------------------------------------- 1. physics
 def physics_tests(device: str, out: Path) -> str:
     env = {**os.environ, "MF_TEST_DEVICE": device, "PYTHONWARNINGS": "ignore"}
@@ -79,7 +75,7 @@ def physics_tests(device: str, out: Path) -> str:
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     (out / "physics_tests.log").write_text(proc.stdout + proc.stderr)
     last = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
-    return table(["tests", "device", "result", "s"],
+    return markdown_table(["tests", "device", "result", "s"],
                  [[f"{' '.join(SECTION_TESTS)} -k '{PHYSICS_K}'", device, last, f"{time.perf_counter() - t0:.0f}"]])
 
 
@@ -109,7 +105,7 @@ def float32_error(device: str, channels: int) -> str:
         rows.append([precision + (" (TF32)" if precision == "high" else ""), f"{dz:.2e}",
                      "yes" if dz <= 1e-4 else "no", f"{da / float(ref[keys.POLARISABILITY].abs().max()):.2e}"])
     torch.set_float32_matmul_precision("highest")
-    return table(["float32 matmuls", "max |Z*32 - Z*64| (e)", "<= 1e-4 e", "max |alpha32 - alpha64| / max |alpha|"],
+    return markdown_table(["float32 matmuls", "max |Z*32 - Z*64| (e)", "<= 1e-4 e", "max |alpha32 - alpha64| / max |alpha|"],
                  rows)
 
 
@@ -238,7 +234,7 @@ def training_steps(device: str, channels: int, quick: bool) -> str:
               + ["b/a", "c/a", "(c): coupling forward / model call"])
     legend = "; ".join(f"({k}) {t}" for k, t in KIND_TEXT.items())
     return (f"float64, {channels} channels, median of {rounds} interleaved rounds after {warmup} warm-up steps; "
-            f"{legend}.\n\n" + table(header, rows))
+            f"{legend}.\n\n" + markdown_table(header, rows))
 
 
 # ---------------------------------------------------------------------- 3. MD step
@@ -282,7 +278,7 @@ def md_steps(device: str, channels: int, quick: bool) -> str:
             cells.append(f"{statistics.median(times) * 1e3:.1f}")
         rows.append([backend, *cells])
     return (f"BaTiO3 frame 0 ({len(atoms)} atoms), float64, {channels} channels, median of {n_steps} steps.\n\n"
-            + table(["backend", "F ms", "F+P ms", "F+P+Z*+alpha ms"], rows))
+            + markdown_table(["backend", "F ms", "F+P ms", "F+P+Z*+alpha ms"], rows))
 
 
 # ---------------------------------------------------------------------- 4. training
@@ -308,7 +304,7 @@ def short_training(device: str, out: Path, quick: bool) -> str:
                              *(f"{float(r[k]):.4g}" if r.get(k) else "-" for k in
                                ("val/sio2/forces_rmse", "val/sio2/becs_diag_rmse", "val/sio2/polarisability_diag_rmse"))])
     return (f"`python train.py {' '.join(overrides)}` ({time.perf_counter() - t0:.0f} s with start-up).\n\n"
-            + table(["minutes", "epoch", "val F RMSE (eV/A)", "val Z* diag RMSE (e)", "val alpha diag RMSE (e/(V A))"],
+            + markdown_table(["minutes", "epoch", "val F RMSE (eV/A)", "val Z* diag RMSE (e)", "val alpha diag RMSE (e/(V A))"],
                     rows))
 
 

@@ -26,14 +26,7 @@ from mf_lightning.data import keys
 from mf_lightning.data.keys import weight_key
 from mf_lightning.data.quantities import QUANTITIES, metric_units
 from mf_lightning.files import dumps_json
-from mf_lightning.train.losses import structure_weights
-from mf_lightning.train.metrics import (
-    batch_to_dict,
-    labelled_tasks,
-    reference_and_prediction,
-    stats,
-    zero_predictor_error,
-)
+from mf_lightning.train.metrics import batch_to_dict, labelled_tasks, metric_rows, stats, zero_predictor_error
 from mf_lightning.utils import markdown_table
 
 log = logging.getLogger(__name__)
@@ -70,23 +63,22 @@ def collect_predictions(model, graphs: Sequence, batch_size: int = 8, collected:
         n_graphs = int(d[keys.PTR].numel() - 1)
         tasks = labelled_tasks(d)
         out = model(d, properties=(keys.ENERGY, *tasks))
-        for task in tasks:
-            w = d[weight_key(task)].view(-1) > 0
-            mask = structure_weights(task, d) > 0  # per row: atoms for per-atom tasks
+        zeros: Dict[str, Dict[str, torch.Tensor]] = {}
+        for task, q, ref, pred, _, w_rows in metric_rows(out, d):  # the rows training's metrics use
+            if task not in zeros:
+                zeros[task] = zero_predictor_error(task, out, d)
+            mask = w_rows > 0  # per row: atoms for per-atom tasks
             structure = (d[keys.BATCH] if QUANTITIES[task].per_atom else torch.arange(n_graphs, device=device)) + start
-            ref, pred, _ = reference_and_prediction(task, out, d)
-            zero = zero_predictor_error(task, out, d)
-            for q in ref:
-                collected.add(q, ref[q][mask].double().cpu().numpy(), pred[q][mask].double().cpu().numpy(),
-                              structure[mask].cpu().numpy(), zero[q][mask].double().cpu().numpy())
-            if task == "polarisability":
-                from mf_lightning.analysis.dielectric import eps_inf_from_alpha, refractive_index
+            collected.add(q, ref[mask].double().cpu().numpy(), pred[mask].double().cpu().numpy(),
+                          structure[mask].cpu().numpy(), zeros[task][q][mask].double().cpu().numpy())
+        if "polarisability" in tasks:
+            from mf_lightning.analysis.dielectric import eps_inf_from_alpha, refractive_index
 
-                a_ref = d["ref_polarisability"].view(-1, 3, 3)[w].double().cpu().numpy()
-                a_pred = out[keys.POLARISABILITY][w].detach().double().cpu().numpy()
-                collected.add("n", refractive_index(eps_inf_from_alpha(a_ref)),
-                              refractive_index(eps_inf_from_alpha(a_pred)),
-                              torch.arange(n_graphs)[w.cpu()].numpy() + start)
+            w = d[weight_key("polarisability")].view(-1) > 0
+            a_ref = d["ref_polarisability"].view(-1, 3, 3)[w].double().cpu().numpy()
+            a_pred = out[keys.POLARISABILITY][w].detach().double().cpu().numpy()
+            collected.add("n", refractive_index(eps_inf_from_alpha(a_ref)),
+                          refractive_index(eps_inf_from_alpha(a_pred)), torch.arange(n_graphs)[w.cpu()].numpy() + start)
         start += n_graphs
     return collected
 

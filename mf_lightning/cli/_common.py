@@ -26,6 +26,7 @@ from typing import Callable, Optional, Sequence, Tuple
 
 from mf_lightning.errors import EXIT_FAILED, EXIT_INPUT, InputError, RunFailedError
 from mf_lightning.units import MV_PER_CM_PER_V_PER_A
+from mf_lightning.utils import DTYPES
 
 DEBUG_FLAG = "--debug"
 
@@ -109,24 +110,20 @@ def run_hydra_job(job, cfg, prog: str):
 
 
 # ---------------------------------------------------------------------- shared options and set-up
-DTYPES = ("float32", "float64")
-
-
 def doc_summary(module: str) -> str:
     """The first paragraph of a module's docstring: a tool's ``--help`` description."""
     return (importlib.import_module(module).__doc__ or "").split("\n\n")[0]
 
 
-def add_model_args(p: argparse.ArgumentParser, dtype_default: Optional[str] = "float64", head: bool = True,
+def add_model_args(p: argparse.ArgumentParser, dtype_default: Optional[str] = "float64",
                    model_help: str = "an exported model (model.pt from train.py)") -> None:
     """``--model``, ``--head``, ``--device``, ``--dtype`` with one meaning in every tool.
     ``dtype_default=None``: the model's own dtype."""
     p.add_argument("--model", required=True, help=model_help)
-    if head:
-        p.add_argument("--head", default=None,
-                       help="the head to evaluate (default: the model's only head, or the first response head)")
+    p.add_argument("--head", default=None,
+                   help="the head to evaluate (default: the model's only head, or the first response head)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
-    p.add_argument("--dtype", default=dtype_default, choices=DTYPES,
+    p.add_argument("--dtype", default=dtype_default, choices=sorted(DTYPES),
                    help="compute dtype" + ("" if dtype_default else " (default: the model's own)"))
 
 

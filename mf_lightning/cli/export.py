@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 from mf_lightning.cli._common import cli_main, doc_summary
 from mf_lightning.cli._common import parser as cli_parser
 from mf_lightning.model.export import export_lammps, export_mace
+from mf_lightning.utils import DTYPES
 
 PROG = "mf-export"
 
@@ -19,7 +20,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("model", help="an mf-lightning model file (model.pt of train.py)")
     parser.add_argument("--out", required=True,
                         help="the file to write: a mace .model, or with --lammps the TorchScript LAMMPS model")
-    parser.add_argument("--dtype", default=None, choices=["float32", "float64"], help="default: the model's own")
+    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default: the model's own")
     parser.add_argument("--field", nargs=3, type=float, default=None, metavar=("EX", "EY", "EZ"),
                         help="export the model at this constant field (V/A); default zero field")
     parser.add_argument("--lammps", action="store_true",

@@ -77,6 +77,44 @@ def tensor_checksum(state: Dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def record_checksum(obj) -> str:
+    """SHA-256 of a whole saved record: nested dicts (in order), lists, tuples, tensors (dtype,
+    shape, bytes), arrays and plain values (exact ``repr``). torch does not check the zip's CRCs,
+    so a flipped bit in a weight *or* in a config value (``max_ell`` -> ``lax_ell``, a float of
+    r_max) would otherwise load silently. Objects of other types count by type name only (their
+    ``repr`` may hold a memory address)."""
+    h = hashlib.sha256()
+
+    def feed(x):
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(x, np.ndarray):
+            a = np.ascontiguousarray(x)
+            h.update(f"A{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes() if a.dtype != object else repr(a.tolist()).encode())
+        elif isinstance(x, dict):
+            h.update(f"D{len(x)}(".encode())
+            for k, v in x.items():
+                feed(k)
+                feed(v)
+            h.update(b")")
+        elif isinstance(x, (list, tuple)):
+            h.update(f"{type(x).__name__}{len(x)}(".encode())
+            for v in x:
+                feed(v)
+            h.update(b")")
+        elif x is None or isinstance(x, (bool, int, float, complex, str, bytes, np.generic, torch.dtype, torch.device)):
+            text = repr(x).encode()
+            h.update(f"{type(x).__name__}{len(text)}:".encode() + text)
+        else:
+            h.update(f"O{type(x).__module__}.{type(x).__qualname__};".encode())
+
+    feed(obj)
+    return h.hexdigest()
+
+
 class FileLock:
     """An exclusive, non-blocking ``flock`` on ``path`` (released on exit or when the process
     dies): a second process that wants the same output is refused with ``message`` instead of
@@ -167,8 +205,14 @@ def guarded_torch_load(path, error: type, kind: str, pickle_message: str, corrup
     try:
         return torch.load(path, map_location=map_location, weights_only=not allow_pickle)
     except pickle.UnpicklingError as exc:
-        raise error(f"{path}: {pickle_message}") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        # the weights-only unpickler refuses a Python object it does not allow (a global, a class);
+        # any other complaint of its (an unknown opcode, a stack underflow) is a damaged record
+        if any(word in str(exc) for word in ("GLOBAL", "global", "allowlist")):
+            raise error(f"{path}: {pickle_message}") from exc
+        raise error(f"{path}: truncated or corrupted {kind} (its pickled record does not parse)."
+                    f"{corrupt_hint}") from exc
+    except Exception as exc:  # noqa: BLE001 - a damaged archive fails in torch/zip/pickle code in many ways
+        # (found by fuzzing: IndexError, KeyError, UnicodeDecodeError, RuntimeError, EOFError, ...)
         raise error(f"{path}: truncated or corrupted {kind} ({type(exc).__name__}: "
                     f"{str(exc).splitlines()[0] if str(exc) else ''}).{corrupt_hint}") from exc
 

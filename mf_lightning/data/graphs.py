@@ -26,6 +26,13 @@ class GeometryError(InputError, ValueError):
 # each other (the closest physical pair, H2, is 0.74 A) and give NaN in every derivative.
 MAX_COORDINATE = 1.0e6
 MIN_DISTANCE = 0.1
+# Budget of one neighbour list (mace -> matscipy). matscipy holds the GIL in C, so no in-process
+# timer can interrupt it: the guard is a prediction made before it starts. It bins space into
+# cells of ~r_max (about 7 bytes each: 1e8 bins ~ 0.7 GB and ~0.5 s on this machine; a 3-atom
+# molecule at |x| = 200 A took 4.4 GB). Condensed matter has about one bin per 10 atoms.
+MAX_NEIGHBOUR_BINS = 1.0e8
+# 1e8 edges hold ~4 GB of indices and shifts; a solid has ~50 per atom at r_max = 5 A.
+MAX_NEIGHBOUR_PAIRS = 1.0e8
 
 log = logging.getLogger(__name__)
 _WARNED_ISOLATED: set = set()
@@ -62,6 +69,47 @@ def geometry_problem(atoms, distances: bool = True) -> Optional[str]:
         if len(d):
             k = int(np.argmin(d))
             return _overlap(int(i[k]), int(j[k]), float(d[k]))
+    return None
+
+
+def neighbour_list_cell(positions: np.ndarray, cell: np.ndarray, pbc: Sequence[bool], r_max: float) -> np.ndarray:
+    """The cell mace's ``get_neighborhood`` hands matscipy: along a non-periodic direction a
+    vector of length (max |x| + 1) * 5 * r_max, whatever the structure's extent."""
+    cell = np.array(cell, dtype=float)
+    if not cell.any():
+        cell = np.eye(3)
+    reach = (float(np.abs(positions).max()) + 1.0) * 5.0 * r_max
+    for axis in range(3):
+        if not pbc[axis]:
+            cell[axis] = reach * np.eye(3)[axis]
+    return cell
+
+
+def neighbour_list_problem(positions: np.ndarray, cell: np.ndarray, pbc: Sequence[bool], r_max: float) -> Optional[str]:
+    """Why the neighbour list of this structure would not finish in reasonable time and memory,
+    or None: too many bins (matscipy's grid over the cell mace gives it) or too many pairs
+    (a periodic cell far denser than matter). Predicted before the list is built."""
+    n = len(positions)
+    grid = neighbour_list_cell(positions, cell, pbc, r_max)
+    volume = abs(float(np.linalg.det(grid)))
+    heights = [volume / max(float(np.linalg.norm(np.cross(grid[(k + 1) % 3], grid[(k + 2) % 3]))), 1e-300)
+               for k in range(3)]
+    bins = float(np.prod([max(1.0, np.floor(h / r_max)) for h in heights]))
+    if bins > MAX_NEIGHBOUR_BINS:
+        if all(pbc):
+            where = "a periodic cell of " + " x ".join(f"{h:.3g}" for h in heights) + " A"
+            advice = "not a cell in Angstrom?"
+        else:
+            extent = " x ".join(f"{np.ptp(positions[:, k]):.3g}" for k in range(3))
+            where = f"atoms spread over {extent} A"
+            advice = "split the structure, or give it a periodic box"
+        return (f"{where}: its neighbour list (r_max = {r_max:g} A) would need {bins:.3g} bins "
+                f"(limit {MAX_NEIGHBOUR_BINS:.0e}); {advice}")
+    if all(pbc) and volume > 0:
+        pairs = n * n / volume * 4.0 / 3.0 * np.pi * r_max ** 3
+        if pairs > MAX_NEIGHBOUR_PAIRS:
+            return (f"{n} atoms in {volume:.3g} A^3 ({n / volume:.3g} atoms/A^3): about {pairs:.3g} neighbour "
+                    f"pairs within r_max = {r_max:g} A (limit {MAX_NEIGHBOUR_PAIRS:.0e}); not a structure in Angstrom?")
     return None
 
 
@@ -131,13 +179,23 @@ def atoms_to_graph(
     field = np.zeros(3) if electric_field is None else np.asarray(electric_field, dtype=float)
     if field.shape != (3,) or not np.all(np.isfinite(field)):
         raise ValueError(f"{source}: electric field must be 3 finite numbers (V/A), got {field!r}")
+    positions = np.asarray(atoms.get_positions(), dtype=float)
+    pbc = tuple(bool(p) for p in atoms.get_pbc())
+    cell = np.asarray(atoms.get_cell().array, dtype=float)
+    # mace sizes a non-periodic direction by max |x|, so a molecule far from the origin costs the
+    # list memory for nothing: it is built on the structure centred at the origin (a translation
+    # changes no pair or shift) and the graph keeps the positions as given.
+    offset = np.zeros(3) if all(pbc) else (positions.max(axis=0) + positions.min(axis=0)) / 2
+    problem = neighbour_list_problem(positions - offset, cell, pbc, float(r_max))
+    if problem:
+        raise GeometryError(f"{source}: {problem}")
     config = Configuration(
         atomic_numbers=z,
-        positions=np.asarray(atoms.get_positions(), dtype=float),
+        positions=positions - offset,
         properties={keys.ELECTRIC_FIELD: field},
         property_weights={},
-        cell=np.asarray(atoms.get_cell().array, dtype=float),
-        pbc=tuple(bool(p) for p in atoms.get_pbc()),
+        cell=cell,
+        pbc=pbc,
         head=head,
     )
     table = AtomicNumberTable([int(x) for x in atomic_numbers])
@@ -149,6 +207,8 @@ def atoms_to_graph(
     # mace's neighbour list puts an identity cell on structures without one, which would make
     # the volume 1 A^3 and P silently wrong. Only a 3D-periodic, non-singular cell defines a
     # volume (and so P, Z*, alpha, stress); otherwise store zeros so the model refuses them.
+    if offset.any():
+        graph.positions = torch.as_tensor(positions, dtype=graph.positions.dtype)
     if not (all(config.pbc) and abs(np.linalg.det(config.cell)) > 1e-9):
         graph.cell = torch.zeros_like(graph.cell)
     check_edges(graph, source)

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from mf_lightning.errors import ModelFileError
-from mf_lightning.files import atomic_torch_save, guarded_torch_load, tensor_checksum
+from mf_lightning.files import atomic_torch_save, guarded_torch_load, record_checksum, tensor_checksum
 from mf_lightning.model.backbone import build_backbone, convert_backbone, cueq_available
 from mf_lightning.model.field_mace import FieldMACE
 from mf_lightning.utils import default_dtype, resolve_dtype
@@ -31,6 +31,9 @@ FORMAT_VERSION = 1
 
 
 
+
+
+RECORD_CHECKSUM = "record_sha256"
 
 
 def save_model(model, path) -> None:
@@ -57,6 +60,8 @@ def save_model(model, path) -> None:
         # torch does not check the zip CRC on load: a flipped bit in a weight loads silently
         "sha256": tensor_checksum(state),
     }
+    # ... and one in the config would too: the whole record, checked before anything is built
+    payload[RECORD_CHECKSUM] = record_checksum(payload)
     atomic_torch_save(payload, path)
 
 
@@ -77,14 +82,23 @@ def load_model(path, device: str = "cpu", dtype=None, cueq: Optional[bool] = Non
     payload = _weights_only_load(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an mf-lightning model file (format key {FORMAT!r} missing)")
+    stored_record = payload.pop(RECORD_CHECKSUM, None)  # files written before it existed have none
+    if stored_record is not None and record_checksum(payload) != stored_record:
+        raise ModelFileError(f"{path}: the file does not match its checksum: it is corrupted (a changed byte); "
+                             "use another copy")
     if payload.get("format_version", 0) > FORMAT_VERSION:
         raise ModelFileError(f"{path}: written by a newer mf-lightning (format {payload['format_version']})")
-    saved_dtype = resolve_dtype(payload["dtype"])
-    backbone = build_backbone(payload["backbone_config"], saved_dtype)
-    with default_dtype(saved_dtype):
-        # files written before the field-squared term existed hold a purely bilinear coupling
-        coupling = {"field_order": 1, **payload["coupling"]}
-        model = FieldMACE(backbone, payload["backbone_config"], **coupling)
+    try:
+        saved_dtype = resolve_dtype(payload["dtype"])
+        backbone = build_backbone(payload["backbone_config"], saved_dtype)
+        with default_dtype(saved_dtype):
+            # files written before the field-squared term existed hold a purely bilinear coupling
+            coupling = {"field_order": 1, **payload["coupling"]}
+            model = FieldMACE(backbone, payload["backbone_config"], **coupling)
+    except (KeyError, TypeError, ValueError, AssertionError, RuntimeError) as exc:  # a damaged file of the
+        # days before the record checksum, or a config this version cannot build
+        raise ModelFileError(f"{path}: does not describe a model this mf-lightning can build "
+                             f"({type(exc).__name__}: {exc})") from exc
     state = dict(payload["state_dict"])
     stored = payload.get("sha256")  # files written before checksums existed have none
     if stored is not None and tensor_checksum(state) != stored:

@@ -20,21 +20,33 @@ from typing import Any, Dict, Optional
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from mf_lightning.errors import InputError
-from mf_lightning.files import atomic_torch_save, guarded_torch_load
+from mf_lightning.files import atomic_torch_save, guarded_torch_load, record_checksum
 
 
 class CheckpointError(InputError, RuntimeError):
     """A checkpoint that is missing, truncated, corrupted, or needs unpickling."""
 
 
+# A SHA-256 of the whole checkpoint, stored in it: torch does not check the zip's CRCs, so a
+# flipped bit in a weight, an optimiser moment or a loop counter would resume silently.
+RECORD_CHECKSUM = "mf_record_sha256"
+CORRUPT_HINT = " Resume from another one (checkpoints/ keeps best.ckpt and last.ckpt)."
+
+
 def load_checkpoint(path, allow_pickle: bool = False, map_location="cpu") -> Dict[str, Any]:
-    return guarded_torch_load(
+    ckpt = guarded_torch_load(
         path, CheckpointError, "checkpoint",
         "this checkpoint needs unpickling of Python objects, which can run code stored in the file. Resume "
         f"from it only if you trust its source, with allow_pickle=true (python train.py ... ckpt_path={path} "
         "allow_pickle=true).",
-        corrupt_hint=" Resume from another one (checkpoints/ keeps best.ckpt and last.ckpt).",
-        allow_pickle=allow_pickle, map_location=map_location)
+        corrupt_hint=CORRUPT_HINT, allow_pickle=allow_pickle, map_location=map_location)
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: not a Lightning training checkpoint (a {type(ckpt).__name__})")
+    stored = ckpt.pop(RECORD_CHECKSUM, None)  # Lightning's own and older checkpoints have none
+    if stored is not None and record_checksum(ckpt) != stored:
+        raise CheckpointError(f"{path}: the checkpoint does not match its checksum: it is corrupted (a changed "
+                              f"byte).{CORRUPT_HINT}")
+    return ckpt
 
 
 def check_checkpoint(path, allow_pickle: bool = False, module=None) -> Path:
@@ -69,7 +81,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: Dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
-        atomic_torch_save(checkpoint, path)
+        atomic_torch_save({**checkpoint, RECORD_CHECKSUM: record_checksum(checkpoint)}, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only: Optional[bool] = None) -> Dict[str, Any]:
         return load_checkpoint(path, allow_pickle=self.allow_pickle, map_location=map_location or "cpu")

@@ -31,6 +31,7 @@ BAD_FILES = {
     "garbage": "this is not a structure\n\x01\x02 at all\n",
     "truncated": "cut",
     "nan_position": "nan",
+    "nan_cell": "nan_cell",
     "overlapping_atoms": "overlap",
 }
 
@@ -53,6 +54,10 @@ def case(tmp_path_factory):
         elif kind == "nan":
             a = quartz()
             a.positions[3] = np.nan
+            ase.io.write(path, a, format="extxyz")
+        elif kind == "nan_cell":  # matscipy's neighbour list never returned on one
+            a = quartz()
+            a.cell[2, 2] = np.nan
             ase.io.write(path, a, format="extxyz")
         elif kind == "overlap":
             a = quartz()
@@ -102,7 +107,7 @@ def test_every_module_cli_on_the_same_bad_files(case, bad, capsys, caplog):
     root, files = case
     path = files[bad]
     for prog, main, argv, batch in tools(root, path, root / "model.pt"):
-        if prog == "spectra" and bad in ("nan_position", "overlapping_atoms"):
+        if prog == "spectra" and bad in ("nan_position", "nan_cell", "overlapping_atoms"):
             continue  # a structure, not a trajectory: refused as such (the "no P samples" line)
         rc = main(argv)
         if batch:

@@ -105,3 +105,58 @@ def test_unknown_element_names_the_structure():
     atoms = ase.io.read(shared_file("md", "BaTiO3.xyz"), index=0)
     with pytest.raises(UnknownElementError, match=r"BaTiO3.xyz:0: element\(s\) Ba not in the model's element table"):
         atoms_to_graph(atoms, [8, 22], 5.0, source="BaTiO3.xyz:0")
+
+
+def test_a_molecule_far_from_the_origin_builds_the_same_small_graph():
+    """mace sizes a non-periodic direction by max |x|: a 3-atom molecule at x = 1e5 A took 12 s
+    and 7.5 GB. Built centred, it is the same graph (edges, shifts) as at the origin, and the
+    graph keeps the positions it was given."""
+    from ase import Atoms
+
+    near = Atoms("H3", positions=[[0, 0, 0], [1.0, 0, 0], [0, 1.2, 0]], pbc=False)
+    far = near.copy()
+    far.translate([1e5, -3e4, 2e3])
+    import time
+
+    start = time.perf_counter()
+    a, b = atoms_to_graph(near, [1], 5.0), atoms_to_graph(far, [1], 5.0)
+    assert time.perf_counter() - start < 3.0  # not the 12 s (and 7.5 GB) of the uncentred list
+    assert a.edge_index.tolist() == b.edge_index.tolist()
+    assert a.shifts.abs().max() == 0 and b.shifts.abs().max() == 0
+    np.testing.assert_array_equal(b.positions.numpy(), far.get_positions())
+
+
+@pytest.mark.parametrize("case,message", [
+    ("spread", "atoms spread over 400 x 0 x 0 A: its neighbour list"),
+    ("dense", r"1 atoms in 1e-06 A\^3 .* neighbour pairs"),
+    ("huge_cell", "a periodic cell of 1e\\+05 x 1e\\+05 x 1e\\+05 A: its neighbour list"),
+])
+def test_a_neighbour_list_that_would_not_finish_is_refused_before_it_starts(case, message):
+    """matscipy holds the GIL, so no timer can stop it once started: the cost is predicted first."""
+    import time
+
+    from ase import Atoms
+
+    from mf_lightning.data.graphs import GeometryError
+
+    atoms = {"spread": Atoms("H2", positions=[[0, 0, 0], [400, 0, 0]], pbc=False),
+             "dense": Atoms("H", cell=np.eye(3) * 0.01, pbc=True),
+             "huge_cell": Atoms("H", cell=np.eye(3) * 1e5, pbc=True)}[case]
+    start = time.perf_counter()
+    with pytest.raises(GeometryError, match=message):
+        atoms_to_graph(atoms, [1], 5.0, source="x.xyz:3")
+    assert time.perf_counter() - start < 1.0
+
+
+def test_isolated_atoms_are_warned_about_once(caplog):
+    """An atom with no neighbour within r_max has zero response (eps_inf = 1, Z* = 0 there):
+    said once per source, not at every MD step."""
+    from ase import Atoms
+
+    atoms = Atoms("H3", positions=[[0, 0, 0], [1.0, 0, 0], [20.0, 0, 0]], cell=np.eye(3) * 40, pbc=True)
+    with caplog.at_level("WARNING"):
+        atoms_to_graph(atoms, [1], 5.0, source="lonely.xyz:0")
+        atoms_to_graph(atoms, [1], 5.0, source="lonely.xyz:0")
+    lines = [r.getMessage() for r in caplog.records if "no neighbour" in r.getMessage()]
+    assert lines == ["lonely.xyz:0: 1 of 3 atoms have no neighbour within the cutoff: their field response is "
+                     "zero (eps_inf = 1, Z* = 0 there)"]

@@ -97,7 +97,7 @@ def test_foreign_or_mismatched_payload(tmp_path, dielectric_atoms):
     # a weight of the network (atomic_polarisabilities, first in the dict, may be absent: files
     # from before it existed load with zeros, tests/unit/model/test_atomic_polarisabilities.py)
     payload["state_dict"].pop(next(k for k in payload["state_dict"] if k.startswith("backbone.")))
-    del payload["sha256"]  # written wrong, not corrupted later (that is the checksum's case)
+    del payload["sha256"], payload["record_sha256"]  # written wrong, not corrupted later (the checksums' case)
     torch.save(payload, tmp_path / "broken.pt")
     with pytest.raises(ModelFileError, match="do not match"):
         mf_lightning.load_model(tmp_path / "broken.pt")

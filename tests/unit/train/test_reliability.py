@@ -50,6 +50,12 @@ def test_checkpoints_load_weights_only_and_unsafe_ones_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="unpickling.*allow_pickle=true"):
         check_checkpoint(unsafe)
     assert check_checkpoint(unsafe, allow_pickle=True) == unsafe  # the explicit opt-in
+    # what the trainer calls on resume and on validate/test(ckpt_path=best): weights-only whatever
+    # Lightning asks for (it passes weights_only=None or False there)
+    for asked in (None, False, True):
+        with pytest.raises(CheckpointError, match="unpickling"):
+            AtomicCheckpointIO().load_checkpoint(unsafe, weights_only=asked)
+    assert AtomicCheckpointIO().load_checkpoint(good, weights_only=False)["global_step"] == 3
 
     data = good.read_bytes()
     truncated = tmp_path / "truncated.ckpt"

@@ -19,7 +19,7 @@ import pickle
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -79,7 +79,7 @@ def tensor_checksum(state: Dict[str, torch.Tensor]) -> str:
 
 def record_checksum(obj) -> str:
     """SHA-256 of a whole saved record: nested dicts (in order), lists, tuples, tensors (dtype,
-    shape, bytes), arrays and plain values (exact ``repr``). torch does not check the zip's CRCs,
+    shape, strides, bytes), arrays and plain values (exact ``repr``). torch does not check the zip's CRCs,
     so a flipped bit in a weight *or* in a config value (``max_ell`` -> ``lax_ell``, a float of
     r_max) would otherwise load silently. Objects of other types count by type name only (their
     ``repr`` may hold a memory address)."""
@@ -87,8 +87,10 @@ def record_checksum(obj) -> str:
 
     def feed(x):
         if isinstance(x, torch.Tensor):
+            # strides too: a damaged stride of 0 gave a tensor of equal values whose in-place
+            # update (an optimiser moment) fails or aliases
+            h.update(f"T{x.dtype}{tuple(x.shape)}{x.stride()}".encode())
             t = x.detach().cpu().contiguous()
-            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         elif isinstance(x, np.ndarray):
             a = np.ascontiguousarray(x)
@@ -113,6 +115,29 @@ def record_checksum(obj) -> str:
 
     feed(obj)
     return h.hexdigest()
+
+
+def with_record_checksum(record: dict, key: str) -> dict:
+    """``record`` with its :func:`record_checksum` added as the last entry, under ``key``."""
+    return {**record, key: record_checksum(record)}
+
+
+def verify_record_checksum(record: dict, key: str) -> Optional[str]:
+    """Take the checksum :func:`with_record_checksum` put last in ``record`` (in place) and say
+    what is wrong, or None. A record without one is from before checksums (None), unless its last
+    entry is a SHA-256 under another name: the checksum's own key was damaged."""
+    if not record:
+        return None
+    last = next(reversed(record))
+    if last != key:
+        value = record[last]
+        if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+            return f"its checksum entry is damaged ({last!r} instead of {key!r})"
+        return None
+    stored = record.pop(key)
+    if record_checksum(record) != stored:
+        return "it does not match its checksum (a changed byte)"
+    return None
 
 
 class FileLock:

@@ -165,3 +165,16 @@ def double_well_crystal():
 
     atoms = Atoms("Ba", positions=[[0.0, 0.0, 2.0 + 0.05]], cell=[8.0, 8.0, 4.0], pbc=True)
     return atoms, DoubleWellFerroelectric(site_z=2.0, volume=atoms.get_volume())
+
+
+def only_record(case) -> bool:
+    """Under ``MF_FUZZ_RECORD=<file>``, append the example a property-based test drew to that
+    file and return True (the test then stops there): how tests/unit/test_fuzz_determinism.py
+    shows that every process draws the same examples, without running the bodies."""
+    record = os.environ.get("MF_FUZZ_RECORD")
+    if not record:
+        return False
+    with open(record, "a", encoding="utf-8") as f:
+        f.write(repr(case) + "\n")
+    return True
+

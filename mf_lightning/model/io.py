@@ -17,7 +17,13 @@ from typing import Optional
 import torch
 
 from mf_lightning.errors import ModelFileError
-from mf_lightning.files import atomic_torch_save, guarded_torch_load, record_checksum, tensor_checksum
+from mf_lightning.files import (
+    atomic_torch_save,
+    guarded_torch_load,
+    tensor_checksum,
+    verify_record_checksum,
+    with_record_checksum,
+)
 from mf_lightning.model.backbone import build_backbone, convert_backbone, cueq_available
 from mf_lightning.model.field_mace import FieldMACE
 from mf_lightning.utils import default_dtype, resolve_dtype
@@ -61,8 +67,7 @@ def save_model(model, path) -> None:
         "sha256": tensor_checksum(state),
     }
     # ... and one in the config would too: the whole record, checked before anything is built
-    payload[RECORD_CHECKSUM] = record_checksum(payload)
-    atomic_torch_save(payload, path)
+    atomic_torch_save(with_record_checksum(payload, RECORD_CHECKSUM), path)
 
 
 
@@ -82,10 +87,9 @@ def load_model(path, device: str = "cpu", dtype=None, cueq: Optional[bool] = Non
     payload = _weights_only_load(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an mf-lightning model file (format key {FORMAT!r} missing)")
-    stored_record = payload.pop(RECORD_CHECKSUM, None)  # files written before it existed have none
-    if stored_record is not None and record_checksum(payload) != stored_record:
-        raise ModelFileError(f"{path}: the file does not match its checksum: it is corrupted (a changed byte); "
-                             "use another copy")
+    problem = verify_record_checksum(payload, RECORD_CHECKSUM)  # files written before it have none
+    if problem:
+        raise ModelFileError(f"{path}: the file is corrupted: {problem}; use another copy")
     if payload.get("format_version", 0) > FORMAT_VERSION:
         raise ModelFileError(f"{path}: written by a newer mf-lightning (format {payload['format_version']})")
     try:

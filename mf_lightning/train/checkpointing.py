@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from mf_lightning.errors import InputError
-from mf_lightning.files import atomic_torch_save, guarded_torch_load, record_checksum
+from mf_lightning.files import atomic_torch_save, guarded_torch_load, verify_record_checksum, with_record_checksum
 
 
 class CheckpointError(InputError, RuntimeError):
@@ -42,10 +42,9 @@ def load_checkpoint(path, allow_pickle: bool = False, map_location="cpu") -> Dic
         corrupt_hint=CORRUPT_HINT, allow_pickle=allow_pickle, map_location=map_location)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a Lightning training checkpoint (a {type(ckpt).__name__})")
-    stored = ckpt.pop(RECORD_CHECKSUM, None)  # Lightning's own and older checkpoints have none
-    if stored is not None and record_checksum(ckpt) != stored:
-        raise CheckpointError(f"{path}: the checkpoint does not match its checksum: it is corrupted (a changed "
-                              f"byte).{CORRUPT_HINT}")
+    problem = verify_record_checksum(ckpt, RECORD_CHECKSUM)  # Lightning's own and older ones have none
+    if problem:
+        raise CheckpointError(f"{path}: the checkpoint is corrupted: {problem}.{CORRUPT_HINT}")
     return ckpt
 
 
@@ -81,7 +80,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: Dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
-        atomic_torch_save({**checkpoint, RECORD_CHECKSUM: record_checksum(checkpoint)}, path)
+        atomic_torch_save(with_record_checksum(checkpoint, RECORD_CHECKSUM), path)
 
     def load_checkpoint(self, path, map_location=None, weights_only: Optional[bool] = None) -> Dict[str, Any]:
         return load_checkpoint(path, allow_pickle=self.allow_pickle, map_location=map_location or "cpu")

@@ -81,3 +81,32 @@ def test_rounding_fractional_coordinates_is_not_the_nearest_image():
     rounded = dP - (np.round(x) @ Q.T)
     nearest = np.array([brute_force(d, cell) for d in dP])
     assert (np.linalg.norm(rounded, axis=1) > np.linalg.norm(nearest, axis=1) + 1e-9).mean() > 0.05
+
+
+def test_the_paths_tool_computes_only_p_in_batches_of_the_given_size(tmp_path, monkeypatch):
+    """The 254-frame held-out file was killed for memory (16.7 GB) when the tool computed Z* and
+    alpha it does not use: P only, in batches of at most ``batch_atoms`` atoms (or one structure)."""
+    import ase.io
+
+    from mf_lightning.analysis import paths, screening
+    from tests.conftest import SHARED_DATA
+    from tests.helpers import tiny_model
+
+    frames = ase.io.read(SHARED_DATA / "mp_ferroelectric" / "ferroelectric-valid.xyz", index=":")
+    group = frames[0].info["polar_mpid"]
+    chosen = [a for a in frames if a.info["polar_mpid"] == group][:3]
+    ase.io.write(tmp_path / "path.xyz", chosen, format="extxyz")
+    model = tiny_model(sorted({int(z) for a in chosen for z in a.numbers}), dtype="float32")
+    calls = []
+    real = screening.predict_response
+
+    def spy(model, structures, **kwargs):
+        calls.append((kwargs.get("quantities"), sum(len(a) for a in structures), len(structures)))
+        return real(model, structures, **kwargs)
+
+    monkeypatch.setattr(screening, "predict_response", spy)
+    limit = max(len(a) for a in chosen)
+    paths.evaluate_paths(model, tmp_path / "path.xyz", tmp_path / "out", batch_atoms=limit)
+    assert calls and all(q == ("polarisation",) for q, _, _ in calls)
+    assert all(atoms <= limit or n == 1 for _, atoms, n in calls)
+    assert sum(n for _, _, n in calls) == len(chosen) and (tmp_path / "out" / "summary.json").is_file()

@@ -122,21 +122,21 @@ def with_record_checksum(record: dict, key: str) -> dict:
     return {**record, key: record_checksum(record)}
 
 
-def verify_record_checksum(record: dict, key: str) -> Optional[str]:
+def verify_record_checksum(record: dict, key: str, older_last_keys: tuple = ()) -> Optional[str]:
     """Take the checksum :func:`with_record_checksum` put last in ``record`` (in place) and say
     what is wrong, or None. A record without one is from before checksums (None), unless its last
-    entry is a SHA-256 under another name: the checksum's own key was damaged."""
+    entry is a SHA-256 under another name than ``older_last_keys`` (the hashes that records of
+    earlier versions end with): then the checksum's own key was damaged."""
     if not record:
         return None
     last = next(reversed(record))
-    if last != key:
-        value = record[last]
-        if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
-            return f"its checksum entry is damaged ({last!r} instead of {key!r})"
-        return None
-    stored = record.pop(key)
-    if record_checksum(record) != stored:
-        return "it does not match its checksum (a changed byte)"
+    if last == key:
+        stored = record.pop(key)
+        return None if record_checksum(record) == stored else "it does not match its checksum (a changed byte)"
+    value = record[last]
+    looks_like_one = isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    if looks_like_one and last not in older_last_keys:
+        return f"its checksum entry is damaged ({last!r} instead of {key!r})"
     return None
 
 

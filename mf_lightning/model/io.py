@@ -87,7 +87,8 @@ def load_model(path, device: str = "cpu", dtype=None, cueq: Optional[bool] = Non
     payload = _weights_only_load(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an mf-lightning model file (format key {FORMAT!r} missing)")
-    problem = verify_record_checksum(payload, RECORD_CHECKSUM)  # files written before it have none
+    # files written before it have none: they end with the tensors' "sha256"
+    problem = verify_record_checksum(payload, RECORD_CHECKSUM, older_last_keys=("sha256",))
     if problem:
         raise ModelFileError(f"{path}: the file is corrupted: {problem}; use another copy")
     if payload.get("format_version", 0) > FORMAT_VERSION:

@@ -47,9 +47,12 @@ IONIC_COLUMNS = ["eps_ion", "eps_0", "eps_0_poly", "unstable_modes_cm", "relaxed
 
 
 
-def check_structure(atoms, atomic_numbers: Sequence[int], source: str = "structure") -> None:
-    """Raise ValueError with a clear reason if the model cannot give P/Z*/alpha for ``atoms``."""
-    from mf_lightning.data.graphs import check_elements, check_geometry
+def check_structure(atoms, atomic_numbers: Sequence[int], source: str = "structure",
+                    r_max: Optional[float] = None) -> None:
+    """Raise ValueError with a clear reason if the model cannot give P/Z*/alpha for ``atoms``;
+    with ``r_max``, also if its neighbour list would not finish (both engines: TorchSim's vesin
+    list bins space like mace's)."""
+    from mf_lightning.data.graphs import GeometryError, check_elements, check_geometry, neighbour_list_problem
 
     if len(atoms) == 0:
         raise ValueError("no atoms")
@@ -62,6 +65,10 @@ def check_structure(atoms, atomic_numbers: Sequence[int], source: str = "structu
     if not np.all(np.isfinite(atoms.get_positions())):
         raise ValueError("positions have NaN/inf entries")
     check_elements(atoms.get_atomic_numbers(), atomic_numbers, source)
+    if r_max is not None:
+        problem = neighbour_list_problem(atoms.get_positions(), atoms.get_cell().array, atoms.pbc, r_max)
+        if problem:
+            raise GeometryError(f"{source}: {problem}")
 
 
 # ---------------------------------------------------------------------- model
@@ -238,7 +245,7 @@ class Engine:
         if self._ts_response is None:
             self._ts_response = self._ts(response=True)
         for ident, atoms in zip(ids, structures) if relaxed else ():
-            check_structure(atoms, self.model.atomic_numbers, source=ident)
+            check_structure(atoms, self.model.atomic_numbers, source=ident, r_max=self.model.r_max)
         state = ts.io.atoms_to_state(list(structures), device=self._ts_response.device, dtype=self.model.dtype)
         out = self._ts_response(state)
         ptr = np.concatenate([[0], np.cumsum([len(a) for a in structures])])
@@ -333,7 +340,7 @@ def _screen(items, model, out, errors_path, columns, model_sha, ionic, relax, ru
                 continue
             if not isinstance(value, Exception):
                 try:
-                    check_structure(value, model.atomic_numbers, source=ident)
+                    check_structure(value, model.atomic_numbers, source=ident, r_max=model.r_max)
                 except ValueError as exc:
                     value = exc
             yield ident, value

@@ -158,3 +158,21 @@ def test_torchsim_engine_gives_the_ase_engines_table(screening_case, tmp_path):
     row = rows_of(out)[0]
     unrelaxed = next(r for i, r in ase_rows.items() if i.endswith("POSCAR"))  # the same rattled structure
     assert row["relaxed"] == "True" and row["eps_inf"] != unrelaxed["eps_inf"]
+
+
+@pytest.mark.parametrize("engine", ["ase", "torchsim"])
+def test_a_structure_whose_neighbour_list_would_not_finish_is_an_error_row(screening_case, tmp_path, engine):
+    """Checked before either engine builds a list (mace's or TorchSim's vesin): one quartz cell
+    stretched to 1e5 A would need ~1e12 bins."""
+    root, model, atoms = screening_case
+    good, huge = tmp_path / "quartz.cif", tmp_path / "huge.cif"
+    ase.io.write(good, atoms["quartz"])
+    stretched = atoms["quartz"].copy()
+    stretched.set_cell(stretched.cell * 1e4, scale_atoms=True)
+    ase.io.write(huge, stretched)
+    out = tmp_path / f"{engine}.csv"
+    assert main([str(good), str(huge), "--model", str(root / "model.pt"), "--out", str(out), "--no-progress",
+                 "--engine", engine]) == EXIT_PARTIAL
+    assert [r["id"] for r in rows_of(out)] == [str(good.resolve())]
+    errors = rows_of(tmp_path / f"{engine}.errors.csv")
+    assert len(errors) == 1 and "huge.cif" in errors[0]["error"] and "neighbour list" in errors[0]["error"]

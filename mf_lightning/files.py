@@ -69,12 +69,17 @@ def tensor_checksum(state: Dict[str, torch.Tensor]) -> str:
     """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
     h = hashlib.sha256()
     for name, t in sorted(state.items()):
-        t = t.detach().cpu().contiguous()
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(_tensor_bytes(t))
     return h.hexdigest()
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    """The values of ``t``, in row-major order, as raw bytes."""
+    t = t.detach().cpu().contiguous()
+    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
 def record_checksum(obj) -> str:
@@ -90,8 +95,7 @@ def record_checksum(obj) -> str:
             # strides too: a damaged stride of 0 gave a tensor of equal values whose in-place
             # update (an optimiser moment) fails or aliases
             h.update(f"T{x.dtype}{tuple(x.shape)}{x.stride()}".encode())
-            t = x.detach().cpu().contiguous()
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(_tensor_bytes(x))
         elif isinstance(x, np.ndarray):
             a = np.ascontiguousarray(x)
             h.update(f"A{a.dtype.str}{a.shape}".encode())

@@ -52,7 +52,7 @@ def check_structure(atoms, atomic_numbers: Sequence[int], source: str = "structu
     """Raise ValueError with a clear reason if the model cannot give P/Z*/alpha for ``atoms``;
     with ``r_max``, also if its neighbour list would not finish (both engines: TorchSim's vesin
     list bins space like mace's)."""
-    from mf_lightning.data.graphs import GeometryError, check_elements, check_geometry, neighbour_list_problem
+    from mf_lightning.data.graphs import check_elements, check_geometry, check_neighbour_list
 
     if len(atoms) == 0:
         raise ValueError("no atoms")
@@ -62,13 +62,9 @@ def check_structure(atoms, atomic_numbers: Sequence[int], source: str = "structu
     volume = abs(float(np.linalg.det(atoms.get_cell().array)))
     if not np.isfinite(volume) or volume < 1e-6:
         raise ValueError(f"cell is missing or singular (volume {volume:.3g} A^3)")
-    if not np.all(np.isfinite(atoms.get_positions())):
-        raise ValueError("positions have NaN/inf entries")
     check_elements(atoms.get_atomic_numbers(), atomic_numbers, source)
     if r_max is not None:
-        problem = neighbour_list_problem(atoms.get_positions(), atoms.get_cell().array, atoms.pbc, r_max)
-        if problem:
-            raise GeometryError(f"{source}: {problem}")
+        check_neighbour_list(atoms, r_max, source)
 
 
 # ---------------------------------------------------------------------- model

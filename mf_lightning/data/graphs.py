@@ -113,6 +113,23 @@ def neighbour_list_problem(positions: np.ndarray, cell: np.ndarray, pbc: Sequenc
     return None
 
 
+def neighbour_list_offset(positions: np.ndarray, pbc: Sequence[bool]) -> np.ndarray:
+    """What the list is built on is ``positions - offset``. mace sizes a non-periodic direction by
+    max |x|, so a molecule far from the origin would cost the list memory for nothing: such a
+    structure is centred at the origin (a translation changes no pair or shift)."""
+    return np.zeros(3) if all(pbc) else (positions.max(axis=0) + positions.min(axis=0)) / 2
+
+
+def check_neighbour_list(atoms, r_max: float, source: str = "<atoms>") -> None:
+    """:func:`neighbour_list_problem` of ``atoms`` as built, as a :class:`GeometryError` naming ``source``."""
+    positions = np.asarray(atoms.get_positions(), dtype=float)
+    pbc = tuple(bool(p) for p in atoms.get_pbc())
+    problem = neighbour_list_problem(positions - neighbour_list_offset(positions, pbc),
+                                     np.asarray(atoms.get_cell().array, dtype=float), pbc, float(r_max))
+    if problem:
+        raise GeometryError(f"{source}: {problem}")
+
+
 def check_geometry(atoms, source: str = "<atoms>", distances: bool = True) -> None:
     """:func:`geometry_problem` as a :class:`GeometryError` naming ``source``."""
     problem = geometry_problem(atoms, distances)
@@ -179,22 +196,16 @@ def atoms_to_graph(
     field = np.zeros(3) if electric_field is None else np.asarray(electric_field, dtype=float)
     if field.shape != (3,) or not np.all(np.isfinite(field)):
         raise ValueError(f"{source}: electric field must be 3 finite numbers (V/A), got {field!r}")
+    check_neighbour_list(atoms, r_max, source)
     positions = np.asarray(atoms.get_positions(), dtype=float)
     pbc = tuple(bool(p) for p in atoms.get_pbc())
-    cell = np.asarray(atoms.get_cell().array, dtype=float)
-    # mace sizes a non-periodic direction by max |x|, so a molecule far from the origin costs the
-    # list memory for nothing: it is built on the structure centred at the origin (a translation
-    # changes no pair or shift) and the graph keeps the positions as given.
-    offset = np.zeros(3) if all(pbc) else (positions.max(axis=0) + positions.min(axis=0)) / 2
-    problem = neighbour_list_problem(positions - offset, cell, pbc, float(r_max))
-    if problem:
-        raise GeometryError(f"{source}: {problem}")
+    offset = neighbour_list_offset(positions, pbc)  # the graph keeps the positions as given (below)
     config = Configuration(
         atomic_numbers=z,
         positions=positions - offset,
         properties={keys.ELECTRIC_FIELD: field},
         property_weights={},
-        cell=cell,
+        cell=np.asarray(atoms.get_cell().array, dtype=float),
         pbc=pbc,
         head=head,
     )
@@ -204,11 +215,11 @@ def atoms_to_graph(
     # ``collate`` casts to the model's dtype.
     with default_dtype(torch.float64):
         graph = AtomicData.from_config(config, z_table=table, cutoff=float(r_max), heads=list(heads or ["Default"]))
+    if offset.any():
+        graph.positions = torch.as_tensor(positions, dtype=graph.positions.dtype)
     # mace's neighbour list puts an identity cell on structures without one, which would make
     # the volume 1 A^3 and P silently wrong. Only a 3D-periodic, non-singular cell defines a
     # volume (and so P, Z*, alpha, stress); otherwise store zeros so the model refuses them.
-    if offset.any():
-        graph.positions = torch.as_tensor(positions, dtype=graph.positions.dtype)
     if not (all(config.pbc) and abs(np.linalg.det(config.cell)) > 1e-9):
         graph.cell = torch.zeros_like(graph.cell)
     check_edges(graph, source)

@@ -88,6 +88,7 @@ def load_model(path, device: str = "cpu", dtype=None, cueq: Optional[bool] = Non
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an mf-lightning model file (format key {FORMAT!r} missing)")
     # files written before it have none: they end with the tensors' "sha256"
+    recorded = next(reversed(payload), None) == RECORD_CHECKSUM  # what verify_record_checksum checks
     problem = verify_record_checksum(payload, RECORD_CHECKSUM, older_last_keys=("sha256",))
     if problem:
         raise ModelFileError(f"{path}: the file is corrupted: {problem}; use another copy")
@@ -105,7 +106,8 @@ def load_model(path, device: str = "cpu", dtype=None, cueq: Optional[bool] = Non
         raise ModelFileError(f"{path}: does not describe a model this mf-lightning can build "
                              f"({type(exc).__name__}: {exc})") from exc
     state = dict(payload["state_dict"])
-    stored = payload.get("sha256")  # files written before checksums existed have none
+    # the tensors' own checksum matters for files without the record's (which covers the tensors)
+    stored = None if recorded else payload.get("sha256")  # files before any checksum have neither
     if stored is not None and tensor_checksum(state) != stored:
         raise ModelFileError(f"{path}: the weights do not match the file's checksum: the file is corrupted "
                              "(a changed byte); use another copy")

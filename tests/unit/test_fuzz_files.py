@@ -8,6 +8,8 @@ and never a silently different model (torch does not check the zip's CRCs)."""
 from __future__ import annotations
 
 import functools
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,25 +21,28 @@ from mf_lightning.train.checkpointing import AtomicCheckpointIO, CheckpointError
 from tests.helpers import only_record, tiny_model
 
 
+def via_file(name: str, write=None, data: bytes = b"", read=None):
+    """Through a temporary file ``name``: ``write(path)`` then its bytes, or ``data`` written and
+    ``read(path)``."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / name
+        if write is not None:
+            write(path)
+            return path.read_bytes()
+        path.write_bytes(data)
+        return read(path)
+
+
 @functools.lru_cache(maxsize=None)
 def model_bytes() -> bytes:
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as d:
-        save_model(tiny_model([8, 14]), Path(d) / "m.pt")
-        return (Path(d) / "m.pt").read_bytes()
+    return via_file("m.pt", write=lambda path: save_model(tiny_model([8, 14]), path))
 
 
 @functools.lru_cache(maxsize=None)
 def model_reference():
     """(state dict, raw record) of the uncorrupted file."""
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "m.pt").write_bytes(model_bytes())
-        return load_model(Path(d) / "m.pt").state_dict(), torch.load(Path(d) / "m.pt", weights_only=True)
+    return via_file("m.pt", data=model_bytes(),
+                    read=lambda path: (load_model(path).state_dict(), torch.load(path, weights_only=True)))
 
 
 def lightning_checkpoint() -> dict:
@@ -63,12 +68,23 @@ def lightning_checkpoint() -> dict:
 
 @functools.lru_cache(maxsize=None)
 def checkpoint_bytes() -> bytes:
-    import tempfile
-    from pathlib import Path
+    return via_file("c.ckpt", write=lambda path: AtomicCheckpointIO().save_checkpoint(lightning_checkpoint(), path))
 
-    with tempfile.TemporaryDirectory() as d:
-        AtomicCheckpointIO().save_checkpoint(lightning_checkpoint(), Path(d) / "c.ckpt")
-        return (Path(d) / "c.ckpt").read_bytes()
+
+@functools.lru_cache(maxsize=None)
+def checkpoint_reference() -> dict:
+    return via_file("c.ckpt", data=checkpoint_bytes(), read=load_checkpoint)
+
+
+def load_corrupted(tmp_path, name: str, data: bytes, case, load, error):
+    """``load`` of ``data`` corrupted by ``case``, or None where it raised ``error`` naming the file."""
+    path = tmp_path / name
+    path.write_bytes(corrupt(data, case))
+    try:
+        return path, load(path)
+    except error as exc:
+        assert str(path) in str(exc), str(exc)
+        return path, None
 
 
 @st.composite
@@ -132,12 +148,8 @@ def same(a, b) -> bool:
 def test_a_corrupted_model_file_loads_exactly_or_raises_model_file_error(tmp_path, case):
     if only_record(case):
         return
-    path = tmp_path / "m.pt"
-    path.write_bytes(corrupt(model_bytes(), case))
-    try:
-        model = load_model(path)
-    except ModelFileError as exc:
-        assert str(path) in str(exc), str(exc)
+    path, model = load_corrupted(tmp_path, "m.pt", model_bytes(), case, load_model, ModelFileError)
+    if model is None:
         return
     reference_state, reference_record = model_reference()
     assert same(model.state_dict(), reference_state), case
@@ -157,25 +169,12 @@ def test_a_corrupted_model_file_loads_exactly_or_raises_model_file_error(tmp_pat
 def test_a_corrupted_checkpoint_loads_exactly_or_raises_checkpoint_error(tmp_path, case):
     if only_record(case):
         return
-    path = tmp_path / "last.ckpt"
-    path.write_bytes(corrupt(checkpoint_bytes(), case))
-    try:
-        ckpt = AtomicCheckpointIO().load_checkpoint(path)
-    except CheckpointError as exc:
-        assert str(path) in str(exc), str(exc)
-        return
-    original = tmp_path / "original.ckpt"
-    original.write_bytes(checkpoint_bytes())
-    assert same(ckpt, load_checkpoint(original)), case
+    _, ckpt = load_corrupted(tmp_path, "last.ckpt", checkpoint_bytes(), case, AtomicCheckpointIO().load_checkpoint,
+                             CheckpointError)
+    if ckpt is not None:
+        assert same(ckpt, checkpoint_reference()), case
 
 
 def test_the_uncorrupted_files_load():
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "c.ckpt").write_bytes(checkpoint_bytes())
-        assert load_checkpoint(Path(d) / "c.ckpt")["global_step"] == 41
-        (Path(d) / "m.pt").write_bytes(model_bytes())
-        assert load_model(Path(d) / "m.pt").heads
-
+    assert checkpoint_reference()["global_step"] == 41
+    assert via_file("m.pt", data=model_bytes(), read=load_model).heads

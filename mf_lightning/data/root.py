@@ -12,15 +12,14 @@ missing everywhere else and ``allow_download`` is true.
 
 from __future__ import annotations
 
+import hashlib
 import os
-import shutil
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Optional
 
 from mf_lightning.errors import InputError
-from mf_lightning.files import sha256_of
+from mf_lightning.files import atomic_open
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _PAPER = "https://raw.githubusercontent.com/mdi-group/2025-04-mace-field"
@@ -68,20 +67,17 @@ def candidate_roots(root: Optional[str] = None) -> list[Path]:
 
 
 def download(url: str, dest: Path, sha256: str, timeout: float = 60.0) -> Path:
-    """Download to a temporary file, check SHA-256, then move into place."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
-            shutil.copyfileobj(resp, out)
-        got = sha256_of(tmp)
-        if got != sha256:
-            raise DataNotFoundError(f"{url}: SHA-256 mismatch (got {got}, expected {sha256}); file not used")
-        os.replace(tmp, dest)
-        return dest
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Download into ``dest`` atomically (:func:`~mf_lightning.files.atomic_open`), hashing the
+    bytes as they arrive: on a SHA-256 mismatch ``dest`` is never created."""
+    digest = hashlib.sha256()
+    with atomic_open(dest, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
+        for chunk in iter(lambda: resp.read(1 << 20), b""):
+            digest.update(chunk)
+            out.write(chunk)
+        if digest.hexdigest() != sha256:
+            raise DataNotFoundError(f"{url}: SHA-256 mismatch (got {digest.hexdigest()}, expected {sha256}); "
+                                    "file not used")
+    return dest
 
 
 def resolve_file(name: str, root: Optional[str] = None, allow_download: bool = True) -> Path:

@@ -50,6 +50,20 @@ def test_offline_download_failure_says_url_and_where(monkeypatch, tmp_path):
         root.resolve_file("md/not-registered.xyz")
 
 
+def test_download_places_only_a_file_with_the_pinned_checksum(tmp_path):
+    import hashlib
+
+    source = tmp_path / "remote.xyz"
+    source.write_bytes(b"1\nLattice=\"1 0 0 0 1 0 0 0 1\"\nH 0 0 0\n" * 1000)
+    good = hashlib.sha256(source.read_bytes()).hexdigest()
+    dest = tmp_path / "cache" / "sub" / "file.xyz"
+    with pytest.raises(root.DataNotFoundError, match="SHA-256 mismatch"):
+        root.download(source.as_uri(), dest, "0" * 64)
+    assert not dest.exists() and list(dest.parent.iterdir()) == []  # nothing placed, no temporary left
+    assert root.download(source.as_uri(), dest, good) == dest
+    assert dest.read_bytes() == source.read_bytes() and list(dest.parent.iterdir()) == [dest]
+
+
 def test_checksum_mismatch_keeps_nothing(monkeypatch, tmp_path):
     _no_shared(monkeypatch, tmp_path)
     monkeypatch.setattr(root.urllib.request, "urlopen", lambda *a, **k: io.BytesIO(b"tampered"))

@@ -25,6 +25,11 @@ class HeadError(InputError, ValueError):
     """A head that does not exist, or several heads and no way to choose one."""
 
 
+class UntrainedQuantityError(InputError, ValueError):
+    """A tool needs a quantity (energy and forces for a relaxation or MD, Z* or alpha for the
+    response) that the chosen head never learned: its numbers would be meaningless."""
+
+
 class ModelFileError(InputError, RuntimeError):
     """A model file is missing, truncated, corrupted, or not of a kind we may load."""
 

@@ -125,6 +125,9 @@ def add_model_args(p: argparse.ArgumentParser, dtype_default: Optional[str] = "f
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--dtype", default=dtype_default, choices=sorted(DTYPES),
                    help="compute dtype" + ("" if dtype_default else " (default: the model's own)"))
+    p.add_argument("--allow-untrained", action="store_true",
+                   help="compute quantities the head never learned (e.g. forces of a head trained on Z* and "
+                        "alpha only) instead of stopping; a warning is printed and written into the output")
 
 
 def add_structure_args(p: argparse.ArgumentParser) -> None:
@@ -152,7 +155,8 @@ def load_model_from(args: argparse.Namespace):
 def calculator_from(args: argparse.Namespace):
     from mf_lightning.simulation.calculator import MACEFieldCalculator
 
-    return MACEFieldCalculator(args.model, device=args.device, dtype=args.dtype, head=args.head)
+    return MACEFieldCalculator(args.model, device=args.device, dtype=args.dtype, head=args.head,
+                               allow_untrained=getattr(args, "allow_untrained", False))
 
 
 # |E0| above this (V/A; 1 V/A = 100 MV/cm) is far beyond any dielectric's breakdown: a unit slip

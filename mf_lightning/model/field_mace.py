@@ -116,6 +116,9 @@ class FieldMACE(torch.nn.Module):
         # {head: [quantities it was trained on]} (set by training, saved in the model file):
         # lets a multi-head model name the head for P, Z* and alpha without guessing
         self.head_quantities: Optional[Dict[str, List[str]]] = None
+        # {atomic number: training structures containing it} (set by training, saved in the model
+        # file): an element seen in few or no training structures is flagged as extrapolation
+        self.training_elements: Optional[Dict[int, int]] = None
         self.split_backward = bool(split_backward)
         # the backbone runs on cuEquivariance (use_cueq); saved files always hold e3nn weights
         self.cueq = False
@@ -190,6 +193,44 @@ class FieldMACE(torch.nn.Module):
         need = f" for {', '.join(sorted(wanted))}" if wanted else ""
         raise HeadError(f"this model has several heads: {described}. No single head was trained{need}: "
                          f"name one explicitly (head=..., --head, data.head=...)")
+
+    def learned_quantities(self, head: Optional[str] = None) -> Optional[frozenset]:
+        """The quantities ``head`` (default: :meth:`resolve_head`'s choice) was trained on, or None
+        where the model does not say (built in Python, or a file of another tool). Recorded in
+        ``head_quantities`` by training; for older single-head files, inferred from the stored
+        loss scales (a task without labels got exactly 1.0 there: ``losses.label_scales``)."""
+        head = self.resolve_head(head)
+        recorded = self.head_quantities or {}
+        if head in recorded:
+            return frozenset(recorded[head])
+        scales = self.loss_scales or {}
+        if scales and len(self.heads) == 1:
+            return frozenset(t for t, v in scales.items() if float(v) != 1.0)
+        return None
+
+    def check_learned(self, needed: Iterable[str], what: str, head: Optional[str] = None,
+                      allow_untrained: bool = False) -> Optional[str]:
+        """Stop (:class:`~mf_lightning.errors.UntrainedQuantityError`, one line naming the head
+        and what it learned) if ``what`` needs quantities ``head`` never learned. With
+        ``allow_untrained`` the same sentence is logged as a warning and returned, for the
+        caller to write into its output's metadata; None when nothing is missing or the model
+        does not record what it learned."""
+        from mf_lightning.errors import UntrainedQuantityError
+
+        head = self.resolve_head(head)
+        learned = self.learned_quantities(head)
+        missing = [q for q in needed if learned is not None and q not in learned]
+        if not missing:
+            return None
+        message = (f"{what} needs {', '.join(missing)}, which head {head!r} never learned (it learned "
+                   f"{', '.join(sorted(learned)) or 'nothing'}): its values would be meaningless")
+        if not allow_untrained:
+            raise UntrainedQuantityError(f"{message}; use a model trained on them, or --allow-untrained "
+                                         "(allow_untrained=True) to compute them anyway")
+        import logging
+
+        logging.getLogger(__name__).warning("UNTRAINED: %s (allowed by --allow-untrained)", message)
+        return f"untrained: {message}"
 
     @property
     def dtype(self) -> torch.dtype:

@@ -61,6 +61,9 @@ def save_model(model, path) -> None:
         "loss_scales": getattr(model, "loss_scales", None),
         # {head: quantities trained on}: how a multi-head model picks its head (resolve_head)
         "head_quantities": getattr(model, "head_quantities", None),
+        # {atomic number: training structures with it} (None: not trained here); JSON-able keys
+        "training_elements": (None if getattr(model, "training_elements", None) is None
+                              else {str(int(z)): int(n) for z, n in model.training_elements.items()}),
         "state_dict": state,
         "cueq": bool(getattr(model, "cueq", False)),
         # torch does not check the zip CRC on load: a flipped bit in a weight loads silently
@@ -119,6 +122,8 @@ def load_model(path, device: str = "cpu", dtype=None, cueq: Optional[bool] = Non
         raise ModelFileError(f"{path}: weights do not match the stored architecture: {exc}") from exc
     model.loss_scales = payload.get("loss_scales")
     model.head_quantities = payload.get("head_quantities")
+    elements = payload.get("training_elements")
+    model.training_elements = None if elements is None else {int(z): int(n) for z, n in elements.items()}
     model = model.to(device=device, dtype=resolve_dtype(dtype) if dtype is not None else saved_dtype)
     if cueq is None:
         cueq = bool(payload.get("cueq", False))

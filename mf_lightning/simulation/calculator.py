@@ -47,10 +47,18 @@ class MACEFieldCalculator(Calculator):
         electric_field: FieldLike = (0.0, 0.0, 0.0),
         head: Optional[str] = None,
         compute_polarisation: bool = True,
+        allow_untrained: bool = False,
         **kwargs,
     ):
         """``device``/``dtype``: default to a module's own (it is used as given, moved or cast in
-        place only if they are set and differ), and to cpu / float64 for a model file."""
+        place only if they are set and differ), and to cpu / float64 for a model file.
+
+        A property the head never learned (``model.learned_quantities``: forces of a head trained
+        on Z* and alpha only, Z* of a replay head) is refused when asked for
+        (:class:`~mf_lightning.errors.UntrainedQuantityError`), so a relaxation, an MD run or a
+        Hessian never runs silently on meaningless forces. ``allow_untrained=True`` computes it
+        anyway, with a warning; the warnings are kept in ``untrained_warnings`` for the caller's
+        output metadata."""
         super().__init__(**kwargs)
         if isinstance(model, FieldMACE):
             device = device or str(next(model.parameters()).device)
@@ -65,6 +73,9 @@ class MACEFieldCalculator(Calculator):
         # energy and forces always, the response when asked: one head must have been trained on all
         wanted = ["energy", "forces"] + (["polarisation", "becs", "polarisability"] if compute_polarisation else [])
         self.head = self.model.resolve_head(head, wanted)
+        self.allow_untrained = bool(allow_untrained)
+        self.untrained_warnings: list = []  # one sentence per quantity let through by allow_untrained
+        self._checked: set = set()
         self.time = 0.0  # fs; read by a time-dependent field
         self._field = None
         self._field_used: Optional[np.ndarray] = None  # the field of the cached results
@@ -95,6 +106,28 @@ class MACEFieldCalculator(Calculator):
         if self.results and used is not None and not np.array_equal(used, self.field_now()):
             changes = list(changes) + ["electric_field"]
         return changes
+
+    # ------------------------------------------------------------------ trust
+    # ASE property -> the labelled quantity it needs the head to have learned
+    LEARNED_AS = {"energy": "energy", "free_energy": "energy", "forces": "forces", "stress": "stress",
+                  keys.POLARISATION: keys.POLARISATION, keys.BECS: keys.BECS,
+                  keys.POLARISABILITY: keys.POLARISABILITY}
+
+    def require_learned(self, quantities, what: str) -> None:
+        """Refuse (or, with ``allow_untrained``, warn once and record) ``quantities`` the head
+        never learned; ``what`` names the use in the message."""
+        missing = [q for q in quantities if q not in self._checked]
+        if not missing:
+            return
+        note = self.model.check_learned(missing, what, head=self.head, allow_untrained=self.allow_untrained)
+        if note and note not in self.untrained_warnings:
+            self.untrained_warnings.append(note)
+        self._checked.update(missing)
+
+    def get_property(self, name, atoms=None, allow_calculation=True):
+        if name in self.LEARNED_AS:
+            self.require_learned([self.LEARNED_AS[name]], f"the calculator's {name}")
+        return super().get_property(name, atoms, allow_calculation)
 
     # ------------------------------------------------------------------ compute
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):

@@ -67,6 +67,15 @@ def dataset_statistics(graphs: List, atomic_numbers: List[int]) -> Dict[str, Any
     }
 
 
+def training_element_counts(graphs: List, atomic_numbers: List[int]) -> Dict[int, int]:
+    """{atomic number: number of training structures that contain it} (0 for an element of the
+    table no training structure has): what the model's extrapolation flag compares against."""
+    counts = np.zeros(len(atomic_numbers), dtype=int)
+    for g in graphs:
+        counts += (g[keys.NODE_ATTRS].sum(0).numpy() > 0).astype(int)[: len(atomic_numbers)]
+    return {int(z): int(n) for z, n in zip(atomic_numbers, counts)}
+
+
 def make_datamodule(cfg: DictConfig) -> MultiSourceDataModule:
     data = instantiate(cfg.data)
     if isinstance(data, FieldDataModule):
@@ -355,6 +364,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> Optional[float]:
     scales = loss_scales(cfg, dm, model, stats)
     model.loss_scales = scales
     model.head_quantities = head_quantities(cfg, dm)
+    model.training_elements = training_element_counts(dm.train_graphs(), dm.atomic_numbers)
     if cfg.model.get("cueq"):  # before Lightning restores a checkpoint: its weights are cuEquivariance's
         # built on the CPU, trained on the GPU: ask for mace's fused CUDA convolution explicitly
         model.use_cueq(fused=torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto"))

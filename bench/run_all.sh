@@ -15,3 +15,4 @@ $PY scaling.py --dtype float32 --channels 32
 $PY data_pipeline.py
 $PY profile_response.py
 $PY screening.py
+$PY ionic_memory.py

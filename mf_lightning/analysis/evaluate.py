@@ -77,20 +77,28 @@ def collect_predictions(model, graphs: Sequence, batch_size: int = 8, collected:
             w = d[weight_key("polarisability")].view(-1) > 0
             a_ref = d["ref_polarisability"].view(-1, 3, 3)[w].double().cpu().numpy()
             a_pred = out[keys.POLARISABILITY][w].detach().double().cpu().numpy()
-            collected.add("n", refractive_index(eps_inf_from_alpha(a_ref)),
-                          refractive_index(eps_inf_from_alpha(a_pred)), torch.arange(n_graphs)[w.cpu()].numpy() + start)
+            n_ref = refractive_index(eps_inf_from_alpha(a_ref))
+            # the physical null of n is vacuum's 1, not 0 (n of a non-positive eps_inf is NaN:
+            # counted as invalid by summarise, never averaged in)
+            collected.add("n", n_ref, refractive_index(eps_inf_from_alpha(a_pred)),
+                          torch.arange(n_graphs)[w.cpu()].numpy() + start, zero_error=1.0 - n_ref)
         start += n_graphs
     return collected
 
 
 def collect_ionic(model, structures: Sequence, references: Sequence[Optional[np.ndarray]], head: Optional[str],
-                  collected: Collected, offset: int = 0, max_atoms: int = 40) -> Dict[str, Any]:
+                  collected: Collected, offset: int = 0, max_atoms: int = 40,
+                  allow_untrained: bool = False) -> Dict[str, Any]:
     """eps_ion of the model (no relaxation: the labelled structures are DFT-relaxed) against the
-    reference ionic tensors; structures above ``max_atoms`` atoms are skipped (3N backward passes)."""
+    reference ionic tensors; structures above ``max_atoms`` atoms are skipped (3N backward passes).
+    A head that never learned forces is refused (its Hessian means nothing) unless
+    ``allow_untrained``; a structure with unstable modes has no eps_ion (NaN: counted, not
+    averaged in)."""
     from mf_lightning.analysis.dielectric import dielectric_properties
     from mf_lightning.simulation.calculator import MACEFieldCalculator
 
-    calc = MACEFieldCalculator(model, head=head)
+    calc = MACEFieldCalculator(model, head=head, allow_untrained=allow_untrained)
+    calc.require_learned(["energy", "forces"], "ionic=true (eps_ion from the model's Hessian)")
     done, skipped, unstable = 0, 0, 0
     diag = np.eye(3, dtype=bool)
     for i, (atoms, ref) in enumerate(zip(structures, references)):
@@ -106,7 +114,8 @@ def collect_ionic(model, structures: Sequence, references: Sequence[Optional[np.
         collected.add("eps_ion_diag", ref[diag][None], pred[diag][None], np.array([offset + i]))
         collected.add("eps_ion_offdiag", ref[~diag][None], pred[~diag][None], np.array([offset + i]))
         done += 1
-    return {"evaluated": done, "skipped_too_large": skipped, "with_unstable_modes": unstable, "max_atoms": max_atoms}
+    return {"evaluated": done, "skipped_too_large": skipped, "with_unstable_modes": unstable, "max_atoms": max_atoms,
+            "warnings": list(calc.untrained_warnings)}
 
 
 def summarise(collected: Collected, flagged: Sequence[bool]) -> Dict[str, Any]:
@@ -114,8 +123,15 @@ def summarise(collected: Collected, flagged: Sequence[bool]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for q in collected.rows:
         ref, pred, s, zero = collected.arrays(q)
+        # a prediction that does not exist (n of eps_inf <= 0, eps_ion beside unstable modes) is
+        # counted, not averaged in: one such structure must not turn the whole row into NaN
+        rows = ref.reshape(len(ref), -1), pred.reshape(len(pred), -1)
+        valid = np.all(np.isfinite(rows[0]), axis=1) & np.all(np.isfinite(rows[1]), axis=1)
+        invalid = int(len(np.unique(s[~valid])))
+        ref, pred, s, zero = ref[valid], pred[valid], s[valid], zero[valid]
         bad = flagged[s] if flagged.size else np.zeros(len(s), bool)
         entry = {"unit": metric_units().get(q, ""), "n_structures": int(len(np.unique(s))),
+                 "n_invalid": invalid,
                  "all": stats(ref, pred, zero), "unflagged": stats(ref[~bad], pred[~bad], zero[~bad])}
         if bad.any():
             entry["flagged"] = stats(ref[bad], pred[bad], zero[bad])
@@ -134,9 +150,10 @@ def table(metrics: Dict[str, Any]) -> str:
             a, u = e["all"], e["unflagged"]
             rows.append([name, q, f"{a.get('rmse', float('nan')):.4g}", f"{a.get('mae', float('nan')):.4g}",
                          f"{a.get('r2', float('nan')):.4f}", f"{u.get('rmse', float('nan')):.4g}",
-                         f"{a.get('zero_rmse', float('nan')):.4g}", e["unit"], e["n_structures"]])
+                         f"{a.get('zero_rmse', float('nan')):.4g}", e["unit"], e["n_structures"],
+                         e.get("n_invalid", 0)])
     return markdown_table(["dataset", "quantity", "RMSE", "MAE", "R^2", "RMSE unflagged", "RMSE of 0", "unit",
-                           "structures"], rows)
+                           "structures", "invalid"], rows)
 
 
 def source_frames(src, splits: Sequence[str]) -> List[Any]:
@@ -167,6 +184,7 @@ def write_predictions(model, graphs: Sequence, structures: Sequence, path: Path,
     import ase.io
     from mace.tools.torch_geometric.dataloader import DataLoader
 
+    from mf_lightning.analysis.validity import join, response_flags
     from mf_lightning.files import atomic_open
 
     device = next(model.parameters()).device
@@ -189,6 +207,11 @@ def write_predictions(model, graphs: Sequence, structures: Sequence, path: Path,
                 else:
                     atoms.info[key] = v[g].reshape(-1) if v[g].ndim else float(v[g])
             atoms.info["MACE_units"] = " ".join(f"{PREDICTED[q][0]}:{PREDICTED[q][1]}" for q in wanted)
+            if periodic:  # what must not be trusted (mf_lightning.analysis.validity), "" for nothing
+                atoms.info["MACE_flags"] = join(response_flags(
+                    atoms.get_atomic_numbers(), becs=atoms.arrays["MACE_becs"].reshape(-1, 3, 3),
+                    polarisability=atoms.info["MACE_polarisability"].reshape(3, 3),
+                    training_elements=getattr(model, "training_elements", None)))
             frames.append(atoms)
     with atomic_open(path, "w") as fh:
         ase.io.write(fh, frames, format="extxyz")
@@ -197,7 +220,8 @@ def write_predictions(model, graphs: Sequence, structures: Sequence, path: Path,
 
 def evaluate_datamodule(model, dm, split: str, out_dir: Path, batch_size: int = 8, ionic: bool = False,
                         ionic_key: str = "REF_dielectric_ionic", ionic_max_atoms: int = 40,
-                        plots: bool = True, predictions: bool = False) -> Dict[str, Any]:
+                        plots: bool = True, predictions: bool = False,
+                        allow_untrained: bool = False) -> Dict[str, Any]:
     """Evaluate every source of a (set-up) MultiSourceDataModule on ``split`` (train/val/test/all)."""
     from mf_lightning.data.datamodules.base import flags_of
     from mf_lightning.data.root import resolve_file
@@ -217,7 +241,8 @@ def evaluate_datamodule(model, dm, split: str, out_dir: Path, batch_size: int = 
         structures = source_frames(src, splits) if (ionic or predictions) else None
         if ionic:
             refs = [np.asarray(a.info[ionic_key], float) if ionic_key in a.info else None for a in structures]
-            entry["ionic"] = collect_ionic(model, structures, refs, src.head, collected, max_atoms=ionic_max_atoms)
+            entry["ionic"] = collect_ionic(model, structures, refs, src.head, collected, max_atoms=ionic_max_atoms,
+                                           allow_untrained=allow_untrained)
         if predictions:
             entry["predictions"] = str(write_predictions(model, graphs, structures, out_dir / f"predictions_{name}.xyz",
                                                          batch_size=batch_size))

@@ -12,8 +12,14 @@ Built for thousands of files:
   however many inputs there are (nothing is accumulated; rows are appended and flushed per batch);
 * resumable: ids already in ``--out`` are skipped (a line cut short by a kill is dropped first);
 * a file or structure that cannot be read or predicted (corrupt, non-periodic, an element the
-  model does not know) is reported in ``<out>.errors.csv`` with the reason and skipped; the
-  others are not lost. The exit status is 0 if every structure succeeded, 3 otherwise.
+  model does not know, partial occupancies, a Hessian beyond ``--max-memory``) is reported in
+  ``<out>.errors.csv`` with the reason and skipped; the others are not lost. The exit status is
+  0 if every structure succeeded, 1 otherwise.
+
+Every row has a ``flags`` column (:mod:`mf_lightning.analysis.validity`: eps_inf < 1, alpha not
+symmetric, the acoustic sum rule, Born charges of the wrong sign, unstable modes, elements the
+model barely saw) and the tool ends with a line counting the flagged rows. A head that never
+learned what the options need (forces for ``--relax``/``--ionic``) is refused up front.
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ from mf_lightning.files import FileLock, TableWriter
 log = logging.getLogger(__name__)
 
 # model_sha256: the model that predicted the row (a table never mixes two models)
-BASE_COLUMNS = ["id", "formula", "n_atoms", "eps_poly", "n", "eps_inf", "polarisability", "becs", "model_sha256"]
+# flags: what must not be trusted in the row (mf_lightning.analysis.validity), ";"-separated
+BASE_COLUMNS = ["id", "formula", "n_atoms", "eps_poly", "n", "eps_inf", "polarisability", "becs", "flags",
+                "model_sha256"]
 RESPONSE_QUANTITIES = ("polarisation", "becs", "polarisability")
 IONIC_COLUMNS = ["eps_ion", "eps_0", "eps_0_poly", "unstable_modes_cm", "relaxed"]
 
@@ -168,15 +176,27 @@ def read_done_ids(path: Path) -> set:
 
 
 
-def row_for(ident: str, atoms, response: Dict[str, np.ndarray]) -> Dict[str, Any]:
+def _number(value: float) -> str:
+    """A table cell: empty where the number does not exist (NaN), never a made-up 0."""
+    return f"{value:.6g}" if np.isfinite(value) else ""
+
+
+def _tensor(a, digits: int = 6) -> str:
+    return _json(a, digits) if np.all(np.isfinite(a)) else ""
+
+
+def row_for(ident: str, atoms, response: Dict[str, np.ndarray], training_elements=None) -> Dict[str, Any]:
     from mf_lightning.analysis.dielectric import eps_inf_from_alpha, eps_poly, refractive_index
+    from mf_lightning.analysis.validity import response_flags
     from mf_lightning.data.reader import reduced_formula
 
     eps = eps_inf_from_alpha(response["polarisability"])
+    flags = response_flags(atoms.get_atomic_numbers(), becs=response["becs"],
+                           polarisability=response["polarisability"], training_elements=training_elements)
     return {"id": ident, "formula": reduced_formula(atoms), "n_atoms": len(atoms),
-            "eps_poly": f"{float(eps_poly(eps)):.6g}", "n": f"{float(refractive_index(eps)):.6g}",
+            "eps_poly": _number(float(eps_poly(eps))), "n": _number(float(refractive_index(eps))),
             "eps_inf": _json(eps), "polarisability": _json(response["polarisability"], 8),
-            "becs": _json(response["becs"].reshape(len(atoms), 9))}
+            "becs": _json(response["becs"].reshape(len(atoms), 9)), "flags": flags}
 
 
 def check_finite(response: Dict[str, np.ndarray]) -> None:
@@ -185,13 +205,23 @@ def check_finite(response: Dict[str, np.ndarray]) -> None:
         raise ValueError(f"non-finite prediction of {', '.join(bad)} (overlapping atoms? a model file gone bad?)")
 
 
-def ionic_columns(calc, atoms) -> Dict[str, Any]:
+def ionic_columns(calc, atoms, max_memory: Optional[float] = None) -> Dict[str, Any]:
+    """eps_ion, eps_0 (empty beside unstable modes: flagged, never 0) and the unstable modes;
+    ``flags`` holds the structure's flags of the ionic step."""
     from mf_lightning.analysis.dielectric import dielectric_properties, eps_poly
 
-    props = dielectric_properties(calc, atoms, ionic=True)
-    return {"eps_ion": _json(props["eps_ion"]), "eps_0": _json(props["eps_0"]),
-            "eps_0_poly": f"{float(eps_poly(props['eps_0'])):.6g}",
-            "unstable_modes_cm": _json(props["unstable_modes_cm"], 1)}
+    props = dielectric_properties(calc, atoms, ionic=True, max_memory=max_memory)
+    return {"eps_ion": _tensor(props["eps_ion"]), "eps_0": _tensor(props["eps_0"]),
+            "eps_0_poly": _number(float(eps_poly(props["eps_0"]))) if np.all(np.isfinite(props["eps_0"])) else "",
+            "unstable_modes_cm": _json(props["unstable_modes_cm"], 1),
+            "flags": [f for f in props["flags"] if f == "unstable_modes"]}
+
+
+def needed_quantities(ionic: bool, relax: bool, relax_cell: bool) -> List[str]:
+    """What the head must have learned for these options: the response always, energies and
+    forces for a relaxation or the Hessian, the stress for a cell relaxation."""
+    return ["becs", "polarisability"] + (["energy", "forces"] if ionic or relax else []) + (
+        ["stress"] if relax and relax_cell else [])
 
 
 ENGINES = ("ase", "torchsim")
@@ -205,10 +235,11 @@ class Engine:
     Frechet-cell FIRE)."""
 
     def __init__(self, name: str, model, head: Optional[str], field, fmax: float, relax_cell: bool,
-                 relax_steps: int = 500):
+                 relax_steps: int = 500, allow_untrained: bool = False):
         if name not in ENGINES:
             raise InputError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
         self.name, self.model, self.head, self.field = name, model, head, field
+        self.allow_untrained = bool(allow_untrained)
         self.fmax, self.relax_cell, self.relax_steps = float(fmax), bool(relax_cell), int(relax_steps)
         self._calc = self._ts_response = self._ts_forces = None
 
@@ -217,7 +248,8 @@ class Engine:
         if self._calc is None:
             from mf_lightning.simulation.calculator import MACEFieldCalculator
 
-            self._calc = MACEFieldCalculator(self.model, electric_field=self.field, head=self.head)
+            self._calc = MACEFieldCalculator(self.model, electric_field=self.field, head=self.head,
+                                             allow_untrained=self.allow_untrained)
         return self._calc
 
     def _ts(self, response: bool):
@@ -282,20 +314,33 @@ class Engine:
 def screen(items: Iterable[Item], model, out: Path, head: Optional[str] = None, field=(0.0, 0.0, 0.0),
            ionic: bool = False, relax: bool = False, fmax: float = 0.01, relax_cell: bool = False,
            max_atoms: int = 2000, max_structures: int = 64, progress: bool = True,
-           total: Optional[int] = None, engine: str = "ase") -> Dict[str, int]:
-    """Predict every (id, Atoms) item not already in ``out``; returns counts. With ``relax``
-    every column describes the relaxed structure (relaxed first, by ``engine``)."""
+           total: Optional[int] = None, engine: str = "ase", allow_untrained: bool = False,
+           max_memory: Optional[float] = None) -> Dict[str, Any]:
+    """Predict every (id, Atoms) item not already in ``out``; returns counts (and ``flags``, the
+    flag strings of the rows written). With ``relax`` every column describes the relaxed
+    structure (relaxed first, by ``engine``). A head that never learned what the options need
+    (:func:`needed_quantities`) is refused before anything is written, unless
+    ``allow_untrained`` (every row is then flagged ``untrained``). With ``ionic`` structures go
+    one at a time, each row written as soon as it is done (a kill loses at most the structure
+    being computed), and each Hessian is sized to ``max_memory`` bytes
+    (:func:`mf_lightning.analysis.dielectric.model_hessian`)."""
     out = Path(out)
     errors_path = out.with_name(out.stem + ".errors.csv")
     columns = BASE_COLUMNS + (IONIC_COLUMNS if ionic else ["relaxed"] if relax else [])
     head = model.resolve_head(head, RESPONSE_QUANTITIES)  # a wrong head is the user's, not a structure's
+    what = "eps_ion (--ionic: the Hessian)" if ionic else "a relaxation (--relax)" if relax else "the response"
+    untrained = model.check_learned(needed_quantities(ionic, relax, relax_cell), what, head=head,
+                                    allow_untrained=allow_untrained)
+    if ionic:
+        max_structures = 1  # the Hessian dominates: write each row as soon as it is done
     check_table(out, columns)  # before anything is truncated or appended
     model_sha = model_checksum(model)
     check_model_of_table(out, model_sha)
-    runner = Engine(engine, model, head, field, fmax, relax_cell)
+    runner = Engine(engine, model, head, field, fmax, relax_cell, allow_untrained=allow_untrained)
     with FileLock(Path(str(out) + ".lock"), f"{out}: another process is writing this table"):
         return _screen(items, model, out, errors_path, columns, model_sha, ionic, relax, runner,
-                       max_atoms, max_structures, progress, total)
+                       max_atoms, max_structures, progress, total, untrained=bool(untrained),
+                       max_memory=max_memory)
 
 
 def _isolated(fn, items: List[Item], failures: List) -> List:
@@ -317,11 +362,15 @@ def _isolated(fn, items: List[Item], failures: List) -> List:
 
 
 def _screen(items, model, out, errors_path, columns, model_sha, ionic, relax, runner: Engine,
-            max_atoms, max_structures, progress, total) -> Dict[str, int]:
+            max_atoms, max_structures, progress, total, untrained: bool = False,
+            max_memory: Optional[float] = None) -> Dict[str, Any]:
+    from mf_lightning.analysis.validity import join
+
     done = read_done_ids(out)
     writer = TableWriter(out, columns)
     error_writer = TableWriter(errors_path, ["id", "error"], fresh=True)  # failures are retried on resume
-    counts = {"done_before": len(done), "predicted": 0, "failed": 0}
+    counts: Dict[str, Any] = {"done_before": len(done), "predicted": 0, "failed": 0, "flags": []}
+    training_elements = getattr(model, "training_elements", None)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -365,15 +414,24 @@ def _screen(items, model, out, errors_path, columns, model_sha, ionic, relax, ru
                 except ValueError as exc:
                     failures.append((ident, exc))
                     continue
-                row = {**row_for(ident, atoms, response), "model_sha256": model_sha}
+                row = {**row_for(ident, atoms, response, training_elements), "model_sha256": model_sha}
+                flags = row["flags"]
                 if relax:
                     row["relaxed"] = converged[ident]
+                    if not converged[ident]:
+                        flags.append("relax_not_converged")
                 if ionic:
                     try:
-                        row.update(ionic_columns(runner.calc, atoms))
+                        ion = ionic_columns(runner.calc, atoms, max_memory=max_memory)
                     except Exception as exc:  # noqa: BLE001
                         failures.append((ident, exc))
                         continue
+                    flags += ion.pop("flags")
+                    row.update(ion)
+                if untrained:
+                    flags.append("untrained")
+                row["flags"] = join(flags)
+                counts["flags"].append(row["flags"])
                 rows.append(row)
             writer.write(rows)
             error_writer.write([{"id": i, "error": f"{type(e).__name__}: {e}"} for i, e in failures])

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from mf_lightning.analysis.screening import ENGINES, screen
+from mf_lightning.analysis.validity import summary_line
 from mf_lightning.cli._common import add_model_args, cli_main, doc_summary, load_model_from, setup_process
 from mf_lightning.cli._common import parser as cli_parser
 from mf_lightning.data.structures import iter_structures
@@ -34,18 +35,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--relax-cell", action="store_true", help="relax the cell too")
     parser.add_argument("--fmax", type=float, default=0.01, help="relaxation force threshold (eV/A)")
     parser.add_argument("--max-atoms", type=int, default=2000, help="atoms per batch")
+    parser.add_argument("--max-memory", type=float, default=None, metavar="GIB",
+                        help="--ionic: memory budget of one Hessian in GiB (default: 1, or what one row per pass "
+                             "needs, up to half the available memory); its rows are computed in chunks that fit, a "
+                             "structure that cannot fit even one row at a time is an error row")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.relax_cell and not args.relax:
         parser.error("--relax-cell relaxes the cell with the ions: add --relax")
+    if args.max_memory is not None and not args.max_memory > 0:
+        parser.error(f"--max-memory must be a positive number of GiB, got {args.max_memory}")
     setup_process()
     model = load_model_from(args)
     counts = screen(iter_structures(args.structures), model, Path(args.out), head=args.head, field=args.field,
                     ionic=args.ionic, relax=args.relax, fmax=args.fmax, relax_cell=args.relax_cell,
-                    max_atoms=args.max_atoms, progress=not args.no_progress, engine=args.engine)
+                    max_atoms=args.max_atoms, progress=not args.no_progress, engine=args.engine,
+                    allow_untrained=args.allow_untrained,
+                    max_memory=None if args.max_memory is None else args.max_memory * 2 ** 30)
     print(f"{args.out}: {counts['predicted']} predicted, {counts['done_before']} already there, "
           f"{counts['failed']} failed" + (f" (see {Path(args.out).with_name(Path(args.out).stem + '.errors.csv')})"
                                           if counts["failed"] else ""))
+    print(summary_line(counts["predicted"], counts["flags"]))
     return EXIT_OK if counts["failed"] == 0 else EXIT_PARTIAL
 
 

@@ -77,9 +77,11 @@ def test_ionic_columns(screening_case, tmp_path):
     small = atoms["quartz"][:9].copy()
     ase.io.write(tmp_path / "small.cif", small)
     out = tmp_path / "ion.csv"
+    # relaxed first: at a minimum of the model's F (no unstable modes) eps_ion exists
     assert main([str(tmp_path / "small.cif"), "--model", str(root / "model.pt"), "--out", str(out),
-                 "--ionic", "--no-progress"]) == 0
+                 "--ionic", "--relax", "--fmax", "1e-4", "--no-progress"]) == 0
     row = rows_of(out)[0]
+    assert json.loads(row["unstable_modes_cm"]) == [] and "unstable_modes" not in row["flags"]
     eps_inf, eps_ion, eps_0 = (np.array(json.loads(row[k])) for k in ("eps_inf", "eps_ion", "eps_0"))
     np.testing.assert_allclose(eps_0, eps_inf + eps_ion, atol=1e-5)
     np.testing.assert_allclose(eps_ion, eps_ion.T, atol=1e-5)

@@ -47,6 +47,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 import numpy as np
 from ase.data import chemical_symbols
 
+from mf_lightning.units import EPS0_E_PER_V_A
+
 ASR_TOL = 0.01  # e, per component of sum_k Z*_k
 SYMMETRY_RTOL = 1e-4  # of |alpha|
 SIGN_TOL = 0.05  # e: a mean diagonal Z* within this of 0 is not called a sign error
@@ -63,11 +65,9 @@ def _sym(z: int) -> str:
 
 def electronic_flags(polarisability: np.ndarray) -> List[str]:
     """Flags of alpha (e/(V A), (3, 3)) and the eps_inf it gives."""
-    from mf_lightning.analysis.dielectric import eps_inf_from_alpha
-
     alpha = np.asarray(polarisability, dtype=float).reshape(3, 3)
     flags = []
-    eps = eps_inf_from_alpha(alpha)
+    eps = np.eye(3) + alpha / EPS0_E_PER_V_A  # dielectric.eps_inf_from_alpha (which imports this module)
     lowest = float(np.linalg.eigvalsh(0.5 * (eps + eps.T)).min())
     if lowest < 1.0:
         flags.append("eps_inf_below_1")

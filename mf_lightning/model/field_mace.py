@@ -353,8 +353,9 @@ class FieldMACE(torch.nn.Module):
 
         Every weight is kept (the source module is deep-copied, not rebuilt), so at E = 0 the
         result reproduces the source's energies, forces and stresses. ``model_or_path`` may be a
-        module or a mace ``.model`` file; loading such a file unpickles it, which runs code from
-        the file, so it is refused unless ``allow_pickle=True``. ``heads``: give a single-head
+        module or a mace ``.model`` file, read by a restricted loader that runs no code from the
+        file (:func:`~mf_lightning.model.backbone.load_mace_pickle`); ``allow_pickle=True``
+        unpickles it plainly, only for a trusted file that loader refuses. ``heads``: give a single-head
         source several heads (e.g. replay / dielectric / ferroelectric), each starting as a copy.
         """
         from mf_lightning.model.backbone import backbone_config_of, load_mace_pickle, with_heads

@@ -6,8 +6,11 @@ and ``mace_off_urls``), and files are fetched and cached by mace's own
 ``download_mace_mp_checkpoint`` (in mace's cache folder, ``$XDG_CACHE_HOME/mace`` or
 ``~/.cache/mace``), so a model a user already fetched with ``mace_mp(...)`` is reused and the list
 of names grows with mace-torch. On top of mace's cache we pin each file: its SHA-256 is recorded
-on first use (``mf_lightning-sha256.json`` beside the files) and checked on every later load,
-so a truncated, replaced or corrupted file is an error instead of a silently different model.
+on its first successful load (``mf_lightning-sha256.json`` beside the files) and checked on every
+later one, so a truncated, replaced or corrupted file is an error instead of a silently different
+model. Pinning cannot vouch for a file planted in the cache before its first use: no file, named
+or not, is trusted to run code; :func:`mf_lightning.model.backbone.load_mace_pickle` reads each
+without running anything in it.
 
 Our names are ``<family>:<size>`` for mace's size-keyed entries (``small-0b2`` is
 ``mace-mp-0b2:small``, ``medium-mpa-0`` is ``mace-mpa-0:medium``, ``small`` is
@@ -84,8 +87,9 @@ def cache_path_of(url: str) -> Path:
     return Path(get_cache_dir()) / name
 
 
-def _check_pinned(path: Path, url: str) -> str:
-    """Record ``path``'s SHA-256 on first use, check it on every later one."""
+def _check_pinned(path: Path, url: str, record: bool = True) -> str:
+    """Check ``path``'s SHA-256 against the one recorded for it; record it if there is none
+    (``record``; False: only check, :func:`pin` records it once the file has loaded)."""
     from mf_lightning.files import FileLock, atomic_write_text, dumps_json
 
     registry = path.parent / REGISTRY
@@ -94,8 +98,9 @@ def _check_pinned(path: Path, url: str) -> str:
         pins = json.loads(registry.read_text()) if registry.is_file() else {}
         pinned = pins.get(path.name)
         if pinned is None:
-            pins[path.name] = {"url": url, "sha256": digest}
-            atomic_write_text(registry, dumps_json(pins))
+            if record:
+                pins[path.name] = {"url": url, "sha256": digest}
+                atomic_write_text(registry, dumps_json(pins))
         elif pinned["sha256"] != digest:
             raise InputError(
                 f"{path}: SHA-256 {digest[:16]}... differs from the {pinned['sha256'][:16]}... recorded when it "
@@ -104,10 +109,18 @@ def _check_pinned(path: Path, url: str) -> str:
     return digest
 
 
-def resolve_source(source: str) -> Tuple[Path, bool]:
-    """(local file, trusted) for a model file, a foundation-model name or a URL. Names are
-    mace-torch's own list of official models (``trusted``: they load without an explicit pickle
-    opt-in, as ``mace_mp`` loads them); a URL or a local file is not trusted."""
+def pin(path: Path, url: str) -> None:
+    """Record the SHA-256 of ``path`` (fetched from ``url``) if none is recorded yet: called once
+    the file has loaded, so a file that fails to load (corrupted, or refused) is never pinned."""
+    _check_pinned(Path(path), url, record=True)
+
+
+def resolve_source(source: str, record: bool = True) -> Tuple[Path, bool]:
+    """(local file, official) for a model file, a foundation-model name or a URL; ``official``: a
+    name from mace-torch's own list. Neither that nor a pin is a reason to let the file run code:
+    a file planted in mace's cache under an official name before its first use carries the real
+    one's name, and a pin says only that the file has not changed since. ``record=False``: check an
+    existing pin, record none (:func:`pin` records it once the file has loaded)."""
     source = str(source)
     if Path(source).exists() and not source.startswith(URL_SCHEMES):
         return Path(source), False
@@ -124,5 +137,5 @@ def resolve_source(source: str) -> Tuple[Path, bool]:
             f"Or pass a local file: model.source=/path/to/file.model") from exc
     except RuntimeError as exc:  # mace: the server answered with an HTML page
         raise InputError(f"could not fetch {source} from {url}: {exc}") from exc
-    _check_pinned(path, url)
+    _check_pinned(path, url, record=record)
     return path, not source.startswith(URL_SCHEMES)

@@ -3,9 +3,11 @@
 Our model files hold only tensors and plain Python values (a state dict and a JSON-able
 config) and are read with ``torch.load(weights_only=True)``: opening one cannot run code. A
 mace-torch ``.model`` file, by contrast, is a pickled module, and unpickling runs code stored in
-it; :func:`load_mace_pickle` therefore refuses unless the caller opts in with
-``allow_pickle=True``. Files are written atomically (temporary file in the same folder, fsync,
-rename), so a crash during a save leaves the previous file intact.
+it; :func:`mf_lightning.model.backbone.load_mace_pickle` reads one without running it (only the
+classes a mace model is made of, then rebuilt by mace's constructors), or unpickles it when the
+caller opts in with ``allow_pickle=True``. Files are written atomically (temporary file in the
+same folder, fsync, rename), so a crash during a save leaves the previous file intact. A file
+written before the record checksum loads with a warning that it is unverified.
 """
 
 from __future__ import annotations
@@ -95,6 +97,11 @@ def load_model(path, device: str = "cpu", dtype=None, cueq: Optional[bool] = Non
     problem = verify_record_checksum(payload, RECORD_CHECKSUM, older_last_keys=("sha256",))
     if problem:
         raise ModelFileError(f"{path}: the file is corrupted: {problem}; use another copy")
+    if not recorded:  # an older file: what it holds is not (all) verified; say so, naming the file
+        log.warning("%s: unverified model file: it was written before model files carried a checksum of their "
+                    "whole record, so %s; save_model(load_model(path), path) rewrites it with one", path,
+                    "its weights are checked but a changed byte in its config would load silently"
+                    if "sha256" in payload else "a changed byte in its weights or config would load silently")
     if payload.get("format_version", 0) > FORMAT_VERSION:
         raise ModelFileError(f"{path}: written by a newer mf-lightning (format {payload['format_version']})")
     try:

@@ -56,12 +56,10 @@ def test_a_url_is_fetched_by_maces_downloader_and_pinned(cache, small_model):
         foundation.resolve_source(url)
 
 
-def test_a_url_needs_the_pickle_opt_in_a_named_official_model_does_not(cache, small_model):
+def test_urls_and_named_official_models_load_through_the_restricted_reader(cache, small_model):
     from mf_lightning.model.backbone import load_mace_pickle
-    from mf_lightning.model.io import ModelFileError
 
-    with pytest.raises(ModelFileError, match="allow_pickle"):
-        load_mace_pickle(f"file://{small_model}")
+    assert isinstance(load_mace_pickle(f"file://{small_model}"), torch.nn.Module)
     assert isinstance(load_mace_pickle(f"file://{small_model}", allow_pickle=True), torch.nn.Module)
     # a user without internet puts the official file where mace keeps it: no download, loads
     target = foundation.cache_path_of(foundation.url_of("mace-mp-0:small"))

@@ -6,6 +6,7 @@ Properties (ASE units: eV, eV/A, eV/A^3; response properties in our internal uni
 * ``forces``: -dF/dR (including the field term), eV/A
 * ``stress``: Voigt 6, eV/A^3 (periodic cells only)
 * ``polarisation``: P, e/A^2 (3,)
+* ``dipole``: Omega P, e A (3,): ASE's ``atoms.get_dipole_moment()``, as IR workflows read it
 * ``becs``: Born effective charges Z*, e, (n_atoms, 3, 3), ``becs[k, i, j] = d(Omega P_i)/dR_kj``
 * ``polarisability``: alpha, e/(V A), (3, 3)
 
@@ -35,7 +36,7 @@ FieldLike = Union[Sequence[float], np.ndarray, Callable[[float], Sequence[float]
 
 class MACEFieldCalculator(Calculator):
     implemented_properties = [
-        "energy", "free_energy", "forces", "stress",
+        "energy", "free_energy", "forces", "stress", "dipole",
         keys.POLARISATION, keys.BECS, keys.POLARISABILITY,
     ]
 
@@ -110,6 +111,7 @@ class MACEFieldCalculator(Calculator):
     # ------------------------------------------------------------------ trust
     # ASE property -> the labelled quantity it needs the head to have learned
     LEARNED_AS = {"energy": "energy", "free_energy": "energy", "forces": "forces", "stress": "stress",
+                  "dipole": keys.POLARISATION,
                   keys.POLARISATION: keys.POLARISATION, keys.BECS: keys.BECS,
                   keys.POLARISABILITY: keys.POLARISABILITY}
 
@@ -133,12 +135,12 @@ class MACEFieldCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         want = {keys.ENERGY, keys.FORCES}
-        if self.compute_polarisation or keys.POLARISATION in properties:
+        if self.compute_polarisation or {keys.POLARISATION, "dipole"} & set(properties):
             want.add(keys.POLARISATION)
         periodic = bool(np.all(self.atoms.pbc)) and abs(self.atoms.get_volume()) > 1e-12
         if periodic:
             want.add(keys.STRESS)
-        elif set(properties) & {"stress", *keys.RESPONSE_PROPERTIES}:
+        elif set(properties) & {"stress", "dipole", *keys.RESPONSE_PROPERTIES}:
             raise ValueError("stress, P, Z* and alpha need a periodic structure with a non-singular cell")
         else:
             want.discard(keys.POLARISATION)
@@ -162,6 +164,7 @@ class MACEFieldCalculator(Calculator):
             self.results["stress"] = full_3x3_to_voigt_6_stress(np_(keys.STRESS)[0])
         if keys.POLARISATION in out:
             self.results[keys.POLARISATION] = np_(keys.POLARISATION)[0]
+            self.results["dipole"] = self.results[keys.POLARISATION] * abs(self.atoms.get_volume())
         if keys.BECS in out:
             self.results[keys.BECS] = np_(keys.BECS)
             self.results[keys.POLARISABILITY] = np_(keys.POLARISABILITY)[0]

@@ -159,20 +159,40 @@ class FileLock:
         from mf_lightning.errors import InputError
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "a")
-        try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX if self.blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
+        while True:
+            self.fh = open(self.path, "a")
+            try:
+                fcntl.flock(self.fh, fcntl.LOCK_EX if self.blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                self.fh.close()
+                raise InputError(f"{self.message} (lock {self.path} is held); "
+                                 "wait for it or choose another output") from exc
+            # the holder before us removes the file as it lets go: locked a removed file, try again
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(self.fh.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return self
             self.fh.close()
-            raise InputError(f"{self.message} (lock {self.path} is held); "
-                             "wait for it or choose another output") from exc
-        return self
 
     def __exit__(self, *exc):
         import fcntl
 
+        # removed while still held, so no stray .lock file stays behind and no one can lock it
+        # after us and believe it shares the lock with a newcomer (the inode check above)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
         fcntl.flock(self.fh, fcntl.LOCK_UN)
         self.fh.close()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -184,6 +204,7 @@ def atomic_open(path, mode: str = "w"):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: the result gets an ordinary file's mode
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
@@ -248,7 +269,8 @@ def guarded_torch_load(path, error: type, kind: str, pickle_message: str, corrup
 
 class TableWriter:
     """Appends rows to a CSV (header written once), flushing after every batch: a table that
-    survives a kill and is resumed by the next run with the same columns."""
+    survives a kill and is resumed by the next run with the same columns. The file is created
+    with the first row, so a run that writes none (no failures: ``errors.csv``) leaves no file."""
 
     def __init__(self, path: Path, columns: List[str], fresh: bool = False):
         from mf_lightning.errors import InputError
@@ -257,23 +279,28 @@ class TableWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if fresh and self.path.exists():
             self.path.unlink()
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        if not new:
+        if self.path.exists() and self.path.stat().st_size > 0:
             with open(self.path, newline="") as fh:
                 header = next(csv.reader(fh), [])
             if header != columns:
                 raise InputError(f"{self.path} has columns {header}, expected {columns}: "
                                  "use another --out, or the same options as the run that wrote it")
-        self.fh = open(self.path, "a", newline="")
-        self.writer = csv.DictWriter(self.fh, fieldnames=columns, extrasaction="ignore")
-        if new:
-            self.writer.writeheader()
+        self.fh = self.writer = None
 
     def write(self, rows: List[Dict[str, Any]]) -> None:
+        if not rows:
+            return
+        if self.fh is None:
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            self.fh = open(self.path, "a", newline="")
+            self.writer = csv.DictWriter(self.fh, fieldnames=self.columns, extrasaction="ignore")
+            if new:
+                self.writer.writeheader()
         for row in rows:
             self.writer.writerow(row)
         self.fh.flush()
         os.fsync(self.fh.fileno())
 
     def close(self) -> None:
-        self.fh.close()
+        if self.fh is not None:
+            self.fh.close()

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from _common import ROOT, append, header
+
 from mf_lightning.utils import markdown_table
 
 MODEL = ROOT / "experiments" / "models" / "sio2_md_cpu.pt"

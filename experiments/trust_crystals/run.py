@@ -95,8 +95,8 @@ def main() -> int:
         ef.update({n: (model, rows.get(n)) for n in names})
     lines = [f"`mf-predict --ionic` with `mp_dielectric_cpu.pt` (no `--allow-untrained`): exit {rc_refused}, "
              f"`{err_refused[-1] if err_refused else ''}`", "",
-             "| crystal | ref eps_inf | ref eps_0 | ref Z*(1st) | cross: eps_inf | Z*(1st) | eps_0 (untrained) | flags |"
-             " E/F model (relaxed) | eps_inf | eps_0 | flags |", "|" + "---|" * 12]
+             "| crystal | ref eps_inf | ref eps_0 | ref Z*(1st) | cross: eps_inf | Z*(1st) | eps_0 (untrained) "
+             "| flags | E/F model (relaxed) | eps_inf | eps_0 | flags |", "|" + "---|" * 12]
     for name in REFERENCE:
         stem = name.split()[0]
         e_inf, e_0, z = REFERENCE[name]

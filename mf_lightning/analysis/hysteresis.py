@@ -15,7 +15,10 @@ Loop quantities (:func:`loop_metrics`), from the polarisation component along th
 
 each linearly interpolated between samples and averaged over all such crossings after the first
 ``discard`` fraction of the run (the first quarter period starts from the unpoled state).
-Written: ``loop.csv`` (t, E, P), ``loop.json`` (the metrics, uC/cm^2 and MV/cm), ``loop.png``.
+Written: ``loop.csv`` (t, E, P), ``loop.json`` (the metrics, uC/cm^2 and MV/cm; ``warnings``: what
+the head never learned but ``--allow-untrained`` let it compute), ``loop.png``. Settings that
+cannot give a loop (no cycles, fewer than 2 points, a zero field) are refused before any work
+(:func:`check_loop`); a run that blows up is a :class:`~mf_lightning.errors.RunFailedError`.
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from mf_lightning.errors import ArgumentError, RunFailedError
 from mf_lightning.files import dumps_json
 from mf_lightning.simulation.md import (
     FieldProtocol,
     axis_vector,
+    check_periodic,
     read_log,
     run_md,
+    untrained_warnings,
 )
 from mf_lightning.units import E_PER_A2_TO_UC_PER_CM2
 
@@ -97,10 +103,48 @@ def loop_metrics(E: np.ndarray, P: np.ndarray, discard: float = 0.25) -> Dict[st
             "per_half_cycle": found}
 
 
+def _finite(x) -> bool:
+    try:
+        return bool(np.isfinite(float(x)))
+    except (TypeError, ValueError):
+        return False
+
+
+def check_loop(mode: str, E0: float, period_fs: Optional[float] = None, cycles: float = 2.0,
+               timestep_fs: float = 2.0, n_points: int = 11, fmax: float = 0.01,
+               discard: Optional[float] = None) -> None:
+    """Loop settings that cannot give a loop are argument errors, before a model is loaded."""
+    problems = []
+    if not (_finite(E0) and E0 != 0):
+        problems.append(f"the field amplitude E0 must be finite and non-zero (got {E0} V/A)")
+    if mode == "dynamic":
+        if not (_finite(cycles) and cycles > 0):
+            problems.append(f"cycles must be > 0 (got {cycles})")
+        if not (_finite(period_fs) and period_fs > 0):
+            problems.append(f"the period must be > 0 fs (got {period_fs})")
+        if (not problems and _finite(timestep_fs) and timestep_fs > 0
+                and round(cycles * period_fs / timestep_fs) < 1):
+            problems.append(f"cycles x period ({cycles * period_fs:g} fs) is shorter than one time step "
+                            f"({timestep_fs:g} fs)")
+    elif mode == "quasistatic":
+        if not (isinstance(n_points, (int, np.integer)) and n_points >= 2):
+            problems.append(f"points must be >= 2 (field values per quarter cycle, 0 and E0 included; got {n_points})")
+        if not (_finite(fmax) and fmax > 0):
+            problems.append(f"fmax must be > 0 eV/A (got {fmax})")
+    else:
+        problems.append(f"mode {mode!r}: dynamic | quasistatic")
+    if discard is not None and not (_finite(discard) and 0 <= discard < 1):
+        problems.append(f"discard must be a fraction in [0, 1) (got {discard})")
+    if problems:
+        raise ArgumentError("; ".join(problems))
+
+
 def dynamic_loop(atoms, calc, out_dir, E0: float, period_fs: float, cycles: float = 2.0, axis="z",
                  timestep_fs: float = 2.0, temperature_K: float = 0.0, friction_per_fs: float = 0.01,
                  log_every: int = 5, seed: int = 0, progress: bool = True) -> Dict[str, np.ndarray]:
-    """MD under E0 sin(2 pi t / period) (E0 in V/A) along ``axis``; returns t (fs), E and P along it."""
+    """MD under E0 sin(2 pi t / period) (E0 in V/A) along ``axis``; returns t (fs), E and P along
+    it, and ``warnings`` (what the head never learned but was allowed to compute)."""
+    check_loop("dynamic", E0, period_fs, cycles, timestep_fs)
     out_dir = Path(out_dir)
     unit = axis_vector(axis)
     steps = int(round(cycles * period_fs / timestep_fs))
@@ -110,15 +154,22 @@ def dynamic_loop(atoms, calc, out_dir, E0: float, period_fs: float, cycles: floa
            friction_per_fs=friction_per_fs, field=field, log_every=log_every, seed=seed, progress=progress,
            init_temperature_K=temperature_K)
     logged = read_log(traj, keys=("time_fs", "electric_field", "polarisation"))
-    return {"t_fs": logged["time_fs"], "E": logged["electric_field"] @ unit, "P": logged["polarisation"] @ unit}
+    return {"t_fs": logged["time_fs"], "E": logged["electric_field"] @ unit, "P": logged["polarisation"] @ unit,
+            "warnings": untrained_warnings(calc)}
 
 
 def quasi_static_loop(atoms, calc, E_max: float, n_points: int = 21, axis="z", fmax: float = 0.01,
                       max_steps: int = 300, cycles: int = 1) -> Dict[str, np.ndarray]:
     """Relax the ions at each field on the grid 0 -> E_max -> -E_max -> E_max (``cycles`` times),
-    each relaxation starting from the previous structure; returns E and P along the axis."""
+    each relaxation starting from the previous structure; returns E and P along the axis, and
+    ``warnings`` (what the head never learned but was allowed to compute)."""
     from mf_lightning.analysis.dielectric import relax_structure
+    from mf_lightning.data.graphs import GeometryError
 
+    check_loop("quasistatic", E_max, n_points=n_points, fmax=fmax)
+    if not (isinstance(cycles, (int, np.integer)) and cycles >= 1):
+        raise ArgumentError(f"a quasi-static loop needs cycles >= 1 (got {cycles})")
+    check_periodic(atoms)
     unit = axis_vector(axis)
     quarter = np.linspace(0, E_max, n_points)
     grid = list(quarter)
@@ -126,14 +177,21 @@ def quasi_static_loop(atoms, calc, E_max: float, n_points: int = 21, axis="z", f
         down, up = np.linspace(E_max, -E_max, 2 * n_points - 1)[1:], np.linspace(-E_max, E_max, 2 * n_points - 1)[1:]
         grid += list(down) + list(up)
     atoms = atoms.copy()
+    calc.set_field(grid[0] * unit)
+    calc.get_forces(atoms)  # the structure's own problems (and an untrained head) stop here
     E_out, P_out, converged = [], [], []
-    for e in grid:
+    for k, e in enumerate(grid):
         calc.set_field(e * unit)
-        converged.append(relax_structure(atoms, calc, fmax=fmax, steps=max_steps))
+        try:
+            converged.append(relax_structure(atoms, calc, fmax=fmax, steps=max_steps))
+        except GeometryError as exc:  # the relaxed positions, not the input's: the relaxation blew up
+            raise RunFailedError(f"the relaxation at field step {k} (E = {e:g} V/A) diverged: "
+                                 f"{str(exc).split(': ', 1)[-1]}; try a smaller field amplitude") from exc
         p = calc.get_polarisation(atoms)  # the model's own P: single-valued, never folded
         E_out.append(e)
         P_out.append(float(p @ unit))
-    return {"E": np.array(E_out), "P": np.array(P_out), "converged": np.array(converged)}
+    return {"E": np.array(E_out), "P": np.array(P_out), "converged": np.array(converged),
+            "warnings": untrained_warnings(calc)}
 
 
 # SPEC section 5: the paper's BaTiO3 loop (0 K, E0 = 36 MV/cm, period 2 ps)
@@ -157,6 +215,8 @@ def write_loop(loop: Dict[str, np.ndarray], out_dir, discard: float, title: str 
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ArgumentError(f"{out_dir}: exists and is a file, not a folder: give an output folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     E_mv = np.asarray(loop["E"]) * V_PER_A_TO_MV_PER_CM
     P_uc = np.asarray(loop["P"]) * E_PER_A2_TO_UC_PER_CM2
@@ -166,6 +226,8 @@ def write_loop(loop: Dict[str, np.ndarray], out_dir, discard: float, title: str 
         metrics["paper"] = reference
     if "converged" in loop:
         metrics["relaxations_not_converged"] = int((~np.asarray(loop["converged"])).sum())
+    if loop.get("warnings"):  # quantities the head never learned, computed by --allow-untrained
+        metrics["warnings"] = list(loop["warnings"])
     with open(out_dir / "loop.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         timed = "t_fs" in loop

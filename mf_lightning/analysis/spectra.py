@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from ase import units
 
-from mf_lightning.errors import InputError
+from mf_lightning.errors import ArgumentError, InputError
 from mf_lightning.files import dumps_json
 from mf_lightning.units import EPS0_E_PER_V_A
 
@@ -248,17 +248,56 @@ def describe_length(fs: float) -> str:
     return f"{fs:.0f} fs" if fs < 1000 else f"{fs / 1000:.3g} ps"
 
 
-def analyse_trajectory(path, temperature_K: Optional[float] = None, skip_fs: float = 0.0, **kwargs) -> Dict[str, Any]:
-    from mf_lightning.simulation.md import read_log
+def check_settings(temperature_K: Optional[float] = None, skip_fs: float = 0.0, sigma_cm: float = 20.0,
+                   max_cm: float = 2000.0) -> None:
+    """Settings that cannot give a spectrum are argument errors, before the trajectory is read."""
+    problems = []
+    if temperature_K is not None and not (np.isfinite(temperature_K) and temperature_K > 0):
+        problems.append(f"the temperature must be > 0 K (got {temperature_K}): eps_0 and eps(omega) divide by kB T")
+    if not (np.isfinite(skip_fs) and skip_fs >= 0):
+        problems.append(f"the skipped equilibration must be >= 0 fs (got {skip_fs})")
+    if not (np.isfinite(sigma_cm) and sigma_cm >= 0):
+        problems.append(f"the broadening sigma must be >= 0 cm^-1 (got {sigma_cm})")
+    if not (np.isfinite(max_cm) and max_cm > 0):
+        problems.append(f"the largest wavenumber must be > 0 cm^-1 (got {max_cm})")
+    if problems:
+        raise ArgumentError("; ".join(problems))
 
+
+# what a trajectory of mf_lightning.simulation.md logs in every frame, and spectra need
+TRAJECTORY_KEYS = ("time_fs", "polarisation", "volume")
+
+
+def analyse_trajectory(path, temperature_K: Optional[float] = None, skip_fs: float = 0.0, **kwargs) -> Dict[str, Any]:
+    """:func:`analyse` of a trajectory written by :mod:`mf_lightning.simulation.md`. Anything
+    else (a folder, a plain structure file, an extxyz without the logged ``time_fs``,
+    ``polarisation`` and ``volume`` of every frame) is an :class:`InputError` saying so."""
+    from mf_lightning.simulation.md import check_input_file, read_log
+
+    check_settings(temperature_K, skip_fs, kwargs.get("sigma_cm", 20.0), kwargs.get("max_cm", 2000.0))
+    check_input_file(path, "trajectory file")
     logged = read_log(path, keys=("time_fs", "polarisation", "volume", "temperature", "polarisability",
                                   "electric_field"))
+    frames = len(logged["time_fs"])
+    missing = [k for k in TRAJECTORY_KEYS if len(logged[k]) == 0]
+    if missing:
+        raise InputError(f"{path}: not an MD trajectory of mf-md (no frame has {', '.join(missing)}): spectra need "
+                         "the trajectory mf-md --out writes")
     t = logged["polarisation_time_fs"]
+    for k in ("polarisation", "volume"):
+        if len(logged[k]) != frames:
+            raise InputError(f"{path}: {frames - len(logged[k])} of the {frames} frames lack {k}: not a complete "
+                             "trajectory of mf-md")
     keep = t >= t[0] + skip_fs
     a_t = logged["polarisability_time_fs"]
     a_keep = a_t >= t[0] + skip_fs
     if temperature_K is None:
-        temperature_K = float(np.mean(logged["temperature"][keep]))
+        if len(logged["temperature"]) != frames:
+            raise InputError(f"{path}: the frames do not all log a temperature: give --temperature")
+        temperature_K = float(np.mean(logged["temperature"][keep])) if keep.any() else float("nan")
+        if keep.any() and not temperature_K > 0:
+            raise InputError(f"{path}: the logged temperature is {temperature_K:g} K (a 0 K run has no "
+                             "fluctuations to analyse): give --temperature")
     return analyse(t[keep], logged["polarisation"][keep], logged["volume"][keep], temperature_K,
                    alpha=logged["polarisability"][a_keep] if a_keep.any() else None,
                    alpha_times_fs=a_t[a_keep], field=logged["electric_field"][keep]
@@ -279,6 +318,8 @@ def write_outputs(result: Dict[str, Any], out_dir, axis: int = 2) -> Dict[str, P
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ArgumentError(f"{out_dir}: exists and is a file, not a folder: give an output folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     wn = result["wavenumber"]
     eps = result["eps_omega"]

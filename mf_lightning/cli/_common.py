@@ -21,10 +21,13 @@ import functools
 import importlib
 import logging
 import os
+import stat
 import sys
+import tempfile
+from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple
 
-from mf_lightning.errors import EXIT_FAILED, EXIT_INPUT, InputError, RunFailedError
+from mf_lightning.errors import EXIT_FAILED, EXIT_INPUT, ArgumentError, InputError, ModelFileError, RunFailedError
 from mf_lightning.units import MV_PER_CM_PER_V_PER_A
 from mf_lightning.utils import DTYPES
 
@@ -41,19 +44,56 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+# What an OSError's errno means to the user, by errno (not by exception class: a read-only file
+# system is a plain OSError, EACCES and EPERM are both PermissionError but not the same thing).
+# A location the user gave that cannot be used is bad input (exit 2); storage that fails under
+# a run (full, over quota, an I/O error) is a failed run (exit 3). Other errnos stay bugs.
+_OS_ERRORS = {
+    errno.ENOENT: (EXIT_INPUT, "no such file or folder"),
+    errno.EISDIR: (EXIT_INPUT, "is a folder, not a file"),
+    errno.ENOTDIR: (EXIT_INPUT, "not a folder (a part of this path is a file)"),
+    errno.EEXIST: (EXIT_INPUT, "already exists"),
+    errno.EACCES: (EXIT_INPUT, "permission denied"),
+    errno.EPERM: (EXIT_INPUT, "operation not permitted"),
+    errno.EROFS: (EXIT_INPUT, "read-only file system: choose a location you can write to"),
+    errno.ELOOP: (EXIT_INPUT, "too many levels of symbolic links (a symbolic link loop)"),
+    errno.ENAMETOOLONG: (EXIT_INPUT, "file name too long"),
+    errno.ENOSPC: (EXIT_FAILED, "disk full while writing: free space and run again (resumable runs continue)"),
+    errno.EDQUOT: (EXIT_FAILED, "disk quota exceeded while writing: free space and run again (resumable runs "
+                                "continue)"),
+    errno.EFBIG: (EXIT_FAILED, "file too large for this file system"),
+    errno.EIO: (EXIT_FAILED, "input/output error (a failing disk or network file system)"),
+    errno.EMFILE: (EXIT_FAILED, "too many open files"),
+    errno.ENFILE: (EXIT_FAILED, "too many open files in the system"),
+}
+# errno-less instances of the OSError subclasses (raised by code, not the OS)
+_OS_CLASSES = {FileNotFoundError: errno.ENOENT, IsADirectoryError: errno.EISDIR, NotADirectoryError: errno.ENOTDIR,
+               FileExistsError: errno.EEXIST, PermissionError: errno.EACCES}
+
+
+def _shown(name) -> str:
+    name = str(name)
+    return name if len(name) <= 200 else name[:100] + "..." + name[-97:]
+
+
 def classify(exc: BaseException) -> Optional[Tuple[int, str]]:
     """(exit code, one-line message) for an error the user can act on; None for a bug."""
     if isinstance(exc, InputError):
         return EXIT_INPUT, one_line(exc)
     if isinstance(exc, RunFailedError):
         return EXIT_FAILED, one_line(exc)
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return EXIT_FAILED, (f"disk full while writing {exc.filename or 'output'}: free space and run again "
-                             "(resumable runs continue)")
-    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
-        what = {FileNotFoundError: "no such file", IsADirectoryError: "is a folder, not a file",
-                NotADirectoryError: "not a folder", PermissionError: "permission denied"}[type(exc)]
-        return EXIT_INPUT, f"{exc.filename}: {what}" if exc.filename else one_line(exc)
+    if isinstance(exc, OSError):
+        code = exc.errno if exc.errno is not None else _OS_CLASSES.get(type(exc))
+        if code not in _OS_ERRORS:
+            return None
+        status, what = _OS_ERRORS[code]
+        if code == errno.ENOSPC:  # the historical wording: "disk full while writing <file>: ..."
+            return status, f"disk full while writing {_shown(exc.filename or 'output')}: " + what.split(": ", 1)[1]
+        if exc.filename is None:
+            detail = one_line(exc.strerror or exc)
+            return status, f"{what} ({detail})" if detail else what
+        where = _shown(exc.filename) + (f" -> {_shown(exc.filename2)}" if exc.filename2 else "")
+        return status, one_line(f"{where}: {what}")
     return None
 
 
@@ -146,17 +186,58 @@ def setup_process(threads: Optional[int] = None, log: bool = True) -> None:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
 
 
+def check_model_path(model) -> None:
+    """A folder given as ``--model`` is named as such, and a path that cannot be looked at (a
+    symbolic link loop, a name too long, a path through a file) keeps the OS's reason: the loaders
+    would call either "no such model file". A missing path is left to them (a model's name or URL)."""
+    if not isinstance(model, (str, os.PathLike)):
+        return
+    try:
+        st = os.stat(model)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise ModelFileError(f"{model}: is a folder, not a model file (give the model.pt inside it?)")
+
+
 def load_model_from(args: argparse.Namespace):
     from mf_lightning.model.io import load_model
 
+    check_model_path(args.model)
     return load_model(args.model, device=args.device, dtype=args.dtype)
 
 
 def calculator_from(args: argparse.Namespace):
     from mf_lightning.simulation.calculator import MACEFieldCalculator
 
+    check_model_path(args.model)
     return MACEFieldCalculator(args.model, device=args.device, dtype=args.dtype, head=args.head,
                                allow_untrained=getattr(args, "allow_untrained", False))
+
+
+def writable_output(path, folder: bool = False, option: str = "--out") -> Path:
+    """Refuse, before any work, an output that cannot be written: a file where a folder is
+    expected (``folder``) or a folder where a file is, or a location where nothing can be
+    created (a read-only file system, no permission: the OSError, one line by :func:`classify`).
+    Creates the folder (``folder``) or the file's parent folder."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise ArgumentError(f"{option} {path}: exists and is a file, not a folder: give an output folder")
+    if not folder and path.is_dir():
+        raise ArgumentError(f"{option} {path}: is a folder: give a file name")
+    where = path if folder else path.parent
+    for parent in [where, *where.parents]:  # the first existing ancestor must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise ArgumentError(f"{option} {path}: {parent} is a file, not a folder")
+            break
+    where.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as exc:  # named as the folder, not the probe's random name
+        raise OSError(exc.errno, exc.strerror, str(where)) from exc
+    return path
 
 
 # |E0| above this (V/A; 1 V/A = 100 MV/cm) is far beyond any dielectric's breakdown: a unit slip

@@ -21,7 +21,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("structures", nargs="+")
     add_model_args(p, dtype_default=None, model_help="mace .model file, a foundation-model name (mace-mp-0:medium) "
                    "or URL, or an mf-lightning model file")
-    p.add_argument("--allow-pickle", action="store_true", help="plain unpickling of a mace .model file (runs its code): only for a trusted file the "
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="plain unpickling of a mace .model file (runs its code): only for a trusted file the "
                         "restricted loader refuses")
     p.add_argument("--out", required=True)
     p.add_argument("--every", type=int, default=1, help="keep every N-th structure")

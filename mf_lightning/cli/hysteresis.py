@@ -6,9 +6,9 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from mf_lightning.analysis.hysteresis import dynamic_loop, paper_reference, quasi_static_loop, write_loop
+from mf_lightning.analysis.hysteresis import check_loop, dynamic_loop, paper_reference, quasi_static_loop, write_loop
 from mf_lightning.cli import _common as common
-from mf_lightning.simulation.md import load_structure
+from mf_lightning.simulation.md import axis_vector, check_dynamics, load_structure
 
 PROG = "mf-hysteresis"
 
@@ -18,7 +18,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = common.parser(PROG, description=common.doc_summary("mf_lightning.analysis.hysteresis"))
     common.add_structure_args(parser)
     common.add_model_args(parser, dtype_default=None)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--mode", default="dynamic", choices=["dynamic", "quasistatic"])
     common.add_field_amplitude_args(parser, E0=36.0, unit="MV/cm", period_fs=2000.0)
     parser.add_argument("--cycles", type=float, default=2.0)
@@ -34,8 +34,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     common.setup_process()
     E0 = common.field_amplitude(args)
+    # every setting and the output folder before the model loads or anything runs
+    check_loop(args.mode, E0, args.period_fs, args.cycles, args.dt, args.points, args.fmax, args.discard)
+    if args.mode == "dynamic":
+        steps = int(round(args.cycles * args.period_fs / args.dt)) if args.dt > 0 else 0
+        check_dynamics(steps, args.dt, args.temperature, args.friction, args.log_every, None)
+    axis_vector(args.axis)
+    common.writable_output(args.out, folder=True)
     calc = common.calculator_from(args)
-    atoms = load_structure(args.structure, args.frame, args.supercell)
+    atoms = load_structure(args.structure, args.frame, args.supercell, periodic=True)
     if args.mode == "dynamic":
         loop = dynamic_loop(atoms, calc, args.out, E0, args.period_fs, cycles=args.cycles, axis=args.axis,
                             timestep_fs=args.dt, temperature_K=args.temperature, friction_per_fs=args.friction,
@@ -47,6 +54,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     metrics = write_loop(loop, args.out, discard, title=f"{atoms.get_chemical_formula()} {args.mode}",
                          reference=paper_reference(atoms))
     print(json.dumps(metrics, indent=1))
+    for w in metrics.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
     return 0
 
 

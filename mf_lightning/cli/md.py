@@ -16,6 +16,7 @@ from mf_lightning.cli._common import (
     doc_summary,
     field_from_args,
     setup_process,
+    writable_output,
 )
 from mf_lightning.cli._common import parser as cli_parser
 from mf_lightning.simulation.md import check_dynamics, check_output, load_structure, run_md
@@ -45,13 +46,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_process()
     check_dynamics(args.steps, args.dt, args.temperature, args.friction, args.log_every, args.response_every)
     check_output(Path(args.out), [args.structure, args.model])
+    writable_output(args.out)
+    field = field_from_args(args)  # a bad axis or field function before the model loads
     calc = calculator_from(args)
-    atoms = load_structure(args.structure, args.frame, args.supercell)
+    atoms = load_structure(args.structure, args.frame, args.supercell, periodic=True)
     result = run_md(atoms, calc, args.out, steps=args.steps, timestep_fs=args.dt, ensemble=args.ensemble,
-                    temperature_K=args.temperature, friction_per_fs=args.friction, field=field_from_args(args),
+                    temperature_K=args.temperature, friction_per_fs=args.friction, field=field,
                     log_every=args.log_every, response_every=args.response_every, becs=args.becs, seed=args.seed,
                     restart=not args.no_restart, progress=not args.no_progress)
     print(json.dumps(result))
+    for w in result.get("untrained", []):
+        print(f"warning: {w}", file=sys.stderr)
     return 0
 
 

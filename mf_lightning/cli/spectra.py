@@ -6,8 +6,14 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from mf_lightning.analysis.spectra import AXIS_INDEX, analyse_trajectory, describe_length, write_outputs
-from mf_lightning.cli._common import cli_main, doc_summary
+from mf_lightning.analysis.spectra import (
+    AXIS_INDEX,
+    analyse_trajectory,
+    check_settings,
+    describe_length,
+    write_outputs,
+)
+from mf_lightning.cli._common import cli_main, doc_summary, writable_output
 from mf_lightning.cli._common import parser as cli_parser
 
 PROG = "mf-spectra"
@@ -25,6 +31,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--max-cm", type=float, default=2000.0)
     args = parser.parse_args(argv)
     axis = AXIS_INDEX[args.axis]
+    check_settings(args.temperature, args.skip_fs, args.sigma, args.max_cm)
+    writable_output(args.out, folder=True)  # before the trajectory is read
     result = analyse_trajectory(args.trajectory, temperature_K=args.temperature, skip_fs=args.skip_fs,
                                 sigma_cm=args.sigma, axis=axis, max_cm=args.max_cm)
     paths = write_outputs(result, args.out, axis=axis)

@@ -33,6 +33,17 @@ MIN_DISTANCE = 0.1
 MAX_NEIGHBOUR_BINS = 1.0e8
 # 1e8 edges hold ~4 GB of indices and shifts; a solid has ~50 per atom at r_max = 5 A.
 MAX_NEIGHBOUR_PAIRS = 1.0e8
+# matscipy's work: for every atom it visits ceil(r_max / h_c) bins on each side along each cell
+# direction (h_c: the cell's perpendicular height, volume / |a_j x a_k|), wrapping through the
+# periodic images, and checks every atom of each bin visited (~3e-8 s per check here). A solid
+# costs a few hundred per atom; a nearly singular cell (heights of 1e-3 A) needs ~1e4 images each way and
+# never finished. 3e8 (~10 s) is a million atoms of condensed matter, more than any model here
+# holds in memory.
+MAX_NEIGHBOUR_WORK = 3.0e8
+# The overlap check (ASE's list within MIN_DISTANCE, bins of at least 3 A) loops in Python over
+# the bins within 3 A of each other, ~35 us and ~2.5 kB each: 1,500 each way at heights of 2e-3 A
+# (hours, GBs). A cell no thinner than 0.3 A in any direction needs under 1e4 (0.4 s).
+MAX_OVERLAP_SEARCH = 2.0e4
 
 log = logging.getLogger(__name__)
 _WARNED_ISOLATED: set = set()
@@ -65,6 +76,11 @@ def geometry_problem(atoms, distances: bool = True) -> Optional[str]:
     if distances:
         from ase.neighborlist import neighbor_list
 
+        complete = atoms.get_cell(complete=True).array
+        searched = overlap_search_bins(complete, atoms.get_pbc())
+        if searched > MAX_OVERLAP_SEARCH:
+            return thin_cell_problem(complete, atoms.get_pbc(), f"the overlap check would search {searched:.3g} "
+                                     f"periodic bins (limit {MAX_OVERLAP_SEARCH:.0e})")
         i, j, d = neighbor_list("ijd", atoms, MIN_DISTANCE)  # the tiny cutoff keeps this cheap
         if len(d):
             k = int(np.argmin(d))
@@ -85,16 +101,54 @@ def neighbour_list_cell(positions: np.ndarray, cell: np.ndarray, pbc: Sequence[b
     return cell
 
 
+def cell_heights(cell: np.ndarray) -> np.ndarray:
+    """The perpendicular heights of a cell, volume / |a_j x a_k| (A): the distance between the
+    two faces spanned by a_j and a_k (inf for a zero face)."""
+    cell = np.asarray(cell, dtype=float)
+    volume = abs(float(np.linalg.det(cell)))
+    areas = np.array([np.linalg.norm(np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3])) for k in range(3)])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(areas > 0, volume / np.where(areas > 0, areas, 1.0), np.inf)
+
+
+def thin_cell_problem(cell: np.ndarray, pbc: Sequence[bool], cost: str) -> str:
+    """The message for a periodic cell whose thinness makes a neighbour list explode."""
+    heights = cell_heights(cell)
+    periodic = [k for k in range(3) if pbc[k]]
+    k = min(periodic, key=lambda c: heights[c]) if periodic else int(np.argmin(heights))
+    volume = abs(float(np.linalg.det(np.asarray(cell, dtype=float))))
+    return (f"a periodic cell only {heights[k]:.3g} A thick along a{k + 1} (perpendicular heights "
+            + " x ".join(f"{h:.3g}" for h in heights) + f" A, volume {volume:.3g} A^3): {cost}; a nearly "
+            "singular cell (vectors almost in one plane, far too little volume for its atoms) or an unreduced one "
+            "(reduce it, e.g. ase.build.niggli_reduce)")
+
+
+def overlap_search_bins(cell: np.ndarray, pbc: Sequence[bool], cutoff: float = MIN_DISTANCE) -> float:
+    """How many bins ASE's ``neighbor_list`` (``cell``: complete) loops over, in Python, for a
+    list within ``cutoff``: its own binning (bins of at least 3 A, at most 1e6 of them)."""
+    cell = np.asarray(cell, dtype=float)
+    faces = 1.0 / np.maximum(np.linalg.norm(np.linalg.pinv(cell).T, axis=1), 1e-300)
+    size = max(float(cutoff), 3.0)
+    nbins = np.maximum(np.floor(faces / size), 1.0)
+    while np.prod(nbins) > 1e6:
+        nbins = np.maximum(nbins // 2, 1.0)
+    search = np.ceil(size * nbins / faces)
+    search = np.where((nbins == 1) & ~np.asarray(pbc, dtype=bool), 0.0, search)
+    return float(np.prod(2.0 * search + 1.0))
+
+
 def neighbour_list_problem(positions: np.ndarray, cell: np.ndarray, pbc: Sequence[bool], r_max: float) -> Optional[str]:
     """Why the neighbour list of this structure would not finish in reasonable time and memory,
-    or None: too many bins (matscipy's grid over the cell mace gives it) or too many pairs
-    (a periodic cell far denser than matter). Predicted before the list is built."""
+    or None: too many bins (matscipy's grid over the cell mace gives it), too many pairs (a
+    periodic cell far denser than matter) or too much work (a cell so thin in some direction that
+    the list would loop over thousands of periodic images per atom: ``MAX_NEIGHBOUR_WORK``).
+    Predicted before the list is built."""
     n = len(positions)
     grid = neighbour_list_cell(positions, cell, pbc, r_max)
     volume = abs(float(np.linalg.det(grid)))
-    heights = [volume / max(float(np.linalg.norm(np.cross(grid[(k + 1) % 3], grid[(k + 2) % 3]))), 1e-300)
-               for k in range(3)]
-    bins = float(np.prod([max(1.0, np.floor(h / r_max)) for h in heights]))
+    heights = np.maximum(cell_heights(grid), 1e-300)
+    nbins = np.maximum(1.0, np.floor(heights / r_max))
+    bins = float(np.prod(nbins))
     if bins > MAX_NEIGHBOUR_BINS:
         if all(pbc):
             where = "a periodic cell of " + " x ".join(f"{h:.3g}" for h in heights) + " A"
@@ -110,6 +164,13 @@ def neighbour_list_problem(positions: np.ndarray, cell: np.ndarray, pbc: Sequenc
         if pairs > MAX_NEIGHBOUR_PAIRS:
             return (f"{n} atoms in {volume:.3g} A^3 ({n / volume:.3g} atoms/A^3): about {pairs:.3g} neighbour "
                     f"pairs within r_max = {r_max:g} A (limit {MAX_NEIGHBOUR_PAIRS:.0e}); not a structure in Angstrom?")
+    # matscipy visits ceil(r_max * nbins / h) bins each way per direction (through the periodic
+    # images when the cell is thinner than r_max) and checks each atom in every bin it visits
+    images = float(np.prod(2.0 * np.ceil(r_max * nbins / heights) + 1.0))
+    work = n * images * (1.0 + n / bins)
+    if work > MAX_NEIGHBOUR_WORK:
+        return thin_cell_problem(grid, pbc, f"its neighbour list (r_max = {r_max:g} A) would visit {images:.3g} bins "
+                                 f"per atom ({work:.3g} distance checks, limit {MAX_NEIGHBOUR_WORK:.0e})")
     return None
 
 

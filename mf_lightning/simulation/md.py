@@ -23,6 +23,16 @@ at a constant field), ``temperature`` (K), ``volume``, ``stress``
 last complete frame (``restart=True``, the default: an existing trajectory is continued; a frame
 cut short by a kill is dropped first). ASE reads the per-atom ``forces`` and the ``stress`` of
 such a file into ``atoms.calc.results`` (``atoms.get_forces()``), the rest stays in ``info``.
+Quantities the head never learned but ``--allow-untrained`` let the calculator compute are named
+in every frame's ``untrained`` and in the result's ``untrained`` list.
+
+Failures. A structure that is not 3D-periodic (a slab, a molecule: P and the stress are per cell
+volume) and a field function returning anything but 3 finite numbers are input errors, and
+non-finite forces on the starting structure a failed run, before anything is written. Dynamics that blow up
+(non-finite forces or positions, an atom moving more than ``MAX_STEP_DISPLACEMENT`` in a step or
+fast enough to in the next, evolved positions the graph checks refuse) are a
+:class:`~mf_lightning.errors.RunFailedError` naming the step and time; the frames before it stay
+in the trajectory, and the diverged state is never written (a restart never starts from it).
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import importlib
 import logging
 import math
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -40,11 +51,14 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import numpy as np
 from ase import units
 
-from mf_lightning.errors import ArgumentError, InputError
+from mf_lightning.errors import ArgumentError, InputError, RunFailedError
 
 log = logging.getLogger(__name__)
 
 AXES = {"x": (1.0, 0.0, 0.0), "y": (0.0, 1.0, 0.0), "z": (0.0, 0.0, 1.0)}
+# No atom of a sound trajectory moves this far in one step (1 A/fs is ~4e5 K for hydrogen): a
+# larger step means the integration has blown up, whatever the geometry checks still accept.
+MAX_STEP_DISPLACEMENT = 1.0  # A
 
 
 # ---------------------------------------------------------------------- field protocols
@@ -84,21 +98,67 @@ class FieldProtocol:
 
 def axis_vector(axis) -> np.ndarray:
     """A unit 3-vector from "x" | "y" | "z", a string "ex,ey,ez", or 3 numbers."""
-    if isinstance(axis, str):
-        axis = AXES[axis] if axis in AXES else [float(x) for x in axis.split(",")]
-    d = np.asarray(axis, dtype=float).reshape(3)
+    given = axis
+    try:
+        if isinstance(axis, str):
+            axis = AXES[axis] if axis in AXES else [float(x) for x in axis.split(",")]
+        d = np.asarray(axis, dtype=float).reshape(3)
+    except (TypeError, ValueError) as exc:
+        raise ArgumentError(f"axis must be x, y, z or a non-zero 3-vector 'ex,ey,ez', got {given!r}") from exc
     norm = np.linalg.norm(d)
     if not np.isfinite(norm) or norm == 0:
         raise ArgumentError(f"axis must be x, y, z or a non-zero 3-vector, got {axis!r}")
     return d / norm
 
 
-def import_function(spec: str) -> Callable[[float], Sequence[float]]:
-    """``"package.module:name"`` -> the callable."""
+class FieldFunction:
+    """A user's field function ``f(t_fs)``, checked at every call: anything but 3 finite numbers
+    (V/A) is an :class:`~mf_lightning.errors.ArgumentError` naming the function and the time."""
+
+    def __init__(self, function: Callable[[float], Sequence[float]], name: str):
+        self.function, self.name = function, name
+
+    def __call__(self, t_fs: float) -> np.ndarray:
+        value = self.function(t_fs)
+        try:
+            field = np.asarray(value, dtype=float).reshape(-1)
+        except (TypeError, ValueError):
+            field = None
+        if field is None or field.shape != (3,) or not np.all(np.isfinite(field)):
+            shown = " ".join(repr(value).split())
+            raise ArgumentError(f"field function {self.name} returned {shown[:200]} at t = {t_fs:g} fs: it must "
+                                "return 3 finite numbers (V/A)")
+        return field
+
+
+def import_function(spec: str) -> FieldFunction:
+    """``"package.module:name"`` -> the callable, checked at every call (:class:`FieldFunction`).
+    A module that does not import or a name it lacks is an argument error."""
     module, _, name = spec.partition(":")
-    if not name:
+    if not module or not name:
         raise ArgumentError(f"field function {spec!r}: give it as module:function")
-    return getattr(importlib.import_module(module), name)
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        raise ArgumentError(f"field function {spec}: cannot import module {module!r} ({exc}); is it on "
+                            "PYTHONPATH?") from exc
+    function = getattr(mod, name, None)
+    if not callable(function):
+        raise ArgumentError(f"field function {spec}: module {module!r} has no function {name!r}")
+    return FieldFunction(function, spec)
+
+
+def check_periodic(atoms, source: str = "the structure") -> None:
+    """MD and loops need a 3D-periodic cell: P (logged every frame, the field's partner in the
+    enthalpy) and the stress are per cell volume, undefined for a slab or a molecule."""
+    pbc = [bool(p) for p in atoms.get_pbc()]
+    if all(pbc) and abs(float(atoms.get_volume())) > 1e-9:
+        return
+    where = ", ".join("xyz"[k] for k in range(3) if pbc[k])
+    shape = f"periodic along {where} only" if where else "not periodic"
+    raise InputError(f"{source}: {shape} (pbc {' '.join('T' if p else 'F' for p in pbc)}): finite-field MD needs a "
+                     "3D-periodic cell, and so do P-E loops (P, the field's partner in the enthalpy, and the stress "
+                     "are per cell volume); give a slab a periodic box with vacuum (pbc T T T)")
 
 
 # ---------------------------------------------------------------------- trajectory file
@@ -138,6 +198,8 @@ def check_output(out: Path, inputs: Sequence = ()) -> None:
     """Refuse an ``--out`` that is one of the inputs or an existing file of another kind (a model,
     a structure, a table): the driver truncates and appends to its own trajectories only."""
     out = Path(out)
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder: give a trajectory file (e.g. {out / 'trajectory.xyz'})")
     for given in inputs:
         if given is not None and Path(given).exists() and out.exists() and out.resolve() == Path(given).resolve():
             raise InputError(f"--out {out} is also an input: choose another output file")
@@ -203,6 +265,10 @@ def _frame(atoms, calc, step: int, t_fs: float, with_response: bool, becs: bool)
     from ase import Atoms
 
     res = calc.results
+    require = getattr(calc, "require_learned", None)  # MACEFieldCalculator's trust check
+    if require is not None:  # logged beside the forces, read from the same results
+        require(["energy", "polarisation"], "MD's logged enthalpy and P(t)")
+    learned = calc.model.learned_quantities(calc.head) if hasattr(calc, "model") else None
     frame = Atoms(atoms.get_chemical_symbols(), positions=atoms.get_positions(), cell=atoms.get_cell(),
                   pbc=atoms.get_pbc())
     frame.set_momenta(atoms.get_momenta())
@@ -214,14 +280,54 @@ def _frame(atoms, calc, step: int, t_fs: float, with_response: bool, becs: bool)
         "enthalpy": float(res["energy"]), "kinetic_energy": kinetic, "total_energy": float(res["energy"]) + kinetic,
         "temperature": float(atoms.get_temperature()), "volume": float(atoms.get_volume()),
     }
-    if "stress" in res:
+    if "stress" in res and (learned is None or "stress" in learned):  # not logged where never learned
         info["stress"] = np.asarray(res["stress"]).copy()
     if with_response:
         info["polarisability"] = calc.get_polarisability(atoms).reshape(9).copy()
         if becs:
             frame.arrays["becs"] = calc.get_becs(atoms).reshape(len(atoms), 9).copy()
+    untrained = untrained_warnings(calc)
+    if untrained:  # every frame: a restart, or a reader of any one frame, sees it
+        info["untrained"] = "; ".join(untrained)
     frame.info.update(info)
     return frame
+
+
+def untrained_warnings(calc) -> list:
+    """What the calculator computed that its head never learned (``--allow-untrained``)."""
+    return list(getattr(calc, "untrained_warnings", None) or [])
+
+
+def divergence(atoms, forces, before: np.ndarray, timestep_fs: float) -> Optional[str]:
+    """Why the state after a step shows the integration blew up, or None: non-finite forces,
+    positions, velocities or energy, an atom that moved more than ``MAX_STEP_DISPLACEMENT`` in
+    the step, or one whose velocity would take it that far in the next."""
+    if not np.all(np.isfinite(forces)):
+        return "non-finite forces"
+    energy = (getattr(atoms.calc, "results", None) or {}).get("energy", 0.0)
+    if not np.isfinite(energy):
+        return "a non-finite energy"
+    pos = atoms.get_positions()
+    if not np.all(np.isfinite(pos)) or not np.all(np.isfinite(atoms.get_momenta())):
+        return "non-finite positions or velocities"
+    moved = np.linalg.norm(pos - before, axis=1)
+    k = int(np.argmax(moved))
+    if moved[k] > MAX_STEP_DISPLACEMENT:
+        return f"atom {k} moved {moved[k]:.3g} A in one step (more than {MAX_STEP_DISPLACEMENT:g} A)"
+    speed = np.linalg.norm(atoms.get_velocities(), axis=1) * units.fs  # A/fs
+    k = int(np.argmax(speed))
+    if speed[k] * timestep_fs > MAX_STEP_DISPLACEMENT:
+        return (f"atom {k} moves at {speed[k]:.3g} A/fs ({speed[k] * timestep_fs:.3g} A per step, temperature "
+                f"{atoms.get_temperature():.3g} K)")
+    return None
+
+
+def diverged(step: int, t_fs: float, reason: str, timestep_fs: float, field, out: Path,
+             last_written: Optional[int]) -> RunFailedError:
+    kept = (f"{out} keeps the frames up to step {last_written}" if last_written is not None
+            else f"no frame was written to {out}")
+    advice = f"a smaller time step (now {timestep_fs:g} fs)" + (" or a weaker field" if field is not None else "")
+    return RunFailedError(f"the dynamics diverged at step {step} (t = {t_fs:g} fs): {reason}; {kept}; try {advice}")
 
 
 def run_md(atoms, calc, out, steps: int, timestep_fs: float = 1.0, ensemble: str = "nvt",
@@ -234,18 +340,21 @@ def run_md(atoms, calc, out, steps: int, timestep_fs: float = 1.0, ensemble: str
     thermostat's temperature for NVT, keep the structure's momenta for NVE)."""
     import ase.io
 
+    from mf_lightning.data.graphs import GeometryError
+
     out = Path(out)
     check_dynamics(steps, timestep_fs, temperature_K, friction_per_fs, log_every, response_every)
     check_output(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_periodic(atoms)
     if response_every is not None and response_every % log_every:
         raise ArgumentError(f"response_every ({response_every}) must be a multiple of log_every ({log_every})")
+    out.parent.mkdir(parents=True, exist_ok=True)
     if field is not None:
+        if callable(field) and not isinstance(field, (FieldProtocol, FieldFunction)):
+            field = FieldFunction(field, getattr(field, "__name__", repr(field)))
         calc.set_field(field)
     atoms = atoms.copy()
     start = last_frame(out) if restart else None
-    if not restart and out.exists():
-        out.unlink()
     if start is not None:
         step0, t0 = int(start.info["step"]), float(start.info["time_fs"])
         atoms.set_cell(start.get_cell())
@@ -268,24 +377,39 @@ def run_md(atoms, calc, out, steps: int, timestep_fs: float = 1.0, ensemble: str
     # the thermostat's noise depends on (seed, step of the start), so a restart is reproducible
     dyn = make_dynamics(atoms, ensemble, timestep_fs, temperature_K, friction_per_fs, seed + step0)
     calc.time = t0
-    forces = atoms.get_forces()
+    forces = atoms.get_forces()  # the structure's own problems (and an untrained head) stop here, before any write
+    if not np.all(np.isfinite(forces)):
+        raise RunFailedError(f"the model's forces on the {'restart frame' if start is not None else 'structure'} are "
+                             "not finite: nothing was written")
+    if not restart and out.exists():
+        out.unlink()
     fh = open(out, "a")
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=steps, initial=step0, unit="step", desc="MD", file=sys.stderr)
+    last_written = step0 if start is not None else None
     try:
         if step0 == 0:
             ase.io.write(fh, _frame(atoms, calc, 0, 0.0, response_every is not None, becs), format="extxyz")
             fh.flush()
+            last_written = 0
         step, t = step0, t0
         while step < steps:
             calc.time = t + timestep_fs  # the time of the positions the step is about to reach
-            forces = dyn.step(forces)
+            before = atoms.get_positions()
+            try:
+                forces = dyn.step(forces)
+            except GeometryError as exc:  # the evolved positions, not the input: the dynamics blew up
+                reason = str(exc).split(": ", 1)[-1]
+                raise diverged(step + 1, t + timestep_fs, reason, timestep_fs, field, out, last_written) from exc
             dyn.nsteps += 1
             step += 1
             t += timestep_fs
+            problem = divergence(atoms, forces, before, timestep_fs)
+            if problem:  # checked every step, before the frame is written: a restart never starts from it
+                raise diverged(step, t, problem, timestep_fs, field, out, last_written)
             if bar is not None:
                 bar.update(1)
             if step % log_every == 0 or step == steps:
@@ -293,13 +417,16 @@ def run_md(atoms, calc, out, steps: int, timestep_fs: float = 1.0, ensemble: str
                 ase.io.write(fh, _frame(atoms, calc, step, t, with_resp, becs), format="extxyz")
                 fh.flush()
                 os.fsync(fh.fileno())
-                if not np.all(np.isfinite(forces)) or not np.isfinite(atoms.get_kinetic_energy()):
-                    raise FloatingPointError(f"MD blew up at step {step} (non-finite forces or velocities)")
+                last_written = step
     finally:
         fh.close()
         if bar is not None:
             bar.close()
-    return {"trajectory": str(out), "steps": steps, "started_at": step0, "timestep_fs": timestep_fs}
+    result = {"trajectory": str(out), "steps": steps, "started_at": step0, "timestep_fs": timestep_fs}
+    untrained = untrained_warnings(calc)
+    if untrained:
+        result["untrained"] = untrained
+    return result
 
 
 def read_log(path, keys: Sequence[str] = ("time_fs", "electric_field", "polarisation", "total_energy",
@@ -320,14 +447,28 @@ def read_log(path, keys: Sequence[str] = ("time_fs", "electric_field", "polarisa
     return out
 
 
-def load_structure(path: str, frame: int = 0, supercell: Optional[Sequence[int]] = None):
-    """Frame ``frame`` of any file ASE reads; unreadable files and missing frames are input errors."""
+def check_input_file(path, kind: str) -> None:
+    """``path`` must be a readable regular file: a missing one is "no such <kind>", a folder or a
+    device is named as such, and any other failure keeps the OS's own reason (a symbolic link
+    loop, a name too long, a path through a file, no permission), one line by the CLIs."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: no such {kind}") from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{path}: is a folder, not a {kind}")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: not a regular file (a device, a pipe or a socket), not a {kind}")
+
+
+def load_structure(path: str, frame: int = 0, supercell: Optional[Sequence[int]] = None, periodic: bool = False):
+    """Frame ``frame`` of any file ASE reads; unreadable files and missing frames are input errors.
+    ``periodic``: a structure that is not 3D-periodic is one too (:func:`check_periodic`)."""
     import ase.io
 
     from mf_lightning.data.graphs import check_geometry
 
-    if not Path(path).is_file():
-        raise InputError(f"{path}: no such structure file")
+    check_input_file(path, "structure file")
     try:
         atoms = ase.io.read(path, index=frame)
     except (StopIteration, IndexError) as exc:
@@ -337,6 +478,8 @@ def load_structure(path: str, frame: int = 0, supercell: Optional[Sequence[int]]
         raise InputError(f"{path}: cannot read a structure ({type(exc).__name__}: {reason})") from exc
     atoms.calc = None
     check_geometry(atoms, f"{path}: frame {frame}")
+    if periodic:
+        check_periodic(atoms, f"{path}: frame {frame}")
     if supercell:
         atoms = atoms.repeat(tuple(int(x) for x in supercell))
     return atoms

@@ -107,9 +107,7 @@ def test_every_module_cli_on_the_same_bad_files(case, bad, capsys, caplog):
     root, files = case
     path = files[bad]
     for prog, main, argv, batch in tools(root, path, root / "model.pt"):
-        if prog == "spectra" and bad in ("nan_position", "nan_cell", "overlapping_atoms"):
-            continue  # a structure, not a trajectory: refused as such (the "no P samples" line)
-        rc = main(argv)
+        rc = main(argv)  # spectra: a structure, not a trajectory, is refused as such, naming the file
         if batch:
             err = capsys.readouterr().err
             assert rc == EXIT_PARTIAL and "Traceback" not in err, (prog, bad, rc, err)
@@ -165,3 +163,157 @@ def test_hydra_entry_points_on_the_same_bad_files(case, entry, tmp_path):
         assert len([line for line in err.splitlines() if ": error: " in line]) == 1, (entry, bad, err[-2000:])
     proc = subprocess.run(cmd + ["debug=true"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_a_nearly_singular_cell_is_refused_quickly_and_the_good_structures_kept(case, tmp_path):
+    """A cell with a3 almost in the plane of a1, a2 (0.025 A^3 for 3 atoms) hung every tool in the
+    neighbour list (GBs of memory). The real CLIs run in subprocesses with a timeout and a memory
+    ceiling (a regression fails, it does not hang): mf-predict on both engines keeps the good
+    structures of the same call and lists the bad one in its errors file (exit 1); mf-md refuses
+    it in one line (exit 2)."""
+    import csv
+
+    from tests.unit.data.test_bad_input import THIN_CELL, limited_memory
+
+    root, _ = case
+    thin = tmp_path / "thin.xyz"
+    ase.io.write(thin, ase.Atoms("OSiO", scaled_positions=[[0, 0, 0], [0.3, 0.3, 0.5], [0.6, 0.2, 0.7]],
+                                 cell=THIN_CELL, pbc=True), format="extxyz")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+    def run(*argv):
+        return subprocess.run([sys.executable, "-m", *argv], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300, preexec_fn=limited_memory())
+
+    for engine in ("ase", "torchsim"):
+        out = tmp_path / f"{engine}.csv"
+        proc = run("mf_lightning.cli.predict", str(root / "good.xyz"), str(thin), "--model", str(root / "model.pt"),
+                   "--out", str(out), "--no-progress", "--engine", engine)
+        assert proc.returncode == EXIT_PARTIAL and "Traceback" not in proc.stderr, (engine, proc.stderr[-2000:])
+        with open(out, newline="") as fh:
+            assert len(list(csv.DictReader(fh))) == 2  # both frames of good.xyz
+        with open(tmp_path / f"{engine}.errors.csv", newline="") as fh:
+            errors = list(csv.DictReader(fh))
+        assert len(errors) == 1 and "thin.xyz" in errors[0]["id"], errors
+        assert "0.001 A thick along a3" in errors[0]["error"] and "nearly singular" in errors[0]["error"], errors
+    proc = run("mf_lightning.cli.md", str(thin), "--model", str(root / "model.pt"), "--out", str(tmp_path / "md.xyz"),
+               "--steps", "2", "--no-progress")
+    lines = [line for line in proc.stderr.splitlines() if ": error: " in line]
+    assert proc.returncode == EXIT_INPUT and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(lines) == 1 and "thin.xyz" in lines[0] and "nearly singular" in lines[0], proc.stderr[-2000:]
+
+
+# Inputs the finite-field tools (md, hysteresis, spectra) must refuse in one line, each class of
+# them: (tool, arguments with {root}/{model}/{quartz}/... placeholders, exit code, words of the line)
+FIELD_TOOL_CASES = {
+    "md_on_a_slab": ("md", "{slab} --model {model} --out {out}/slab.xyz --steps 2", 2, "periodic along x, y only"),
+    "quasistatic_loop_on_a_slab": ("hysteresis", "{slab} --model {model} --out {out}/hs --mode quasistatic --points 2",
+                                   2, "periodic along x, y only"),
+    "dynamic_loop_on_a_slab": ("hysteresis", "{slab} --model {model} --out {out}/hd --period-fs 4 --dt 1 --cycles 1",
+                               2, "periodic along x, y only"),
+    "zero_cycles": ("hysteresis", "{quartz} --model {model} --out {out}/h0 --cycles 0", 2, "cycles must be > 0"),
+    "zero_points": ("hysteresis", "{quartz} --model {model} --out {out}/h1 --mode quasistatic --points 0", 2,
+                    "points must be >= 2"),
+    "loop_out_is_a_file": ("hysteresis", "{quartz} --model {model} --out {file} --mode quasistatic --points 2", 2,
+                           "exists and is a file, not a folder"),
+    "spectra_out_is_a_file": ("spectra", "{trajectory} --out {file}", 2, "exists and is a file, not a folder"),
+    "out_through_a_file": ("md", "{quartz} --model {model} --out {file}/t.xyz --steps 1", 2,
+                           "is a file, not a folder"),
+    "md_out_is_a_folder": ("md", "{quartz} --model {model} --out {out} --steps 1", 2, "is a folder"),
+    "nan_field_function": ("md", "{quartz} --model {model} --out {out}/f.xyz --steps 2 --field-function "
+                                 "mf_probe_fields:nan_field", 2, "returned [nan, 0.0, 0.0] at t = 0 fs"),
+    "missing_field_function": ("md", "{quartz} --model {model} --out {out}/f.xyz --steps 2 --field-function "
+                                     "mf_probe_fields:nothing", 2, "has no function 'nothing'"),
+    "bad_axis": ("hysteresis", "{quartz} --model {model} --out {out}/ha --axis q", 2, "axis must be x, y, z"),
+    "spectra_on_a_poscar": ("spectra", "{poscar} --out {out}/s1", 2, "not an MD trajectory of mf-md"),
+    "spectra_on_a_plain_extxyz": ("spectra", "{plain} --out {out}/s2", 2, "not an MD trajectory of mf-md"),
+    "structure_is_a_folder": ("md", "{root} --model {model} --out {out}/d.xyz --steps 1", 2,
+                              "is a folder, not a structure file"),
+    "model_is_a_folder": ("md", "{quartz} --model {root} --out {out}/d.xyz --steps 1", 2,
+                          "is a folder, not a model file"),
+    "trajectory_is_a_folder": ("spectra", "{root} --out {out}/s3", 2, "is a folder, not a trajectory file"),
+    "symlink_loop_as_structure": ("md", "{loop} --model {model} --out {out}/l.xyz --steps 1", 2,
+                                  "too many levels of symbolic links"),
+    "symlink_loop_as_model": ("hysteresis", "{quartz} --model {loop} --out {out}/hl", 2,
+                              "too many levels of symbolic links"),
+}
+
+
+@pytest.fixture(scope="module")
+def field_inputs(case, sio2_atoms):
+    root, _ = case
+    slab = sio2_atoms.copy()
+    slab.calc = None
+    slab.center(vacuum=8.0, axis=2)
+    slab.pbc = (True, True, False)
+    ase.io.write(root / "slab.xyz", slab, format="extxyz")
+    quartz = sio2_atoms.copy()
+    quartz.calc = None
+    ase.io.write(root / "POSCAR", quartz, format="vasp")
+    plain = ase.Atoms(quartz.get_chemical_symbols(), positions=quartz.get_positions(), cell=quartz.get_cell(),
+                      pbc=True)  # an extxyz without any logged column
+    ase.io.write(root / "plain.xyz", [plain] * 12, format="extxyz")
+    (root / "a_file").write_text("not a folder\n")
+    (root / "mf_probe_fields.py").write_text("def nan_field(t):\n    return [float('nan'), 0.0, 0.0]\n")
+    loop = root / "loop_a"
+    if not loop.is_symlink():
+        loop.symlink_to(root / "loop_b")
+        (root / "loop_b").symlink_to(loop)
+    from mf_lightning.cli import md
+
+    md.main([str(root / "good.xyz"), "--model", str(root / "model.pt"), "--out", str(root / "traj.xyz"), "--steps", "2",
+             "--log-every", "1", "--no-progress", "--no-restart"])
+    return {"root": root, "model": root / "model.pt", "quartz": root / "good.xyz", "slab": root / "slab.xyz",
+            "poscar": root / "POSCAR", "plain": root / "plain.xyz", "file": root / "a_file", "loop": loop,
+            "trajectory": root / "traj.xyz", "out": root / "field_out"}
+
+
+@pytest.mark.parametrize("name", list(FIELD_TOOL_CASES))
+def test_field_tools_refuse_each_class_of_bad_input_in_one_line(field_inputs, name, capsys, monkeypatch):
+    """md, hysteresis and spectra on slabs, impossible loop settings, outputs of the wrong kind,
+    a NaN field function, plain structure files given as trajectories, folders and symbolic link
+    loops given as files: each one line ``<tool>: error: ...`` and exit 2, never a traceback."""
+    from mf_lightning.cli import hysteresis, md, spectra
+
+    prog, argv, code, words = FIELD_TOOL_CASES[name]
+    monkeypatch.syspath_prepend(str(field_inputs["root"]))  # where the field function's module is
+    main = {"md": md.main, "hysteresis": hysteresis.main, "spectra": spectra.main}[prog]
+    args = argv.format(**{k: str(v) for k, v in field_inputs.items()}).split() + (
+        [] if prog == "spectra" else ["--no-progress"])
+    rc = main(args)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if ": error: " in line]
+    assert rc == code and "Traceback" not in err, (name, rc, err[-2000:])
+    assert len(lines) == 1 and lines[0].startswith(f"mf-{prog}: error: ") and words in lines[0], (name, err[-2000:])
+
+
+def test_a_read_only_output_location_is_one_line(field_inputs, tmp_path):
+    """A read-only file system (EROFS: a plain OSError, not a PermissionError) under --out, for
+    each tool: one line naming the location, exit 2. The location is a read-only bind mount in a
+    private mount namespace (``unshare -m``), so the real CLIs run on a real EROFS."""
+    import shutil
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    unshare = shutil.which("unshare")
+    probe = subprocess.run([unshare or "unshare", "-m", "sh", "-c", f"mount --bind {ro} {ro} && "
+                            f"mount -o remount,bind,ro {ro} && ! touch {ro}/x"], capture_output=True, text=True)
+    if unshare is None or probe.returncode != 0:
+        pytest.skip(f"no private mount namespace here (unshare -m: {probe.stderr.strip()[:200]})")
+    f = {k: str(v) for k, v in field_inputs.items()}
+    commands = {
+        "md": f"mf_lightning.cli.md {f['quartz']} --model {f['model']} --out {ro}/t.xyz --steps 1 --no-progress",
+        "hysteresis": f"mf_lightning.cli.hysteresis {f['quartz']} --model {f['model']} --out {ro}/loop --no-progress",
+        "spectra": f"mf_lightning.cli.spectra {f['trajectory']} --out {ro}/spectra",
+        "predict": f"mf_lightning.cli.predict {f['quartz']} --model {f['model']} --out {ro}/p.csv --no-progress",
+    }
+    script = " ; ".join(f"{sys.executable} -m {cmd} ; echo rc=$?" for cmd in commands.values())
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([unshare, "-m", "sh", "-c", f"mount --bind {ro} {ro} && mount -o remount,bind,ro {ro} && "
+                           f"{script}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out, out[-3000:]
+    assert [line for line in proc.stdout.splitlines() if line.startswith("rc=")] == [f"rc={EXIT_INPUT}"] * 4, out
+    for prog in commands:
+        lines = [line for line in proc.stderr.splitlines() if line.startswith(f"mf-{prog}: error: ")]
+        assert len(lines) == 1 and str(ro) in lines[0] and "read-only file system" in lines[0], (prog, out[-3000:])

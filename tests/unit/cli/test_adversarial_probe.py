@@ -70,8 +70,8 @@ def test_a_field_in_the_wrong_unit_is_named(files, caplog):
     from mf_lightning.cli import md
 
     caplog.set_level(logging.WARNING)
-    out = files / "field.xyz"
-    assert md.main([str(files / "quartz.xyz"), "--model", str(files / "model.pt"), "--out", str(out), "--steps", "1",
+    out = files / "field.xyz"  # 0 steps: at 3600 MV/cm the untrained model's dynamics diverge at step 1 (exit 3)
+    assert md.main([str(files / "quartz.xyz"), "--model", str(files / "model.pt"), "--out", str(out), "--steps", "0",
                     "--field-kind", "constant", "--E0", "36", "--field-unit", "V/A", "--no-progress",
                     "--no-restart"]) == 0
     assert "3600 MV/cm" in caplog.text and "did you mean --field-unit MV/cm" in caplog.text
@@ -197,3 +197,46 @@ def test_a_second_training_in_the_same_run_folder_is_refused(tmp_path):
         proc = subprocess.run([sys.executable, "train.py", "experiment=smoke", f"hydra.run.dir={run}",
                                "torch_threads=1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == EXIT_INPUT and "another training is running in this run folder" in proc.stderr
+
+
+def _raised(action):
+    try:
+        action()
+    except OSError as exc:
+        return exc
+    raise AssertionError("no OSError")
+
+
+def test_os_errors_are_classified_by_errno_with_their_own_wording(tmp_path):
+    """By errno, not by exception class: a read-only file system is a plain OSError (it used to
+    be a traceback), EACCES and EPERM are both PermissionError. Where this machine can produce the
+    error it is a real one (a missing file, a folder, a path through a file, a symbolic link loop,
+    a name too long, an existing folder); the rest are the OSErrors the OS would raise."""
+    from mf_lightning.cli._common import classify
+
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    cases = [
+        (_raised(lambda: open(tmp_path / "missing")), EXIT_INPUT, "missing: no such file or folder"),
+        (_raised(lambda: open(tmp_path, "w")), EXIT_INPUT, ": is a folder, not a file"),
+        (_raised(lambda: open(tmp_path / "f" / "x", "w")), EXIT_INPUT, "f/x: not a folder (a part of this path is a file)"),
+        (_raised(lambda: open(tmp_path / "a")), EXIT_INPUT, "a: too many levels of symbolic links"),
+        (_raised(lambda: open(tmp_path / ("n" * 300), "w")), EXIT_INPUT, "nnn...nnn"),  # shortened
+        (_raised(lambda: open(tmp_path / ("m" * 300), "w")), EXIT_INPUT, "mmm: file name too long"),
+        (_raised(lambda: os.mkdir(tmp_path)), EXIT_INPUT, ": already exists"),
+        (OSError(errno.EROFS, os.strerror(errno.EROFS), "/mnt/ro/out"), EXIT_INPUT,
+         "/mnt/ro/out: read-only file system: choose a location you can write to"),
+        (OSError(errno.EACCES, os.strerror(errno.EACCES), "/srv/x"), EXIT_INPUT, "/srv/x: permission denied"),
+        (OSError(errno.EPERM, os.strerror(errno.EPERM), "/sys/x"), EXIT_INPUT, "/sys/x: operation not permitted"),
+        (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "m.pt"), EXIT_FAILED, "disk full while writing m.pt"),
+        (OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), "m.pt"), EXIT_FAILED, "m.pt: disk quota exceeded"),
+        (OSError(errno.EIO, os.strerror(errno.EIO), "m.pt"), EXIT_FAILED, "m.pt: input/output error"),
+        (OSError(errno.EROFS, os.strerror(errno.EROFS)), EXIT_INPUT, "read-only file system: choose a location you "
+                                                                     "can write to (Read-only file system)"),
+    ]
+    for exc, code, words in cases:
+        got = classify(exc)
+        assert got is not None and got[0] == code and words in got[1] and "\n" not in got[1], (exc, got)
+        assert len(got[1]) < 400, got  # a name of thousands of characters is shortened
+    assert classify(OSError(errno.EINVAL, "Invalid argument")) is None  # no user meaning: a bug, keeps its traceback

@@ -160,3 +160,71 @@ def test_isolated_atoms_are_warned_about_once(caplog):
     lines = [r.getMessage() for r in caplog.records if "no neighbour" in r.getMessage()]
     assert lines == ["lonely.xyz:0: 1 of 3 atoms have no neighbour within the cutoff: their field response is "
                      "zero (eps_inf = 1, Z* = 0 there)"]
+
+
+# A nearly singular cell: a3 almost in the plane of a1 and a2 (0.025 A^3 for 3 atoms). It passed
+# every guard, and both neighbour lists then looped over thousands of periodic images per atom:
+# ASE's overlap check (GBs within a minute) and matscipy's list (~1e11 bin visits).
+THIN_CELL = [[5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [2.5, 2.5, 1e-3]]
+THIN_CELL_SCRIPT = """
+import time
+import numpy as np
+from ase import Atoms
+from mf_lightning.data.graphs import GeometryError, atoms_to_graph, check_geometry
+atoms = Atoms("H3", scaled_positions=[[0, 0, 0], [0.3, 0.3, 0.5], [0.6, 0.2, 0.7]], cell=np.array(CELL), pbc=True)
+for name, check in (("geometry", lambda: check_geometry(atoms, "thin.xyz:0")),
+                    ("graph", lambda: atoms_to_graph(atoms, [1], 5.0, source="thin.xyz:0"))):
+    start = time.perf_counter()
+    try:
+        check()
+    except GeometryError as exc:
+        print(name, "refused in", round(time.perf_counter() - start, 3), "s:", exc)
+"""
+
+
+def limited_memory(gib: float = 4.0):
+    """A subprocess memory ceiling (a regression fails with MemoryError instead of taking the machine)."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (int(gib * 2 ** 30), int(gib * 2 ** 30)))
+
+    return limit
+
+
+def test_a_nearly_singular_cell_is_refused_quickly_by_both_neighbour_lists():
+    """Run in a subprocess with a timeout and a memory ceiling, so a regression fails instead of hanging:
+    both the overlap check (ASE's list, which every loader runs) and the graph's own list
+    (matscipy, atoms_to_graph: training, eval, the calculator and MD) refuse it in milliseconds,
+    naming the structure and the thin direction."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", THIN_CELL_SCRIPT.replace("CELL", repr(THIN_CELL))], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120, preexec_fn=limited_memory())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["geometry", "graph"], proc.stdout
+    for line in lines:
+        assert float(line.split()[3]) < 1.0, line
+        assert "thin.xyz:0: a periodic cell only 0.001 A thick along a3" in line and "nearly singular" in line, line
+    assert "overlap check would search" in lines[0] and "neighbour list (r_max = 5 A) would visit" in lines[1]
+
+
+def test_real_cells_pass_the_neighbour_list_cost_guard(structures):
+    """The bound is far from any real crystal: the shared structures, a 4x4x4 quartz supercell
+    (4608 atoms) and a strongly sheared (unreduced) but valid quartz cell all pass."""
+    from mf_lightning.data.graphs import geometry_problem, neighbour_list_problem
+
+    quartz = structures["SiO2"]
+    sheared = quartz.copy()
+    cell = sheared.cell.array.copy()
+    cell[2] += 3 * cell[0]  # the same lattice, a cell 3 vectors skewed
+    sheared.set_cell(cell)
+    for atoms in (*structures.values(), quartz.repeat((4, 4, 4)), sheared):
+        assert geometry_problem(atoms) is None
+        assert neighbour_list_problem(atoms.get_positions(), atoms.get_cell().array, (True,) * 3, 6.0) is None

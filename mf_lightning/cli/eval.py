@@ -43,11 +43,14 @@ def rewrite_overrides(argv: list) -> list:
     return out
 
 
+PROG = "eval.py"
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig):
     from mf_lightning.cli._common import run_hydra_job
 
-    return run_hydra_job(_main, cfg, "eval.py")
+    return run_hydra_job(_main, cfg, PROG)
 
 
 def _main(cfg: DictConfig):
@@ -55,8 +58,10 @@ def _main(cfg: DictConfig):
     from mf_lightning.data.datamodules import FieldDataModule
     from mf_lightning.model.io import load_model
     from mf_lightning.runtime import configure_process
+    from mf_lightning.train.config_check import check_eval_config
     from mf_lightning.train.pipeline import bind_to_model, make_datamodule
 
+    check_eval_config(cfg)  # before the model or any data is read
     configure_process(cfg.get("torch_threads"), malloc=cfg.get("malloc_tuning", True))
     model = load_model(cfg.model_file, device=cfg.device, dtype=cfg.dtype)
     dm = make_datamodule(cfg)
@@ -73,17 +78,21 @@ def _main(cfg: DictConfig):
     out_dir = Path(cfg.paths.output_dir)
     metrics = evaluate_datamodule(model, dm, split, out_dir, batch_size=int(cfg.batch_size), ionic=bool(cfg.ionic),
                                   ionic_key=cfg.ionic_key, ionic_max_atoms=int(cfg.ionic_max_atoms),
-                                  predictions=bool(cfg.predictions),
-                                  plots=bool(cfg.plots))
+                                  predictions=bool(cfg.predictions), plots=bool(cfg.plots),
+                                  allow_untrained=bool(cfg.get("allow_untrained", False)))
     print(table(metrics))
     print(f"run directory: {out_dir} (metrics.json, parity/)")
     return metrics
 
 
 def cli() -> None:
-    """The console script: ``model=``/``data=`` shorthands rewritten, then Hydra."""
+    """The console script: ``model=``/``data=`` shorthands rewritten, the command line checked
+    (:func:`mf_lightning.cli.train.hydra_entry`: a Hydra composition error is one line, exit 2),
+    then Hydra."""
+    from mf_lightning.cli.train import hydra_entry
+
     sys.argv = [sys.argv[0]] + rewrite_overrides(sys.argv[1:])
-    main()
+    hydra_entry(main, "eval", PROG)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,16 @@ script) or ``python train.py ...`` in a checkout; the configs ship in ``mf_light
 Only puts things in order; see :mod:`mf_lightning.train.pipeline`. Returns the validation metric
 named by ``optimized_metric`` (for sweepers). ``demo.only=true`` instead prints the response
 of the configured, untrained model for one structure.
+
+The command line is composed once before Hydra runs (:func:`hydra_entry`): an unknown key or
+group option is one line ``train.py: error: ...`` and exit code 2, before any folder is made.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from typing import Callable
 
 # paths.root_dir: the checkout (train.py sets it) or, installed, the working directory
 os.environ.setdefault("PROJECT_ROOT", os.getcwd())
@@ -16,23 +21,55 @@ os.environ.setdefault("PROJECT_ROOT", os.getcwd())
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+PROG = "train.py"
+
+
+def hydra_entry(hydra_main: Callable[[], None], config_name: str, prog: str) -> None:
+    """Check the command line as Hydra will compose it (:func:`~mf_lightning.train.config_check.check_command_line`),
+    then run ``hydra_main``. Hydra's own report of a composition error is several lines and exit
+    code 1; here it is one line and exit code 2, as for every other configuration error
+    (``debug=true``, ``MF_DEBUG=1`` or ``HYDRA_FULL_ERROR=1`` show the traceback)."""
+    from mf_lightning.cli._common import report
+    from mf_lightning.train.config_check import ConfigError, check_command_line
+
+    try:
+        check_command_line(config_name, sys.argv[1:])
+    except ConfigError as exc:
+        sys.exit(report(exc, prog))
+    hydra_main()
+
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig):
+def hydra_main(cfg: DictConfig):
     from mf_lightning.cli._common import run_hydra_job
 
-    return run_hydra_job(_main, cfg, "train.py")
+    return run_hydra_job(_main, cfg, PROG)
 
 
 def _main(cfg: DictConfig):
     if cfg.demo.only:
-        from mf_lightning.cli.demo import response_demo
+        from pathlib import Path
 
+        from mf_lightning.cli.demo import response_demo
+        from mf_lightning.train.config_check import ConfigError, check_train_config
+        from mf_lightning.train.run_folder import run_outputs, write_run_record
+
+        check_train_config(cfg)
+        folder = Path(cfg.paths.output_dir)
+        if run_outputs(folder):  # its .hydra/ record is that run's
+            raise ConfigError(f"{folder} holds a training run: the demo would replace its record (.hydra/); "
+                              "choose another hydra.run.dir")
+        write_run_record(cfg, folder)
         response_demo(cfg)
         return None
     from mf_lightning.train.pipeline import train
 
     return train(cfg)
+
+
+def main() -> None:
+    """The console script ``mf-train`` (and ``train.py``)."""
+    hydra_entry(hydra_main, "train", PROG)
 
 
 if __name__ == "__main__":

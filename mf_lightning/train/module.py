@@ -20,6 +20,8 @@ from mf_lightning.model.field_mace import FieldMACE
 from mf_lightning.train.losses import MultiTaskLoss
 from mf_lightning.train.metrics import add_sums, batch_to_dict, error_sums, labelled_tasks, metric_rows, rmse_mae
 
+SCHEDULERS = ("plateau", "cosine", "none")  # module.scheduler (conf/module), checked by config_check
+
 
 class FieldMACEModule(pl.LightningModule):
     def __init__(
@@ -187,5 +189,5 @@ class FieldMACEModule(pl.LightningModule):
 
             sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-        raise ValueError(f"unknown scheduler {self.hparams.scheduler!r}: plateau | cosine | none")
+        raise ValueError(f"unknown scheduler {self.hparams.scheduler!r}: {' | '.join(SCHEDULERS)}")
 

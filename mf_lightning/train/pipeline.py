@@ -4,7 +4,6 @@ Everything is built from the Hydra config; this module only puts objects in orde
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -30,11 +29,13 @@ from mf_lightning.model.field_mace import FieldMACE, fit_atomic_polarisabilities
 from mf_lightning.model.io import save_model
 from mf_lightning.runtime import configure_process
 from mf_lightning.train.checkpointing import AtomicCheckpointIO, check_checkpoint
+from mf_lightning.train.config_check import check_train_config
 from mf_lightning.train.losses import label_scales
 from mf_lightning.train.module import FieldMACEModule
 from mf_lightning.train.plots import parity_plots
+from mf_lightning.train.run_folder import claim_run_folder, write_run_record
 from mf_lightning.units import EPS0_E_PER_V_A
-from mf_lightning.utils import markdown_table, run_is_complete
+from mf_lightning.utils import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -222,13 +223,18 @@ def loss_scales(cfg: DictConfig, dm: MultiSourceDataModule, model: FieldMACE,
 
 
 def non_finite_metrics(metrics: Dict[str, Any]) -> List[str]:
-    """Names (stage/source/quantity/stat) of the NaN or infinite final metrics."""
+    """Names (stage/source/quantity/stat) of the NaN or infinite final metrics, and the
+    optimised metric (``optimized_metric``, what checkpoints, early stopping and sweeps use) if it
+    is: a loss weight of 1e300 gives finite per-dataset losses but an infinite ``val/loss``."""
     bad = []
     for stage in ("val", "test"):
         for source, quantities in (metrics.get(stage) or {}).items():
             for q, entry in quantities.items():
                 bad += [f"{stage}/{source}/{q}/{k}" for k, v in entry.items()
                         if isinstance(v, float) and not np.isfinite(v)]
+    optimized = metrics.get("optimized_metric") or {}
+    if isinstance(optimized.get("value"), float) and not np.isfinite(optimized["value"]):
+        bad.append(f"optimized_metric {optimized.get('name')}")
     return bad
 
 
@@ -321,35 +327,27 @@ def train_time(trainer: pl.Trainer) -> Optional[float]:
 
 
 def train(cfg: DictConfig) -> Optional[float]:
-    configure_process(cfg.get("torch_threads"), malloc=cfg.get("malloc_tuning", True))
-    torch.set_float32_matmul_precision(str(cfg.get("float32_matmul_precision") or "highest"))
-    pl.seed_everything(int(cfg.seed), workers=True)
+    check_train_config(cfg)  # before any data is read or anything written: a bad value is one line, exit 2
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if _process_rank() != 0:  # DDP ranks share rank 0's run folder (and its lock)
+    if _process_rank() != 0:  # DDP ranks share rank 0's run folder (and its lock and decisions)
         return _train(cfg, run_dir)
     # one training per run folder: a second one would crash in the CSV logger and write
-    # last.ckpt alternately with the first
+    # last.ckpt alternately with the first. Taken before anything is written (the log included)
     with FileLock(run_dir / ".train.lock", f"{run_dir}: another training is running in this run folder"):
+        done = claim_run_folder(cfg, run_dir)  # refuses a folder holding another run
+        if done is not None:
+            log.info("%s: finished already (resume=true): skipped", run_dir)
+            print(f"run directory: {run_dir}: finished already, skipped (resume=true)")
+            return (done.get("optimized_metric") or {}).get("value")
+        write_run_record(cfg, run_dir)
         return _train(cfg, run_dir)
-
-
-def finished_run(cfg: DictConfig, run_dir: Path) -> Optional[Dict[str, Any]]:
-    """With ``resume: true``, a run folder that holds a finished run (its metrics.json): the
-    sweep rerun skips it."""
-    path = run_dir / "metrics.json"
-    if not cfg.get("resume", False) or not path.is_file():
-        return None
-    metrics = json.loads(path.read_text())
-    return metrics if metrics.get("finished") and run_is_complete(metrics) else None
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> Optional[float]:
-    done = finished_run(cfg, run_dir)
-    if done is not None:
-        log.info("%s: finished already (resume=true): skipped", run_dir)
-        print(f"run directory: {run_dir}: finished already, skipped (resume=true)")
-        return (done.get("optimized_metric") or {}).get("value")
+    configure_process(cfg.get("torch_threads"), malloc=cfg.get("malloc_tuning", True))
+    torch.set_float32_matmul_precision(str(cfg.get("float32_matmul_precision") or "highest"))
+    pl.seed_everything(int(cfg.seed), workers=True)
     last = run_dir / "checkpoints" / "last.ckpt"
     if cfg.get("resume", False) and cfg.get("ckpt_path") is None and last.is_file():
         log.info("%s: resuming the unfinished run from %s (resume=true)", run_dir, last)

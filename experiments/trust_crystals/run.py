@@ -45,7 +45,8 @@ def crystals():
         "ZnO": bulk("ZnO", "wurtzite", a=3.25, c=5.21, u=0.382),
         "TiO2 (rutile)": crystal(["Ti", "O"], basis=[(0, 0, 0), (0.3049, 0.3049, 0)], spacegroup=136,
                                  cellpar=[4.594, 4.594, 2.959, 90, 90, 90]),
-        "SiO2 (alpha-quartz)": crystal(["Si", "O"], basis=[(0.4697, 0, 0), (0.4135, 0.2669, 0.1191)],
+        # P3_221, Si on 3a (x, 0, 2/3), O on 6c: 9 atoms, every Si-O 1.61 A, O-O above 2.5 A
+        "SiO2 (alpha-quartz)": crystal(["Si", "O"], basis=[(0.4697, 0, 2 / 3), (0.4135, 0.2669, 2 / 3 + 0.1191)],
                                        spacegroup=154, cellpar=[4.916, 4.916, 5.405, 90, 90, 120]),
         "BaTiO3 (cubic)": crystal(["Ba", "Ti", "O"], basis=[(0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0)],
                                   spacegroup=221, cellpar=[4.00, 4.00, 4.00, 90, 90, 90]),

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import pickle
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
@@ -242,14 +243,47 @@ def atomic_torch_save(obj, path) -> None:
         raise
 
 
+_OS_REASONS = {errno.ELOOP: "a symbolic link loop", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied", errno.ENOTDIR: "a path through a file, not a folder",
+               errno.ENAMETOOLONG: "file name too long"}
+
+
+def unreadable_reason(path, kind: str = "file") -> Optional[str]:
+    """Why ``path`` cannot be read as a ``kind`` (None: it can be opened): missing, a folder, a
+    device, a symbolic link loop, no permission... each in its own words (a folder or a loop
+    is not "no such file")."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return f"no such {kind}"
+        return _OS_REASONS.get(exc.errno, os.strerror(exc.errno) if exc.errno else str(exc))
+    if stat.S_ISDIR(st.st_mode):
+        return f"is a folder, not a {kind}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"not a regular file (a device, a pipe or a socket), not a {kind}"
+    if not os.access(path, os.R_OK):
+        return "permission denied"
+    return None
+
+
+def check_readable_file(path, kind: str, error: type = None) -> None:
+    """Raise ``error`` (default :class:`~mf_lightning.errors.InputError`) ``"<path>: <reason>"``
+    if ``path`` cannot be read (:func:`unreadable_reason`)."""
+    from mf_lightning.errors import InputError
+
+    reason = unreadable_reason(path, kind)
+    if reason is not None:
+        raise (error or InputError)(f"{path}: {reason}")
+
+
 def guarded_torch_load(path, error: type, kind: str, pickle_message: str, corrupt_hint: str = "",
                        allow_pickle: bool = False, map_location="cpu"):
     """``torch.load`` (weights-only unless ``allow_pickle``) whose failures are ``error`` with a
     message: no such ``kind``; truncated or corrupted (+ ``corrupt_hint``); or, for a file that
     needs unpickling, ``pickle_message``. Shared by model files and training checkpoints."""
     path = Path(path)
-    if not path.is_file():
-        raise error(f"{path}: no such {kind}")
+    check_readable_file(path, kind, error)
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one has no directory
         raise error(f"{path}: truncated or corrupted {kind} (not a complete torch archive).{corrupt_hint}")
     try:

@@ -45,6 +45,24 @@ BASE_COLUMNS = ["id", "formula", "n_atoms", "eps_poly", "n", "eps_inf", "polaris
                 "model_sha256"]
 RESPONSE_QUANTITIES = ("polarisation", "becs", "polarisability")
 IONIC_COLUMNS = ["eps_ion", "eps_0", "eps_0_poly", "unstable_modes_cm", "relaxed"]
+# what each column holds, with its unit: <out stem>.meta.json, beside the table
+COLUMN_UNITS = {
+    "id": ("", "resolved path of the file, @frame for later frames"),
+    "formula": ("", "reduced formula"), "n_atoms": ("", "atoms in the cell"),
+    "eps_poly": ("1", "mean eigenvalue of eps_inf (relative permittivity, clamped ions)"),
+    "n": ("1", "refractive index sqrt(eps_poly); empty where eps_inf is not positive"),
+    "eps_inf": ("1", "3x3 JSON, eps_inf = I + alpha/eps0"),
+    "polarisability": ("e/(V*A)", "alpha, 3x3 JSON"),
+    "becs": ("e", "Z*, JSON [[atom 0: 9 values row-major], ...], Z*[k,i,j] = d(Omega P_i)/dR_kj; tidy per "
+                  "atom in <stem>.becs.csv"),
+    "flags": ("", "';'-separated reasons not to trust the row (mf_lightning.analysis.validity)"),
+    "model_sha256": ("", "checksum of the model that predicted the row"),
+    "eps_ion": ("1", "3x3 JSON, ionic part from the model's Hessian; empty beside unstable modes"),
+    "eps_0": ("1", "3x3 JSON, eps_inf + eps_ion; empty beside unstable modes"),
+    "eps_0_poly": ("1", "mean eigenvalue of eps_0"), "unstable_modes_cm": ("cm^-1", "imaginary modes, as negatives"),
+    "relaxed": ("", "the relaxation converged to --fmax"),
+}
+BECS_COLUMNS = ["id", "atom", "element"] + [f"Z_{i}{j}" for i in "xyz" for j in "xyz"]
 
 
 
@@ -199,10 +217,77 @@ def row_for(ident: str, atoms, response: Dict[str, np.ndarray], training_element
             "becs": _json(response["becs"].reshape(len(atoms), 9)), "flags": flags}
 
 
+def write_relaxed(path: Path, items: Sequence[Tuple[str, Any]]) -> None:
+    """Append relaxed structures to an extxyz (``id`` in each frame's info), flushed."""
+    import ase.io
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = []
+    for ident, atoms in items:
+        a = atoms.copy()
+        a.calc = None
+        a.info = {"id": ident}
+        frames.append(a)
+    with open(path, "a") as fh:
+        ase.io.write(fh, frames, format="extxyz")
+        fh.flush()
+
+
+def prune_relaxed(path: Path, keep: set) -> None:
+    """Drop frames of ids not in ``keep`` from a relaxed-structures file (see :func:`prune_to`)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    import ase.io
+
+    from mf_lightning.files import atomic_open
+
+    frames = ase.io.read(path, index=":", format="extxyz")
+    kept = [a for a in frames if a.info.get("id") in keep]
+    if len(kept) != len(frames):
+        with atomic_open(path, "w") as fh:
+            ase.io.write(fh, kept, format="extxyz")
+
+
 def check_finite(response: Dict[str, np.ndarray]) -> None:
     bad = [q for q, v in response.items() if not np.all(np.isfinite(v))]
     if bad:
         raise ValueError(f"non-finite prediction of {', '.join(bad)} (overlapping atoms? a model file gone bad?)")
+
+
+def becs_rows(ident: str, atoms, becs: np.ndarray) -> List[Dict[str, Any]]:
+    """The tidy per-atom table: one row per atom, one column per component (``Z_ij``: field /
+    polarisation direction i, displacement direction j)."""
+    return [{"id": ident, "atom": k, "element": sym, **{c: f"{v:.6g}" for c, v in zip(BECS_COLUMNS[3:], z.ravel())}}
+            for k, (sym, z) in enumerate(zip(atoms.get_chemical_symbols(), np.asarray(becs).reshape(-1, 3, 3)))]
+
+
+def summary_row(row: Dict[str, Any], atoms, becs: np.ndarray) -> Dict[str, str]:
+    """One line of the table ``mf-predict`` prints: eps_inf's mean and anisotropy (largest minus
+    smallest eigenvalue), n, eps_0 if computed, tr Z*/3 per element, flags."""
+    eps = np.array(json.loads(row["eps_inf"]))
+    w = np.linalg.eigvalsh(0.5 * (eps + eps.T))
+    diag = np.trace(np.asarray(becs).reshape(-1, 3, 3), axis1=1, axis2=2) / 3
+    symbols = np.array(atoms.get_chemical_symbols())
+    z = " ".join(f"{el} {diag[symbols == el].mean():+.2f}" for el in dict.fromkeys(symbols))
+    return {"formula": row["formula"], "eps_inf": f"{w.mean():.3f}", "aniso": f"{w.max() - w.min():.3f}",
+            "n": row["n"] or "-", "eps_0": row.get("eps_0_poly", "") or "-", "Z* (e)": z, "flags": row["flags"] or "-"}
+
+
+def prune_to(path: Path, keep: set, columns: List[str]) -> None:
+    """Drop rows of ids not in ``keep`` from a side table (rows of a structure whose main row a
+    kill cut off are written again on resume)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    kept = [r for r in rows if r.get("id") in keep]
+    if len(kept) != len(rows):
+        from mf_lightning.files import atomic_open
+
+        with atomic_open(path, "w") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(kept)
 
 
 def ionic_columns(calc, atoms, max_memory: Optional[float] = None) -> Dict[str, Any]:
@@ -315,7 +400,8 @@ def screen(items: Iterable[Item], model, out: Path, head: Optional[str] = None, 
            ionic: bool = False, relax: bool = False, fmax: float = 0.01, relax_cell: bool = False,
            max_atoms: int = 2000, max_structures: int = 64, progress: bool = True,
            total: Optional[int] = None, engine: str = "ase", allow_untrained: bool = False,
-           max_memory: Optional[float] = None) -> Dict[str, Any]:
+           max_memory: Optional[float] = None, relaxed_out: Optional[Path] = None,
+           summary_rows: int = 30) -> Dict[str, Any]:
     """Predict every (id, Atoms) item not already in ``out``; returns counts (and ``flags``, the
     flag strings of the rows written). With ``relax`` every column describes the relaxed
     structure (relaxed first, by ``engine``). A head that never learned what the options need
@@ -323,7 +409,13 @@ def screen(items: Iterable[Item], model, out: Path, head: Optional[str] = None, 
     ``allow_untrained`` (every row is then flagged ``untrained``). With ``ionic`` structures go
     one at a time, each row written as soon as it is done (a kill loses at most the structure
     being computed), and each Hessian is sized to ``max_memory`` bytes
-    (:func:`mf_lightning.analysis.dielectric.model_hessian`)."""
+    (:func:`mf_lightning.analysis.dielectric.model_hessian`).
+
+    Beside ``out``: ``<stem>.becs.csv`` (Z* per atom, one column per component),
+    ``<stem>.meta.json`` (each column's unit and meaning, the model, the options and any
+    ``allow_untrained`` warning), ``<stem>.errors.csv`` only if something failed, and with
+    ``relaxed_out`` an extxyz of the relaxed structures. ``counts["summary"]`` holds the first
+    ``summary_rows`` rows of :func:`summary_row`."""
     out = Path(out)
     errors_path = out.with_name(out.stem + ".errors.csv")
     columns = BASE_COLUMNS + (IONIC_COLUMNS if ionic else ["relaxed"] if relax else [])
@@ -337,10 +429,21 @@ def screen(items: Iterable[Item], model, out: Path, head: Optional[str] = None, 
     model_sha = model_checksum(model)
     check_model_of_table(out, model_sha)
     runner = Engine(engine, model, head, field, fmax, relax_cell, allow_untrained=allow_untrained)
+    meta = {"columns": {c: {"unit": COLUMN_UNITS[c][0], "meaning": COLUMN_UNITS[c][1]} for c in columns},
+            "becs_table": {"file": out.stem + ".becs.csv", "unit": "e",
+                           "columns": "Z_ij = d(Omega P_i)/dR_j of the atom"},
+            "model_sha256": model_sha, "head": head,
+            "options": {"field_V_per_A": [float(x) for x in field], "ionic": ionic, "relax": relax,
+                        "relax_cell": relax_cell, "fmax_eV_per_A": fmax, "engine": engine,
+                        "allow_untrained": allow_untrained},
+            "warnings": [untrained] if untrained else []}
     with FileLock(Path(str(out) + ".lock"), f"{out}: another process is writing this table"):
+        from mf_lightning.files import atomic_write_text, dumps_json
+
+        atomic_write_text(out.with_name(out.stem + ".meta.json"), dumps_json(meta))
         return _screen(items, model, out, errors_path, columns, model_sha, ionic, relax, runner,
                        max_atoms, max_structures, progress, total, untrained=bool(untrained),
-                       max_memory=max_memory)
+                       max_memory=max_memory, relaxed_out=relaxed_out, summary_rows=summary_rows)
 
 
 def _isolated(fn, items: List[Item], failures: List) -> List:
@@ -363,19 +466,25 @@ def _isolated(fn, items: List[Item], failures: List) -> List:
 
 def _screen(items, model, out, errors_path, columns, model_sha, ionic, relax, runner: Engine,
             max_atoms, max_structures, progress, total, untrained: bool = False,
-            max_memory: Optional[float] = None) -> Dict[str, Any]:
+            max_memory: Optional[float] = None, relaxed_out: Optional[Path] = None,
+            summary_rows: int = 30) -> Dict[str, Any]:
     from mf_lightning.analysis.validity import join
 
     done = read_done_ids(out)
+    becs_path = out.with_name(out.stem + ".becs.csv")
+    prune_to(becs_path, done, BECS_COLUMNS)
+    if relaxed_out is not None:
+        prune_relaxed(relaxed_out, done)
     writer = TableWriter(out, columns)
+    becs_writer = TableWriter(becs_path, BECS_COLUMNS)
     error_writer = TableWriter(errors_path, ["id", "error"], fresh=True)  # failures are retried on resume
-    counts: Dict[str, Any] = {"done_before": len(done), "predicted": 0, "failed": 0, "flags": []}
+    counts: Dict[str, Any] = {"done_before": len(done), "predicted": 0, "failed": 0, "flags": [], "summary": []}
     training_elements = getattr(model, "training_elements", None)
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, unit="structure", desc="screening", file=sys.stderr)
+        bar = tqdm(total=total, unit="structure", desc="screening", file=sys.stderr, dynamic_ncols=True)
 
     def pending() -> Iterator[Item]:
         for ident, value in items:
@@ -392,7 +501,7 @@ def _screen(items, model, out, errors_path, columns, model_sha, ionic, relax, ru
 
     try:
         for group in batches(pending(), max_atoms, max_structures):
-            rows, failures = [], []
+            rows, failures, per_atom, relaxed_atoms = [], [], [], []
             good = [(i, a) for i, a in group if not isinstance(a, Exception)]
             failures += [(i, a) for i, a in group if isinstance(a, Exception)]
             converged: Dict[str, bool] = {}
@@ -432,7 +541,15 @@ def _screen(items, model, out, errors_path, columns, model_sha, ionic, relax, ru
                     flags.append("untrained")
                 row["flags"] = join(flags)
                 counts["flags"].append(row["flags"])
+                if len(counts["summary"]) < summary_rows:
+                    counts["summary"].append(summary_row(row, atoms, response["becs"]))
+                per_atom += becs_rows(ident, atoms, response["becs"])
+                if relax and relaxed_out is not None:
+                    relaxed_atoms.append((ident, atoms))
                 rows.append(row)
+            becs_writer.write(per_atom)  # before the main rows: a resume prunes what they lack
+            if relaxed_atoms:
+                write_relaxed(relaxed_out, relaxed_atoms)
             writer.write(rows)
             error_writer.write([{"id": i, "error": f"{type(e).__name__}: {e}"} for i, e in failures])
             for ident, exc in failures:
@@ -443,6 +560,7 @@ def _screen(items, model, out, errors_path, columns, model_sha, ionic, relax, ru
                 bar.update(len(group))
     finally:
         writer.close()
+        becs_writer.close()
         error_writer.close()
         if bar is not None:
             bar.close()

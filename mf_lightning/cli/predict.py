@@ -11,8 +11,9 @@ from mf_lightning.analysis.screening import ENGINES, screen
 from mf_lightning.analysis.validity import summary_line
 from mf_lightning.cli._common import add_model_args, cli_main, doc_summary, load_model_from, setup_process
 from mf_lightning.cli._common import parser as cli_parser
-from mf_lightning.data.structures import iter_structures
+from mf_lightning.data.structures import count_structures, iter_structures
 from mf_lightning.errors import EXIT_OK, EXIT_PARTIAL
+from mf_lightning.utils import markdown_table
 
 PROG = "mf-predict"
 
@@ -39,19 +40,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="--ionic: memory budget of one Hessian in GiB (default: 1, or what one row per pass "
                              "needs, up to half the available memory); its rows are computed in chunks that fit, a "
                              "structure that cannot fit even one row at a time is an error row")
+    parser.add_argument("--write-relaxed", default=None, metavar="FILE",
+                        help="with --relax: also append the relaxed structures to this extxyz (id in each frame)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.relax_cell and not args.relax:
         parser.error("--relax-cell relaxes the cell with the ions: add --relax")
+    if args.write_relaxed and not args.relax:
+        parser.error("--write-relaxed writes relaxed structures: add --relax")
     if args.max_memory is not None and not args.max_memory > 0:
         parser.error(f"--max-memory must be a positive number of GiB, got {args.max_memory}")
     setup_process()
     model = load_model_from(args)
+    total = None if args.no_progress else count_structures(args.structures)
     counts = screen(iter_structures(args.structures), model, Path(args.out), head=args.head, field=args.field,
                     ionic=args.ionic, relax=args.relax, fmax=args.fmax, relax_cell=args.relax_cell,
                     max_atoms=args.max_atoms, progress=not args.no_progress, engine=args.engine,
-                    allow_untrained=args.allow_untrained,
-                    max_memory=None if args.max_memory is None else args.max_memory * 2 ** 30)
+                    allow_untrained=args.allow_untrained, total=total,
+                    max_memory=None if args.max_memory is None else args.max_memory * 2 ** 30,
+                    relaxed_out=Path(args.write_relaxed) if args.write_relaxed else None)
+    if counts["summary"]:
+        shown = len(counts["summary"])
+        print(markdown_table(list(counts["summary"][0]), [list(r.values()) for r in counts["summary"]]))
+        print("eps_inf, n, eps_0: relative (mean eigenvalue; aniso = largest - smallest); Z*: tr/3 per element, e"
+              + (f"; first {shown} of {counts['predicted']} rows" if counts["predicted"] > shown else ""))
+    out = Path(args.out)
+    print(f"written: {out} (units: {out.stem}.meta.json; Z* per atom: {out.stem}.becs.csv)")
     print(f"{args.out}: {counts['predicted']} predicted, {counts['done_before']} already there, "
           f"{counts['failed']} failed" + (f" (see {Path(args.out).with_name(Path(args.out).stem + '.errors.csv')})"
                                           if counts["failed"] else ""))

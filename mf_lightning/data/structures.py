@@ -8,11 +8,10 @@ yielded as an error beside its id, so one bad file never stops a batch of thousa
 
 from __future__ import annotations
 
-import errno
-import os
-import stat
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Sequence, Tuple, Union
+
+from mf_lightning.files import unreadable_reason
 
 STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".xyz", ".extxyz", ".traj", ".json")
 STRUCTURE_NAMES = ("POSCAR", "CONTCAR")
@@ -60,23 +59,6 @@ def expand_inputs(inputs: Sequence[str]) -> List[Path]:
     return out
 
 
-def unreadable_reason(path: Path) -> Optional[str]:
-    """Why ``path`` cannot be read as a structure file (None: it can be opened)."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        return {errno.ELOOP: "a symbolic link loop", errno.ENOENT: "no such file",
-                errno.EACCES: "permission denied", errno.ENOTDIR: "a path through a file, not a folder",
-                errno.ENAMETOOLONG: "file name too long"}.get(exc.errno, os.strerror(exc.errno or 0) or str(exc))
-    if stat.S_ISDIR(st.st_mode):
-        return "a folder with no structure files"
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file"
-    if not os.access(path, os.R_OK):
-        return "permission denied"
-    return None
-
-
 def check_occupancy(atoms, source: str) -> None:
     """Refuse a structure whose sites are not each fully occupied by one element (a CIF's
     partial occupancies, mixed sites or vacancies; ASE's ``atoms.info["occupancy"]``): ASE puts
@@ -99,6 +81,36 @@ def check_occupancy(atoms, source: str) -> None:
                          "OrderDisorderedStructureTransformation) first")
 
 
+def count_structures(inputs: Sequence[str]) -> int:
+    """How many items :func:`iter_structures` will yield, cheaply (a progress bar's total):
+    (ext)xyz frames are counted from their atom-count lines without parsing, other files count
+    one (a multi-frame trajectory of another format is then undercounted, never read twice)."""
+    from mf_lightning.data.reader import looks_like_xyz
+
+    total = 0
+    for path in expand_inputs(inputs):
+        try:
+            if not looks_like_xyz(path):
+                total += 1
+                continue
+            frames = 0
+            with open(path, "rb") as fh:
+                while True:
+                    header = fh.readline()
+                    if not header:
+                        break
+                    if not header.strip():
+                        continue
+                    n = int(header.strip())
+                    frames += 1
+                    for _ in range(n + 1):
+                        fh.readline()
+            total += max(frames, 1)
+        except (OSError, RuntimeError, ValueError):
+            total += 1  # reported as one error row
+    return total
+
+
 def iter_structures(inputs: Sequence[str]) -> Iterator[Item]:
     """Yield (id, Atoms) for every frame of every input, or (id, error) for what cannot be read
     or cannot be what the model means (partial occupancies: :func:`check_occupancy`).
@@ -108,7 +120,7 @@ def iter_structures(inputs: Sequence[str]) -> Iterator[Item]:
     from mf_lightning.data.reader import extxyz_frames, looks_like_xyz
 
     for path in expand_inputs(inputs):
-        reason = unreadable_reason(path)
+        reason = unreadable_reason(path, "structure file")
         if reason is not None:
             yield str(path), FileNotFoundError(f"{path}: {reason}")
             continue

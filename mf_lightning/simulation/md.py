@@ -41,7 +41,6 @@ import importlib
 import logging
 import math
 import os
-import stat
 import sys
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -451,14 +450,9 @@ def check_input_file(path, kind: str) -> None:
     """``path`` must be a readable regular file: a missing one is "no such <kind>", a folder or a
     device is named as such, and any other failure keeps the OS's own reason (a symbolic link
     loop, a name too long, a path through a file, no permission), one line by the CLIs."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError as exc:
-        raise InputError(f"{path}: no such {kind}") from exc
-    if stat.S_ISDIR(st.st_mode):
-        raise InputError(f"{path}: is a folder, not a {kind}")
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{path}: not a regular file (a device, a pipe or a socket), not a {kind}")
+    from mf_lightning.files import check_readable_file
+
+    check_readable_file(path, kind)
 
 
 def load_structure(path: str, frame: int = 0, supercell: Optional[Sequence[int]] = None, periodic: bool = False):

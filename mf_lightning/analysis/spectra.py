@@ -298,10 +298,27 @@ def analyse_trajectory(path, temperature_K: Optional[float] = None, skip_fs: flo
         if keep.any() and not temperature_K > 0:
             raise InputError(f"{path}: the logged temperature is {temperature_K:g} K (a 0 K run has no "
                              "fluctuations to analyse): give --temperature")
-    return analyse(t[keep], logged["polarisation"][keep], logged["volume"][keep], temperature_K,
-                   alpha=logged["polarisability"][a_keep] if a_keep.any() else None,
-                   alpha_times_fs=a_t[a_keep], field=logged["electric_field"][keep]
-                   if len(logged["electric_field"]) == len(t) else None, **kwargs)
+    result = analyse(t[keep], logged["polarisation"][keep], logged["volume"][keep], temperature_K,
+                     alpha=logged["polarisability"][a_keep] if a_keep.any() else None,
+                     alpha_times_fs=a_t[a_keep], field=logged["electric_field"][keep]
+                     if len(logged["electric_field"]) == len(t) else None, **kwargs)
+    untrained = untrained_note(path)
+    if untrained:  # mf-md --allow-untrained wrote it into every frame: the spectra inherit it
+        result["warnings"].insert(0, f"the trajectory was run with --allow-untrained ({untrained}): spectra "
+                                     "from quantities the model never learned are meaningless")
+    return result
+
+
+def untrained_note(path) -> str:
+    """The ``untrained`` note mf-md writes into every frame of a run with ``--allow-untrained``
+    (empty for a run on what the head learned)."""
+    import ase.io
+
+    try:
+        first = ase.io.read(path, index=0, format="extxyz")
+    except Exception:  # noqa: BLE001 - read_log above has already parsed the file
+        return ""
+    return str(first.info.get("untrained", "") or "")
 
 
 # ---------------------------------------------------------------------- outputs

@@ -93,6 +93,17 @@ def test_a_head_that_never_learned_forces_is_refused_unless_allowed_and_then_rec
     frames = ase.io.read(out, index=":")
     assert len(frames) == 3 and all("never learned" in f.info["untrained"] for f in frames)
     assert "warning: untrained" in captured.err
+    # spectra from such a trajectory inherit the warning (summary.json and stderr)
+    from mf_lightning.cli import spectra
+
+    longer = root / "untrained_long.xyz"
+    assert md.main([str(root / "quartz.xyz"), "--model", str(model), "--out", str(longer), "--steps", "9",
+                    "--log-every", "1", "--no-progress", "--allow-untrained"]) == 0
+    capsys.readouterr()
+    assert spectra.main([str(longer), "--out", str(root / "spectra"), "--temperature", "300"]) == 0
+    summary = json.loads((root / "spectra" / "summary.json").read_text())
+    assert "--allow-untrained" in summary["warnings"][0] and "never learned" in summary["warnings"][0]
+    assert "--allow-untrained" in capsys.readouterr().err
 
     loop = root / "loop"
     assert hysteresis.main([str(root / "quartz.xyz"), "--model", str(model), "--out", str(loop), "--mode",

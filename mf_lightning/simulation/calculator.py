@@ -186,3 +186,15 @@ class MACEFieldCalculator(Calculator):
     def get_polarisability(self, atoms=None) -> np.ndarray:
         """alpha (e/(V A)), shape (3, 3)."""
         return self._get(keys.POLARISABILITY, atoms)
+
+    def get_flags(self, atoms=None) -> list:
+        """Why the response of ``atoms`` must not be trusted, as mf-predict's ``flags`` column
+        (:func:`mf_lightning.analysis.validity.response_flags`: eps_inf < 1, alpha asymmetric,
+        the acoustic sum rule, Born-charge signs, unseen elements; ``untrained`` after
+        ``allow_untrained`` let anything through). Empty: nothing found."""
+        from mf_lightning.analysis.validity import response_flags
+
+        becs, alpha = self.get_becs(atoms), self.get_polarisability(atoms)
+        return response_flags(self.atoms.get_atomic_numbers(), becs=becs, polarisability=alpha,
+                              training_elements=getattr(self.model, "training_elements", None),
+                              untrained=bool(self.untrained_warnings))

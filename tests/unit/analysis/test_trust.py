@@ -181,6 +181,15 @@ def test_predict_flags_impossible_values_and_counts_them(negative_alpha_model, s
     assert "1 of 1 structures flagged" in capsys.readouterr().out
 
 
+def test_the_calculator_gives_the_same_flags(negative_alpha_model, sio2_atoms):
+    atoms = sio2_atoms.copy()
+    atoms.calc = MACEFieldCalculator(str(negative_alpha_model))
+    assert atoms.calc.get_flags(atoms) == ["eps_inf_below_1", "eps_inf_not_positive", "rare_element:Si"]
+    good = sio2_atoms.copy()
+    good.calc = MACEFieldCalculator(tiny_model(elements_of(sio2_atoms)))
+    assert good.calc.get_flags(good) == []
+
+
 def test_predict_ionic_beside_unstable_modes_is_empty_and_flagged(sio2_atoms, tmp_path):
     """A random model is nowhere near a minimum of its F: unstable modes, and eps_ion/eps_0
     are empty cells (they were the sum of the remaining modes, 0 when none was left)."""

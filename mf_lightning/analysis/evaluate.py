@@ -49,6 +49,25 @@ class Collected:
         return np.concatenate(ref), np.concatenate(pred), np.concatenate(s), np.concatenate(zero)
 
 
+def null_predictor_error(task: str, model, out, d) -> Dict[str, torch.Tensor]:
+    """The errors of the physical null beside each RMSE ("RMSE of 0"): 0 for every quantity but
+    the energy, whose null is the sum of the model's E0s (an energy of 0 eV is no baseline: the
+    cohesive and reference energies are hundreds of eV per atom)."""
+    if task != "energy":
+        return zero_predictor_error(task, out, d)
+    from mace.tools.scatter import scatter_sum
+
+    from mf_lightning.train.losses import residual
+    from mf_lightning.train.metrics import metric_components
+
+    batch = d[keys.BATCH]
+    e0_table = model.backbone.atomic_energies_fn.atomic_energies.reshape(len(model.heads), -1)
+    heads = d["head"].view(-1)[batch].long() if "head" in d else torch.zeros_like(batch)
+    node_e0 = (d[keys.NODE_ATTRS] * e0_table[heads].to(d[keys.NODE_ATTRS].dtype)).sum(-1)
+    e0 = scatter_sum(src=node_e0, index=batch, dim=0, dim_size=int(d[keys.PTR].numel() - 1))
+    return metric_components(task, residual(task, {task: e0.to(out[task].dtype)}, d).detach())
+
+
 def collect_predictions(model, graphs: Sequence, batch_size: int = 8, collected: Optional[Collected] = None,
                         offset: int = 0) -> Collected:
     """Run ``model`` on labelled graphs; keep (ref, pred) rows of every labelled quantity."""
@@ -66,7 +85,7 @@ def collect_predictions(model, graphs: Sequence, batch_size: int = 8, collected:
         zeros: Dict[str, Dict[str, torch.Tensor]] = {}
         for task, q, ref, pred, _, w_rows in metric_rows(out, d):  # the rows training's metrics use
             if task not in zeros:
-                zeros[task] = zero_predictor_error(task, out, d)
+                zeros[task] = null_predictor_error(task, model, out, d)
             mask = w_rows > 0  # per row: atoms for per-atom tasks
             structure = (d[keys.BATCH] if QUANTITIES[task].per_atom else torch.arange(n_graphs, device=device)) + start
             collected.add(q, ref[mask].double().cpu().numpy(), pred[mask].double().cpu().numpy(),

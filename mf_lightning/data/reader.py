@@ -68,7 +68,74 @@ def parse_label_spec(spec: Optional[Mapping[str, Any]]) -> Dict[str, Dict[str, s
             raise ValueError(f"label spec for {quantity!r} needs 'key' and 'unit', got {dict(entry)}")
         check_unit(quantity, entry["unit"])
         out[quantity] = {"key": str(entry["key"]), "unit": str(entry["unit"])}
+        if entry.get("check") is False:  # the magnitude check of PLAUSIBLE, off for this label
+            out[quantity]["check"] = False
     return out
+
+
+# What a label's magnitude must look like in internal units, per structure (median over the
+# file): a unit slip (MP-Dielectric's chi/4pi read as e/(V A), x 14 in eps_inf; GPa read as
+# eV/A^3; Omega alpha read as alpha) lands far outside. {quantity: (statistic, low, high, what)}
+def _eps_inf_mean(alpha: np.ndarray) -> float:
+    from mf_lightning.units import EPS0_E_PER_V_A
+
+    a = np.asarray(alpha, float).reshape(3, 3)
+    return float(1.0 + np.trace(0.5 * (a + a.T)) / 3.0 / EPS0_E_PER_V_A)
+
+
+# (a set's median eps_inf above 20 is implausible: PbTe, among the highest, is 33; chi/4pi read
+# as e/(V A) gives 1 + 14.4 (eps_inf - 1), above 20 for any set whose median eps_inf exceeds 2.3)
+PLAUSIBLE = {
+    "polarisability": (_eps_inf_mean, 0.5, 20.0, 3.0, "mean eps_inf = 1 + tr(alpha)/(3 eps0)"),
+    "becs": (lambda z: float(np.abs(np.diagonal(np.asarray(z).reshape(-1, 3, 3), axis1=1, axis2=2)).max()),
+             0.0, 15.0, 2.0, "largest |Z*| diagonal (e)"),
+    "stress": (lambda s: float(np.abs(s).max()), 0.0, 5.0, 0.01, "largest |stress| (eV/A^3; 5 = 800 GPa)"),
+    "forces": (lambda f: float(np.sqrt(np.mean(np.square(f)))), 0.0, 50.0, 1.0, "RMS force (eV/A)"),
+}
+
+
+def _check_plausible(path, spec, records) -> None:
+    """Refuse labels whose typical magnitude is implausible for their declared unit (median over
+    the file's structures, so a few odd ones do not count), naming the units that would be
+    plausible: every route (train, eval of a data config or of a plain file) reads a file the
+    same way, and a unit slip is one line instead of a 14x error in every metric."""
+    for quantity, s in spec.items():
+        if quantity not in PLAUSIBLE or s.get("check") is False:
+            continue
+        statistic, low, high, typical, what = PLAUSIBLE[quantity]
+        rows = [(statistic(r.labels[quantity]), r) for r in records if quantity in r.labels]
+        if not rows:
+            continue
+        median = float(np.median([v for v, _ in rows]))
+        if low <= median <= high:
+            continue
+        # the same raw numbers under each other unit this quantity accepts (conversions are linear)
+        better = []
+        for unit in QUANTITIES[quantity].file_units:
+            if unit == s["unit"]:
+                continue
+            values = []
+            for _, r in rows:
+                volume = abs(float(np.linalg.det(r.atoms.get_cell().array))) if all(r.atoms.pbc) else 0.0
+                try:
+                    ratio = float(to_internal(quantity, unit, np.ones(1), volume)[0]
+                                  / to_internal(quantity, s["unit"], np.ones(1), volume)[0])
+                except (ZeroDivisionError, ValueError, FloatingPointError):
+                    continue
+                label = r.labels[quantity] * ratio
+                if quantity == "polarisability":
+                    values.append(_eps_inf_mean(label))
+                else:
+                    values.append(statistic(label))
+            m = float(np.median(values)) if values else float("nan")
+            if low <= m <= high:
+                better.append((abs(np.log(max(m, 1e-12) / typical)), unit))
+        better = [u for _, u in sorted(better)]  # the most typical reading first
+        hint = (f"; as {' or '.join(better)} it would be plausible: set data.labels.{quantity}.unit="
+                f"{better[0]}" if better else "")
+        raise DataError(path, None, s["key"], f"{quantity} read as {s['unit']} gives a median {what} of "
+                                              f"{median:.3g}, outside the plausible {low:g}-{high:g}{hint} "
+                                              f"(or data.labels.{quantity}.check=false if it is right)")
 
 
 def _lookup(atoms, key: str):
@@ -291,6 +358,7 @@ def read_records(
         seen_keys.update(getattr(getattr(atoms, "calc", None), "results", {}) or {})
         records.append(Record(atoms=atoms, labels=out, electric_field=field, file=str(path), frame=frame, meta=meta))
     _check_label_keys(path, spec, records, seen_keys, labels_required)
+    _check_plausible(path, spec, records)
     return records
 
 

@@ -167,16 +167,6 @@ def check_model_of_table(path: Path, model_sha: str) -> None:
                          f"not of this one ({model_sha[:12]}...): use another --out")
 
 
-def model_checksum(model) -> str:
-    """SHA-256 of a model's tensors and its configuration (which model predicted a row)."""
-    import hashlib
-
-    from mf_lightning.files import tensor_checksum
-
-    config = json.dumps([model.backbone_config, model.coupling_config], sort_keys=True, default=str)
-    return hashlib.sha256((tensor_checksum(model.state_dict()) + config).encode()).hexdigest()
-
-
 def read_done_ids(path: Path) -> set:
     """Ids already in a (possibly interrupted) output table; a last line cut short by a kill
     (no newline at the end) is removed so the table stays valid CSV."""
@@ -426,6 +416,8 @@ def screen(items: Iterable[Item], model, out: Path, head: Optional[str] = None, 
     if ionic:
         max_structures = 1  # the Hessian dominates: write each row as soon as it is done
     check_table(out, columns)  # before anything is truncated or appended
+    from mf_lightning.model.io import model_checksum
+
     model_sha = model_checksum(model)
     check_model_of_table(out, model_sha)
     runner = Engine(engine, model, head, field, fmax, relax_cell, allow_untrained=allow_untrained)

@@ -77,6 +77,16 @@ def save_model(model, path) -> None:
 
 
 
+def model_checksum(model) -> str:
+    """SHA-256 of a model's tensors and its configuration: which model predicted a table's row
+    or wrote a trajectory's frame (the same weights in another file give the same checksum)."""
+    import hashlib
+    import json
+
+    config = json.dumps([model.backbone_config, model.coupling_config], sort_keys=True, default=str)
+    return hashlib.sha256((tensor_checksum(model.state_dict()) + config).encode()).hexdigest()
+
+
 def _weights_only_load(path: Path):
     return guarded_torch_load(
         path, ModelFileError, "model file",

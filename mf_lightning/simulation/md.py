@@ -228,6 +228,26 @@ def check_dynamics(steps: int, timestep_fs: float, temperature_K: float, frictio
         raise InputError("; ".join(problems))
 
 
+# every frame says in what units it is (ASE reads positions in A, momenta in its own units)
+FRAME_UNITS = ("positions:A forces:eV/A enthalpy:eV kinetic_energy:eV total_energy:eV time_fs:fs "
+               "electric_field:V/A polarisation:e/A^2 stress:eV/A^3 polarisability:e/(V*A) becs:e "
+               "temperature:K volume:A^3")
+
+
+def _fingerprint(calc) -> str:
+    """The checksum of the calculator's model (empty for a calculator without one)."""
+    model = getattr(calc, "model", None)
+    if model is None or not hasattr(model, "backbone_config"):
+        return ""
+    cached = getattr(calc, "_mf_model_sha256", None)
+    if cached is None:
+        from mf_lightning.model.io import model_checksum
+
+        cached = model_checksum(model)
+        calc._mf_model_sha256 = cached
+    return cached
+
+
 def last_frame(path: Path):
     """The last complete frame of a trajectory (a partial frame after it is removed), or None."""
     import ase.io
@@ -285,6 +305,10 @@ def _frame(atoms, calc, step: int, t_fs: float, with_response: bool, becs: bool)
         info["polarisability"] = calc.get_polarisability(atoms).reshape(9).copy()
         if becs:
             frame.arrays["becs"] = calc.get_becs(atoms).reshape(len(atoms), 9).copy()
+    info["units"] = FRAME_UNITS
+    fingerprint = _fingerprint(calc)
+    if fingerprint:  # which model wrote the frame: a restart with another one is refused
+        info["model_sha256"] = fingerprint
     untrained = untrained_warnings(calc)
     if untrained:  # every frame: a restart, or a reader of any one frame, sees it
         info["untrained"] = "; ".join(untrained)
@@ -354,7 +378,13 @@ def run_md(atoms, calc, out, steps: int, timestep_fs: float = 1.0, ensemble: str
         calc.set_field(field)
     atoms = atoms.copy()
     start = last_frame(out) if restart else None
+    fingerprint = _fingerprint(calc)
     if start is not None:
+        written_by = start.info.get("model_sha256")
+        if fingerprint and written_by and written_by != fingerprint:
+            raise InputError(f"{out}: written by another model (sha256 {written_by[:12]}..., this one "
+                             f"{fingerprint[:12]}...): continuing it would mix two models' dynamics; use another "
+                             "--out, or --no-restart to start it again")
         step0, t0 = int(start.info["step"]), float(start.info["time_fs"])
         atoms.set_cell(start.get_cell())
         atoms.set_positions(start.get_positions())

@@ -17,6 +17,22 @@ from mf_lightning.errors import RunFailedError
 log = logging.getLogger(__name__)
 
 
+# ---------------------------------------------------------------------- noise, silenced where it comes from
+class _DropLightningAdvert(logging.Filter):
+    """Lightning >= 2.6 logs "Tip: ... try installing litlogger" at every Trainer: an advert."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.getMessage())
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropLightningAdvert())
+# Lightning's own _pytree helper still calls a torch API torch 2.13 deprecates (isinstance with
+# LeafSpec), once per fit: nothing a user can act on
+import warnings  # noqa: E402
+
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 class NonFiniteGuard(pl.Callback):
     """Detect a NaN/inf loss or gradient before the optimiser applies it.
 
@@ -204,3 +220,75 @@ class EMA(EMAWeightAveraging):
     def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         if self._fitting(trainer):  # resuming: restore both the average and the live weights
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+# ---------------------------------------------------------------------- progress
+SHORT_NAMES = {"energy": "E", "forces": "F", "stress": "S", "polarisation": "P", "becs_diag": "Z*",
+               "becs_offdiag": "Z*_od", "polarisability_diag": "alpha", "polarisability_offdiag": "alpha_od",
+               "n": "n"}
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def progress_items(metrics, steps_done: int, steps_left: float, elapsed_s: float,
+                   time_left_s=None) -> dict:
+    """What the progress bar adds to Lightning's: the last validation RMSE of every quantity
+    (``E``, ``F``, ``Z*``, ... from ``metrics``, in the metric units of ``metrics.json``;
+    ``<dataset>:`` first when there are several) and the whole run's ETA (``run ETA``: from this
+    process's rate over ``steps_done``; at most, early stopping may end the run sooner;
+    ``time_left_s`` of ``max_time`` caps it)."""
+    import re
+
+    items = {}
+    rmse = {}
+    for key, value in metrics.items():
+        m = re.fullmatch(r"val/([^/]+)/(\w+)_rmse", key)
+        if m:
+            rmse[(m.group(1), m.group(2))] = float(value)
+    several = len({d for d, _ in rmse}) > 1
+    for (dataset, q), v in sorted(rmse.items()):
+        items[f"{dataset}:" * several + SHORT_NAMES.get(q, q)] = f"{v:.3g}"
+    if steps_done > 0 and math.isfinite(steps_left) and steps_left > 0:
+        remaining = elapsed_s / steps_done * steps_left
+        if time_left_s is not None:
+            remaining = min(remaining, time_left_s)
+        items["run ETA"] = format_duration(remaining)
+    return items
+
+
+def run_progress_bar():
+    """Lightning's own progress bar (rich where installed, as Lightning chooses) with
+    :func:`progress_items` added to its metrics."""
+    import time
+
+    from pytorch_lightning.callbacks import RichProgressBar, Timer, TQDMProgressBar
+
+    try:
+        import rich  # noqa: F401
+
+        base = RichProgressBar
+    except ImportError:
+        base = TQDMProgressBar
+
+    class RunProgressBar(base):
+        def on_train_start(self, trainer, pl_module):
+            self._started, self._steps_before = time.time(), trainer.global_step  # a resume: its own rate
+            super().on_train_start(trainer, pl_module)
+
+        def get_metrics(self, trainer, pl_module):
+            items = dict(super().get_metrics(trainer, pl_module))
+            items.pop("v_num", None)
+            if getattr(self, "_started", None) is not None:
+                timer = next((c for c in trainer.callbacks if isinstance(c, Timer) and c._duration), None)
+                items.update(progress_items(
+                    trainer.callback_metrics, trainer.global_step - self._steps_before,
+                    trainer.estimated_stepping_batches - trainer.global_step, time.time() - self._started,
+                    timer.time_remaining("train") if timer is not None else None))
+            return items
+
+    return RunProgressBar()

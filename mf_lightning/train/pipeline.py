@@ -28,6 +28,7 @@ from mf_lightning.model.build import build_model
 from mf_lightning.model.field_mace import FieldMACE, fit_atomic_polarisabilities
 from mf_lightning.model.io import save_model
 from mf_lightning.runtime import configure_process
+from mf_lightning.train.callbacks import run_progress_bar
 from mf_lightning.train.checkpointing import AtomicCheckpointIO, check_checkpoint
 from mf_lightning.train.config_check import check_train_config
 from mf_lightning.train.losses import label_scales
@@ -369,6 +370,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> Optional[float]:
     module = FieldMACEModule(model, dataset_names=dm.names, loss_scales=scales,
                              **OmegaConf.to_container(cfg.module, resolve=True))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if cfg.trainer.get("enable_progress_bar", True):  # Lightning's bar + per-quantity RMSE and the run's ETA
+        callbacks.append(run_progress_bar())
     if not cfg.trainer.get("max_time"):  # Lightning adds its own Timer for max_time
         # training time kept in the checkpoints, so a resumed run reports its whole cost
         callbacks.append(Timer(duration=None, verbose=False))

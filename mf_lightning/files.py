@@ -243,9 +243,10 @@ def atomic_torch_save(obj, path) -> None:
         raise
 
 
-_OS_REASONS = {errno.ELOOP: "a symbolic link loop", errno.EACCES: "permission denied",
-               errno.EPERM: "permission denied", errno.ENOTDIR: "a path through a file, not a folder",
-               errno.ENAMETOOLONG: "file name too long"}
+# the same words as the CLIs' errno classification (cli/_common.classify)
+_OS_REASONS = {errno.ELOOP: "too many levels of symbolic links (a symbolic link loop)",
+               errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+               errno.ENOTDIR: "not a folder (a part of this path is a file)", errno.ENAMETOOLONG: "file name too long"}
 
 
 def unreadable_reason(path, kind: str = "file") -> Optional[str]:

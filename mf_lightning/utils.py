@@ -3,41 +3,38 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# The compute dtypes by name (the --dtype choices, config checks): names, so that a tool's
+# --help needs no torch; resolve_dtype gives the torch dtype.
+DTYPES = ("float32", "float64")
 
 
 def resolve_dtype(dtype) -> torch.dtype:
     """'float32' / 'float64' / torch dtype -> torch dtype."""
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
-    return DTYPES[dtype]
+    return getattr(torch, dtype)
 
 
 @contextlib.contextmanager
 def default_dtype(dtype: torch.dtype):
     """mace-torch creates tensors in torch's default dtype; run a block under the one we want."""
+    import torch
+
     before = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         yield
     finally:
         torch.set_default_dtype(before)
-
-
-
-
-
-
-
-
-
-
 
 
 def run_is_complete(metrics: dict) -> bool:

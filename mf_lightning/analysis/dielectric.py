@@ -19,7 +19,7 @@ Ionic (static) part, from the model's own Gamma-point Hessian and Born charges:
 
 Modes with omega^2 < -``unstable_tol`` are unstable (the structure is not at a minimum of F):
 they are listed (as negative wavenumbers, the usual convention for imaginary frequencies), and
-eps_ion and eps_0 are then NaN (flagged ``unstable_modes``, :mod:`mf_lightning.analysis.validity`),
+eps_ion and eps_0 are then NaN (flagged ``unstable_modes``, :mod:`mf_lightning.model.validity`),
 never 0 or the sum over the remaining modes; soft modes with |omega^2| below the tolerance are
 left out, their 1/omega^2 would be noise. Relax first (``relax=True``) for a meaningful eps_ion.
 eps_ion needs a head that learned energies and forces: the Hessian of a head that never saw
@@ -280,9 +280,9 @@ def dielectric_properties(calc, atoms, ionic: bool = False, relax: bool = False,
                           max_memory: Optional[float] = None) -> Dict[str, Any]:
     """Everything above for one structure with a :class:`MACEFieldCalculator` (its field, head
     and ``allow_untrained``). ``atoms`` is copied; with ``relax`` the copy is relaxed first.
-    ``flags`` lists what must not be trusted (:func:`mf_lightning.analysis.validity.response_flags`);
+    ``flags`` lists what must not be trusted (:func:`mf_lightning.model.validity.response_flags`);
     ``warnings`` the quantities computed although the head never learned them."""
-    from mf_lightning.analysis.validity import response_flags
+    from mf_lightning.model.validity import response_flags
 
     atoms = atoms.copy()
     out: Dict[str, Any] = {}

@@ -203,8 +203,8 @@ def write_predictions(model, graphs: Sequence, structures: Sequence, path: Path,
     import ase.io
     from mace.tools.torch_geometric.dataloader import DataLoader
 
-    from mf_lightning.analysis.validity import join, response_flags
     from mf_lightning.files import atomic_open
+    from mf_lightning.model.validity import join, response_flags
 
     device = next(model.parameters()).device
     frames, k = [], 0
@@ -226,7 +226,7 @@ def write_predictions(model, graphs: Sequence, structures: Sequence, path: Path,
                 else:
                     atoms.info[key] = v[g].reshape(-1) if v[g].ndim else float(v[g])
             atoms.info["MACE_units"] = " ".join(f"{PREDICTED[q][0]}:{PREDICTED[q][1]}" for q in wanted)
-            if periodic:  # what must not be trusted (mf_lightning.analysis.validity), "" for nothing
+            if periodic:  # what must not be trusted (mf_lightning.model.validity), "" for nothing
                 atoms.info["MACE_flags"] = join(response_flags(
                     atoms.get_atomic_numbers(), becs=atoms.arrays["MACE_becs"].reshape(-1, 3, 3),
                     polarisability=atoms.info["MACE_polarisability"].reshape(3, 3),

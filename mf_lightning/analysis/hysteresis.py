@@ -16,7 +16,9 @@ Loop quantities (:func:`loop_metrics`), from the polarisation component along th
 each linearly interpolated between samples and averaged over all such crossings after the first
 ``discard`` fraction of the run (the first quarter period starts from the unpoled state).
 Written: ``loop.csv`` (t, E, P), ``loop.json`` (the metrics, uC/cm^2 and MV/cm; ``warnings``: what
-the head never learned but ``--allow-untrained`` let it compute), ``loop.png``. Settings that
+the head never learned but ``--allow-untrained`` let it compute; ``protocol``; a quasi-static
+loop's ``E_c_uncertainty_MV_per_cm``: half its grid's field step, E_c is found no finer) and
+``loop.<format>`` (png, pdf or svg; the title names E0 and the period or the grid). Settings that
 cannot give a loop (no cycles, fewer than 2 points, a zero field) are refused before any work
 (:func:`check_loop`); a run that blows up is a :class:`~mf_lightning.errors.RunFailedError`.
 """
@@ -191,7 +193,7 @@ def quasi_static_loop(atoms, calc, E_max: float, n_points: int = 21, axis="z", f
         E_out.append(e)
         P_out.append(float(p @ unit))
     return {"E": np.array(E_out), "P": np.array(P_out), "converged": np.array(converged),
-            "warnings": untrained_warnings(calc)}
+            "grid_step": float(quarter[1] - quarter[0]), "warnings": untrained_warnings(calc)}
 
 
 # SPEC section 5: the paper's BaTiO3 loop (0 K, E0 = 36 MV/cm, period 2 ps)
@@ -205,14 +207,49 @@ def paper_reference(atoms) -> Optional[Dict[str, float]]:
     return dict(PAPER_BATIO3) if reduced_formula(atoms) == "BaTiO3" else None
 
 
+def loop_protocol(mode: str, E0: float, axis="z", period_fs: Optional[float] = None,
+                  n_points: Optional[int] = None) -> Dict[str, Any]:
+    """A loop's field protocol (E0 in V/A): recorded in loop.json and named in the figure's title."""
+    E0_mv = abs(float(E0)) * V_PER_A_TO_MV_PER_CM
+    out: Dict[str, Any] = {"mode": mode, "E0_MV_per_cm": E0_mv, "axis": axis}
+    if mode == "dynamic":
+        out["period_fs"] = period_fs
+        out["label"] = f"dynamic, E0 = {E0_mv:.3g} MV/cm along {axis}, period {period_fs:.4g} fs"
+    else:
+        out["grid_step_MV_per_cm"] = E0_mv / (n_points - 1) if n_points and n_points > 1 else None
+        step = out["grid_step_MV_per_cm"]
+        out["label"] = f"quasi-static, E0 = {E0_mv:.3g} MV/cm along {axis}" + (
+            f", field step {step:.2g} MV/cm" if step else "")
+    return out
+
+
+def with_uncertainty(value: float, error: Optional[float], unit: str = "") -> str:
+    """``value +- error unit`` with the error to one significant digit (two if it starts with 1)
+    and the value to the same decimal place: 21.3, 9.0 -> "21 +- 9"."""
+    unit = f" {unit}" if unit else ""
+    if not np.isfinite(value):
+        return f"n/a{unit}"
+    if error is None or not np.isfinite(error) or error <= 0:
+        return f"{value:.3g}{unit}"
+    exponent = int(np.floor(np.log10(error)))
+    places = (2 if int(error / 10 ** exponent) == 1 else 1) - 1 - exponent
+    if places < 0:  # round to tens, hundreds, ...
+        value, error, places = round(value, places), round(error, places), 0
+    return f"{value:.{places}f} +- {error:.{places}f}{unit}"
+
+
 def write_loop(loop: Dict[str, np.ndarray], out_dir, discard: float, title: str = "",
-               reference: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
+               reference: Optional[Dict[str, float]] = None, protocol: Optional[Dict[str, Any]] = None,
+               fmt: str = "png", dpi: Optional[float] = None) -> Dict[str, Any]:
     """loop.csv (time in fs for a dynamic loop, the field step's index for a quasi-static one),
-    loop.json (metrics, plus ``reference`` values, e.g. the paper's, if given) and loop.png."""
+    loop.json (metrics, the ``protocol``, plus ``reference`` values, e.g. the paper's, if given) and
+    loop.<fmt>. A quasi-static loop's E_c carries its grid's uncertainty, half the field step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from mf_lightning.train.plots import FIGURE_DPI, save_figure
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -224,6 +261,14 @@ def write_loop(loop: Dict[str, np.ndarray], out_dir, discard: float, title: str 
     metrics["units"] = {"P": "uC/cm^2", "E": "MV/cm"}
     if reference:
         metrics["paper"] = reference
+    if protocol:
+        metrics["protocol"] = protocol
+    error = None
+    if loop.get("grid_step") is not None:  # quasi-static: a crossing is located between two grid fields
+        error = 0.5 * abs(float(loop["grid_step"])) * V_PER_A_TO_MV_PER_CM
+        metrics["E_c_uncertainty_MV_per_cm"] = error
+        metrics["E_c_text"] = {k: "E_c" + k[3:].replace("_plus", "+").replace("_minus", "-") + " = "
+                               + with_uncertainty(metrics[k], error, "MV/cm") for k in ("E_c_plus", "E_c_minus")}
     if "converged" in loop:
         metrics["relaxations_not_converged"] = int((~np.asarray(loop["converged"])).sum())
     if loop.get("warnings"):  # quantities the head never learned, computed by --allow-untrained
@@ -234,22 +279,28 @@ def write_loop(loop: Dict[str, np.ndarray], out_dir, discard: float, title: str 
         w.writerow(["t_fs" if timed else "field_step", "E_MV_per_cm", "P_uC_per_cm2"])
         t = loop["t_fs"] if timed else np.arange(len(E_mv))
         w.writerows(zip(np.asarray(t).tolist(), E_mv.tolist(), P_uc.tolist()))
-    (out_dir / "loop.json").write_text(dumps_json(metrics))
     fig, ax = plt.subplots(figsize=(5, 4))
     start = int(discard * len(E_mv))
     ax.plot(E_mv[: start + 1], P_uc[: start + 1], color="0.7", lw=1, label="initial")
     ax.plot(E_mv[start:], P_uc[start:], "C0", lw=1.2, label="loop")
-    for key, marker in (("P_r_plus", "^"), ("P_r_minus", "v")):
+    for key, marker, sign in (("P_r_plus", "^", "+"), ("P_r_minus", "v", "-")):
         if np.isfinite(metrics[key]):
-            ax.plot(0, metrics[key], marker, color="C3", label=f"{key.replace('_', ' ')} {metrics[key]:.1f}")
-    for key, marker in (("E_c_plus", ">"), ("E_c_minus", "<")):
+            ax.plot(0, metrics[key], marker, color="C3", label=f"$P_r^{sign}$ = {metrics[key]:.1f} $\\mu$C/cm$^2$")
+    for key, marker, sign in (("E_c_plus", ">", "+"), ("E_c_minus", "<", "-")):
         if np.isfinite(metrics[key]):
-            ax.plot(metrics[key], 0, marker, color="C2", label=f"{key.replace('_', ' ')} {metrics[key]:.1f}")
+            text = with_uncertainty(metrics[key], error, "MV/cm").replace("+-", "$\\pm$")
+            ax.errorbar(metrics[key], 0, xerr=error, fmt=marker, color="C2", capsize=3,
+                        label=f"$E_c^{sign}$ = {text}")
     ax.axhline(0, color="k", lw=0.4)
     ax.axvline(0, color="k", lw=0.4)
-    ax.set(xlabel="E (MV/cm)", ylabel="P (uC/cm$^2$)", title=title)
+    full_title = ": ".join(t for t in (title, protocol["label"] if protocol else "") if t)
+    ax.set(xlabel="E (MV/cm)", ylabel="P ($\\mu$C/cm$^2$)")
+    ax.set_title(full_title, fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / "loop.png", dpi=120)
-    plt.close(fig)
+    try:
+        metrics["figure"] = str(save_figure(fig, out_dir / "loop", fmt, FIGURE_DPI if dpi is None else dpi))
+    finally:
+        plt.close(fig)
+    (out_dir / "loop.json").write_text(dumps_json(metrics))
     return metrics

@@ -16,7 +16,7 @@ Built for thousands of files:
   ``<out>.errors.csv`` with the reason and skipped; the others are not lost. The exit status is
   0 if every structure succeeded, 1 otherwise.
 
-Every row has a ``flags`` column (:mod:`mf_lightning.analysis.validity`: eps_inf < 1, alpha not
+Every row has a ``flags`` column (:mod:`mf_lightning.model.validity`: eps_inf < 1, alpha not
 symmetric, the acoustic sum rule, Born charges of the wrong sign, unstable modes, elements the
 model barely saw) and the tool ends with a line counting the flagged rows. A head that never
 learned what the options need (forces for ``--relax``/``--ionic``) is refused up front.
@@ -40,7 +40,7 @@ from mf_lightning.files import FileLock, TableWriter
 log = logging.getLogger(__name__)
 
 # model_sha256: the model that predicted the row (a table never mixes two models)
-# flags: what must not be trusted in the row (mf_lightning.analysis.validity), ";"-separated
+# flags: what must not be trusted in the row (mf_lightning.model.validity), ";"-separated
 BASE_COLUMNS = ["id", "formula", "n_atoms", "eps_poly", "n", "eps_inf", "polarisability", "becs", "flags",
                 "model_sha256"]
 RESPONSE_QUANTITIES = ("polarisation", "becs", "polarisability")
@@ -55,7 +55,7 @@ COLUMN_UNITS = {
     "polarisability": ("e/(V*A)", "alpha, 3x3 JSON"),
     "becs": ("e", "Z*, JSON [[atom 0: 9 values row-major], ...], Z*[k,i,j] = d(Omega P_i)/dR_kj; tidy per "
                   "atom in <stem>.becs.csv"),
-    "flags": ("", "';'-separated reasons not to trust the row (mf_lightning.analysis.validity)"),
+    "flags": ("", "';'-separated reasons not to trust the row (mf_lightning.model.validity)"),
     "model_sha256": ("", "checksum of the model that predicted the row"),
     "eps_ion": ("1", "3x3 JSON, ionic part from the model's Hessian; empty beside unstable modes"),
     "eps_0": ("1", "3x3 JSON, eps_inf + eps_ion; empty beside unstable modes"),
@@ -195,8 +195,8 @@ def _tensor(a, digits: int = 6) -> str:
 
 def row_for(ident: str, atoms, response: Dict[str, np.ndarray], training_elements=None) -> Dict[str, Any]:
     from mf_lightning.analysis.dielectric import eps_inf_from_alpha, eps_poly, refractive_index
-    from mf_lightning.analysis.validity import response_flags
     from mf_lightning.data.reader import reduced_formula
+    from mf_lightning.model.validity import response_flags
 
     eps = eps_inf_from_alpha(response["polarisability"])
     flags = response_flags(atoms.get_atomic_numbers(), becs=response["becs"],
@@ -460,7 +460,7 @@ def _screen(items, model, out, errors_path, columns, model_sha, ionic, relax, ru
             max_atoms, max_structures, progress, total, untrained: bool = False,
             max_memory: Optional[float] = None, relaxed_out: Optional[Path] = None,
             summary_rows: int = 30) -> Dict[str, Any]:
-    from mf_lightning.analysis.validity import join
+    from mf_lightning.model.validity import join
 
     done = read_done_ids(out)
     becs_path = out.with_name(out.stem + ".becs.csv")

@@ -23,7 +23,9 @@
 
 Outputs: ``spectra.csv`` (wavenumber, IR, Raman, Raman iso/aniso, Re/Im eps and loss per
 direction), ``summary.json`` (eps_inf, eps_0 tensors, parallel/perpendicular to ``axis``, peak
-lists, resolution) and ``spectra.png`` (IR, Raman, Re eps, Im eps and loss).
+lists, resolution, the field protocol read from the logged field) and ``spectra.<format>`` (png,
+pdf or svg: IR, Raman, Re eps, Im eps and loss; for a driven run IR and Raman only, the drive
+frequency 1/T dashed on the IR panel; the title names the field: E0 and direction, or zero field).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from mf_lightning.units import EPS0_E_PER_V_A
 
 C_CM_PER_FS = units._c * 100 * 1e-15  # speed of light, cm/fs
 AXIS_INDEX = {"x": 0, "y": 1, "z": 2}
+MV_PER_CM_PER_V_PER_A = 100.0
 
 
 # ---------------------------------------------------------------------- building blocks
@@ -209,7 +212,8 @@ def analyse(times_fs: np.ndarray, p: np.ndarray, volume: np.ndarray, temperature
         eps_inf = np.eye(3)
         out["note"] = "no alpha in the trajectory (log it with --response-every): eps_inf taken as 1"
     warnings = []
-    driven = field is not None and len(field) > 1 and float(np.ptp(np.asarray(field, float), axis=0).max()) > 1e-12
+    out["field_protocol"] = field_protocol(times_fs, field)
+    driven = out["driven"] = out["field_protocol"]["kind"] == "driven"
     if driven:
         warnings.append("driven run (the field changes in time): eps_0 from fluctuations, eps(omega) and the "
                         "loss function assume equilibrium and do not apply; eps_0 is reported as NaN")
@@ -265,6 +269,42 @@ def check_settings(temperature_K: Optional[float] = None, skip_fs: float = 0.0, 
 
 
 # what a trajectory of mf_lightning.simulation.md logs in every frame, and spectra need
+def _direction_text(unit: np.ndarray) -> str:
+    for name, i in AXIS_INDEX.items():
+        if abs(unit[i]) > 1 - 1e-9:
+            return ("-" if unit[i] < 0 else "") + name
+    return "[" + ", ".join(f"{c:.2g}" for c in unit) + "]"
+
+
+def field_protocol(times_fs, field) -> Dict[str, Any]:
+    """The field protocol of a run read from its logged field E(t) (n, 3; V/A): ``kind`` zero,
+    constant or driven (changing in time), the amplitude ``E0_MV_per_cm`` (largest |E|), its
+    ``direction``, for a driven run the ``period_fs`` from the zero crossings of E along that
+    direction (None with fewer than two) and ``drive_cm`` = 1/(c T); ``label`` for a figure's title."""
+    if field is None or len(field) == 0:
+        return {"kind": "unknown", "label": "field not logged", "E0_MV_per_cm": None, "direction": None}
+    E = np.asarray(field, dtype=float).reshape(-1, 3)
+    magnitude = np.linalg.norm(E, axis=1)
+    if not float(magnitude.max()) > 1e-12:
+        return {"kind": "zero", "label": "zero field", "E0_MV_per_cm": 0.0, "direction": None}
+    k = int(np.argmax(magnitude))
+    unit = E[k] / magnitude[k]
+    E0 = float(magnitude[k]) * MV_PER_CM_PER_V_PER_A
+    where = _direction_text(unit)
+    out: Dict[str, Any] = {"E0_MV_per_cm": E0, "direction": unit.tolist()}
+    if len(E) < 2 or not float(np.ptp(E, axis=0).max()) > 1e-12:
+        return {**out, "kind": "constant", "label": f"constant field E = {E0:.3g} MV/cm along {where}"}
+    t = np.asarray(times_fs, dtype=float)
+    along = E @ unit
+    crossings = [t[i] + (t[i + 1] - t[i]) * along[i] / (along[i] - along[i + 1])
+                 for i in range(len(along) - 1) if along[i] * along[i + 1] < 0 or (along[i + 1] == 0 != along[i])]
+    period = 2.0 * float(np.mean(np.diff(crossings))) if len(crossings) >= 2 else None
+    out.update(kind="driven", period_fs=period, drive_cm=1.0 / (period * C_CM_PER_FS) if period else None)
+    out["label"] = (f"driven field E0 = {E0:.3g} MV/cm along {where}"
+                    + (f", period {period:.4g} fs" if period else ""))
+    return out
+
+
 TRAJECTORY_KEYS = ("time_fs", "polarisation", "volume")
 
 
@@ -328,16 +368,85 @@ def _normalised(y):
     return y / m if m > 0 else y
 
 
-def write_outputs(result: Dict[str, Any], out_dir, axis: int = 2) -> Dict[str, Path]:
+def spectra_figure(result: Dict[str, Any], axis: int = 2):
+    """The figure of :func:`write_outputs`: (figure, panel names). IR and Raman always; Re eps and
+    absorption/loss only for an equilibrium run (a driven run's fluctuation results do not apply),
+    whose IR panel marks the drive frequency 1/T instead (dashed, not a phonon peak). The title
+    names the field protocol, the length, temperature, broadening and resolution."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    wn = result["wavenumber"]
+    protocol = result.get("field_protocol") or {"label": "field not logged", "kind": "unknown"}
+    driven = protocol.get("kind") == "driven"
+    panels = ["ir", "raman"] if driven else ["ir", "raman", "re_eps", "absorption_loss"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8)) if driven else plt.subplots(2, 2, figsize=(10, 7))
+    axes = np.asarray(axes).reshape(-1)
+    x_label = "wavenumber (cm$^{-1}$)"
+    a = axes[0]
+    a.plot(wn, _normalised(result["ir"]), "k", label="IR")
+    for pk in result["ir_peaks"][:3]:
+        a.axvline(pk["wavenumber_cm"], color="C3", lw=0.6, ls=":")
+        a.text(pk["wavenumber_cm"], 1.02, f"{pk['wavenumber_cm']:.0f}", fontsize=7, ha="center", color="C3")
+    drive = protocol.get("drive_cm")
+    if driven and drive and len(wn) and drive <= float(np.max(wn)):
+        a.axvline(drive, color="C2", lw=1.0, ls="--", label=f"drive 1/T = {drive:.3g} cm$^{{-1}}$")
+    a.set(title="IR (dM/dt autocorrelation)", xlabel=x_label, ylabel="intensity (arb. units, normalised)")
+    a.legend(fontsize=7)
+    a = axes[1]
+    if "raman" in result:
+        a.plot(wn, _normalised(result["raman"]), "k", label="total")
+        a.plot(wn, _normalised(result["raman_isotropic"]) * 0.8, "C0", lw=0.8, label="isotropic")
+        a.plot(wn, _normalised(result["raman_anisotropic"]) * 0.8, "C1", lw=0.8, label="anisotropic")
+        a.legend(fontsize=7)
+    else:
+        a.text(0.5, 0.5, "no alpha logged", ha="center", transform=a.transAxes)
+    a.set(title="Raman ($\\alpha$ autocorrelation)", xlabel=x_label, ylabel="intensity (arb. units, normalised)")
+    if not driven:
+        eps = result["eps_omega"]
+        loss = -np.imag(1.0 / eps)
+        others = [i for i in range(3) if i != axis]
+        name = "xyz"[axis]
+        a = axes[2]
+        par = eps[:, axis].real
+        perp = eps[:, others].real.mean(1)
+        a.plot(wn, par, "C0", label=f"parallel ({name})")
+        a.plot(wn, perp, "C1", label="perpendicular")
+        a.axhline(0, color="k", lw=0.5)
+        lim = np.nanpercentile(np.abs(np.concatenate([par, perp])), 98)
+        a.set(title="Re $\\epsilon(\\omega)$", xlabel=x_label, ylabel="Re $\\epsilon$ (relative permittivity)")
+        if np.isfinite(lim) and lim > 0:
+            a.set_ylim(-lim, lim)
+        a.legend(fontsize=7)
+        a = axes[3]
+        a.plot(wn, eps[:, axis].imag, "C0", label="Im $\\epsilon$ parallel")
+        a.plot(wn, eps[:, others].imag.mean(1), "C1", label="Im $\\epsilon$ perpendicular")
+        a.plot(wn, loss[:, axis], "C0--", lw=0.8, label="-Im $1/\\epsilon$ parallel")
+        a.plot(wn, loss[:, others].mean(1), "C1--", lw=0.8, label="-Im $1/\\epsilon$ perpendicular")
+        a.set(title="absorption and energy loss", xlabel=x_label, ylabel="Im $\\epsilon$, -Im $1/\\epsilon$ (relative)")
+        a.legend(fontsize=7)
+    fig.suptitle(f"{protocol['label']}: {describe_length(result['duration_fs'])} at {result['temperature_K']:.0f} K, "
+                 f"sigma {result['sigma_cm']:.0f} cm$^{{-1}}$, resolution {result['resolution_cm']:.0f} cm$^{{-1}}$"
+                 + ("\n(driven run: eps($\\omega$) and the loss function do not apply and are not drawn)"
+                    if driven else ""), fontsize=9)
+    fig.tight_layout()
+    return fig, panels
+
+
+def write_outputs(result: Dict[str, Any], out_dir, axis: int = 2, fmt: str = "png",
+                  dpi: Optional[float] = None) -> Dict[str, Path]:
+    """spectra.csv, summary.json (with the figure's ``panels``) and spectra.<fmt> (png, pdf or svg)."""
+    import matplotlib.pyplot as plt
+
+    from mf_lightning.train.plots import FIGURE_DPI, save_figure
+
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ArgumentError(f"{out_dir}: exists and is a file, not a folder: give an output folder")
     out_dir.mkdir(parents=True, exist_ok=True)
+    fig, panels = spectra_figure(result, axis)
     wn = result["wavenumber"]
     eps = result["eps_omega"]
     loss = -np.imag(1.0 / eps)
@@ -353,45 +462,10 @@ def write_outputs(result: Dict[str, Any], out_dir, axis: int = 2) -> Dict[str, P
                comments="", fmt="%.6g")
     summary = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in result.items()
                if k not in ("wavenumber", "ir", "raman", "raman_isotropic", "raman_anisotropic", "eps_omega")}
+    summary["figure"] = {"format": fmt, "panels": panels}
     (out_dir / "summary.json").write_text(dumps_json(summary))
-
-    others = [i for i in range(3) if i != axis]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    a = axes[0, 0]
-    a.plot(wn, _normalised(result["ir"]), "k")
-    for pk in result["ir_peaks"][:3]:
-        a.axvline(pk["wavenumber_cm"], color="C3", lw=0.6, ls=":")
-        a.text(pk["wavenumber_cm"], 1.02, f"{pk['wavenumber_cm']:.0f}", fontsize=7, ha="center", color="C3")
-    a.set(title="IR (dM/dt autocorrelation)", xlabel="wavenumber (cm$^{-1}$)", ylabel="intensity (norm.)")
-    a = axes[0, 1]
-    if "raman" in result:
-        a.plot(wn, _normalised(result["raman"]), "k", label="total")
-        a.plot(wn, _normalised(result["raman_isotropic"]) * 0.8, "C0", lw=0.8, label="isotropic")
-        a.plot(wn, _normalised(result["raman_anisotropic"]) * 0.8, "C1", lw=0.8, label="anisotropic")
-        a.legend(fontsize=7)
-    else:
-        a.text(0.5, 0.5, "no alpha logged", ha="center", transform=a.transAxes)
-    a.set(title="Raman (alpha autocorrelation)", xlabel="wavenumber (cm$^{-1}$)", ylabel="intensity (norm.)")
-    a = axes[1, 0]
-    par = eps[:, axis].real
-    perp = eps[:, others].real.mean(1)
-    a.plot(wn, par, "C0", label="parallel")
-    a.plot(wn, perp, "C1", label="perpendicular")
-    a.axhline(0, color="k", lw=0.5)
-    lim = np.nanpercentile(np.abs(np.concatenate([par, perp])), 98)
-    a.set(title="Re $\\epsilon(\\omega)$", xlabel="wavenumber (cm$^{-1}$)", ylim=(-lim, lim))
-    a.legend(fontsize=7)
-    a = axes[1, 1]
-    a.plot(wn, eps[:, axis].imag, "C0", label="Im $\\epsilon$ parallel")
-    a.plot(wn, eps[:, others].imag.mean(1), "C1", label="Im $\\epsilon$ perpendicular")
-    a.plot(wn, loss[:, axis], "C0--", lw=0.8, label="-Im $1/\\epsilon$ parallel")
-    a.plot(wn, loss[:, others].mean(1), "C1--", lw=0.8, label="-Im $1/\\epsilon$ perpendicular")
-    a.set(title="absorption and energy loss", xlabel="wavenumber (cm$^{-1}$)")
-    a.legend(fontsize=7)
-    fig.suptitle(f"{describe_length(result['duration_fs'])} at {result['temperature_K']:.0f} K, "
-                 f"sigma {result['sigma_cm']:.0f} cm$^{{-1}}$, resolution {result['resolution_cm']:.0f} cm$^{{-1}}$",
-                 fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out_dir / "spectra.png", dpi=120)
-    plt.close(fig)
-    return {"csv": out_dir / "spectra.csv", "summary": out_dir / "summary.json", "figure": out_dir / "spectra.png"}
+    try:
+        figure = save_figure(fig, out_dir / "spectra", fmt, FIGURE_DPI if dpi is None else dpi)
+    finally:
+        plt.close(fig)
+    return {"csv": out_dir / "spectra.csv", "summary": out_dir / "summary.json", "figure": figure}

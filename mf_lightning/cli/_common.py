@@ -10,15 +10,21 @@
 ``cli_main(main, prog)`` wraps a tool's ``main(argv) -> int``: user errors become one line on
 stderr (``<prog>: error: <what and where>``) and exit code :data:`~mf_lightning.errors.EXIT_INPUT`;
 ``--debug`` (or ``MF_DEBUG=1``) lets the traceback through. Anything else is a bug and keeps its
-traceback. :func:`parser` gives every tool the same ``--debug`` flag in its ``--help``.
+traceback. :func:`parser` gives every tool the same ``--debug`` flag in its ``--help``, and one
+convention (``tests/unit/cli/test_cli_convention.py``): every default shown in ``--help``
+(:class:`HelpFormatter`), no abbreviated options (``--step`` is not ``--steps``), a usage error
+is one line and exit code 2, and ``--help`` is fast: this module and a tool's module import no
+torch, ASE or mace at the top (:func:`doc_summary` and :func:`module_constant` read another
+module's docstring and constants from its source without importing it); a tool imports them in
+``main`` after its arguments are parsed.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import errno
 import functools
-import importlib
 import logging
 import os
 import stat
@@ -32,10 +38,36 @@ from mf_lightning.units import MV_PER_CM_PER_V_PER_A
 from mf_lightning.utils import DTYPES
 
 DEBUG_FLAG = "--debug"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in ``--help``, unless its help already says it or there is none to
+    show (``None``, a flag's ``False``)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class RawDescriptionHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """:class:`HelpFormatter` keeping the description's own line breaks (a table, a list)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """A usage error is one line on stderr, ``<prog>: error: <what> (see <prog> --help)``, and exit
+    code 2, as every other bad input; ``--help`` shows the full usage."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def parser(prog: str, description: str = "", **kwargs) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description, **kwargs)
+    kwargs.setdefault("formatter_class", HelpFormatter)
+    kwargs.setdefault("allow_abbrev", False)
+    p = Parser(prog=prog, description=description, **kwargs)
     p.add_argument(DEBUG_FLAG, action="store_true", help="show the full traceback of an error")
     return p
 
@@ -150,9 +182,34 @@ def run_hydra_job(job, cfg, prog: str):
 
 
 # ---------------------------------------------------------------------- shared options and set-up
+def _module_tree(module: str) -> ast.Module:
+    """The syntax tree of one of this package's modules, read from its source: importing it (its
+    torch, ASE, mace) would cost a tool's ``--help`` seconds."""
+    parts = module.split(".")
+    if parts[0] != PACKAGE_DIR.name:
+        raise ValueError(f"{module}: not a module of {PACKAGE_DIR.name}")
+    path = PACKAGE_DIR.joinpath(*parts[1:])
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
 def doc_summary(module: str) -> str:
     """The first paragraph of a module's docstring: a tool's ``--help`` description."""
-    return (importlib.import_module(module).__doc__ or "").split("\n\n")[0]
+    return (ast.get_docstring(_module_tree(module)) or "").split("\n\n")[0]
+
+
+def module_constant(module: str, name: str):
+    """A module's constant written as a literal (``ENGINES = ("ase", "torchsim")``), read from its
+    source: the choices and defaults of an option stay defined once, where they are used."""
+    for node in _module_tree(module).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, ast.AnnAssign) and node.value is not None else []
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            try:
+                return ast.literal_eval(node.value)
+            except ValueError:
+                break
+    raise LookupError(f"{module} defines no literal constant {name}")
 
 
 def add_model_args(p: argparse.ArgumentParser, dtype_default: Optional[str] = "float64",
@@ -172,8 +229,9 @@ def add_model_args(p: argparse.ArgumentParser, dtype_default: Optional[str] = "f
 
 def add_structure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("structure", help="any file ASE reads")
-    p.add_argument("--frame", type=int, default=0)
-    p.add_argument("--supercell", type=int, nargs=3, default=None)
+    p.add_argument("--frame", type=int, default=0, help="the frame of the structure file (0: the first)")
+    p.add_argument("--supercell", type=int, nargs=3, default=None, metavar=("NA", "NB", "NC"),
+                   help="repeat the cell NA x NB x NC times (default: as read)")
 
 
 def setup_process(threads: Optional[int] = None, log: bool = True) -> None:
@@ -269,14 +327,15 @@ def field_amplitude(args: argparse.Namespace) -> float:
 def add_field_amplitude_args(g, E0: float = 0.0, unit: str = "V/A", period_fs: Optional[float] = None) -> None:
     """``--E0``, ``--field-unit``, ``--axis``, ``--period-fs``: the field of MD and of hysteresis loops."""
     g.add_argument("--E0", type=float, default=E0, help="amplitude (unit: --field-unit)")
-    g.add_argument("--field-unit", default=unit, choices=field_units())
-    g.add_argument("--axis", default="z", help="x | y | z | a direction 'ex,ey,ez'")
+    g.add_argument("--field-unit", default=unit, choices=field_units(), help="the unit of --E0")
+    g.add_argument("--axis", default="z", help="the field's direction: x | y | z | 'ex,ey,ez'")
     g.add_argument("--period-fs", type=float, default=period_fs, help="period of a sine field (fs)")
 
 
 def add_field_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("electric field")
-    g.add_argument("--field-kind", default="none", choices=["none", "constant", "sine"])
+    g.add_argument("--field-kind", default="none", choices=["none", "constant", "sine"],
+                   help="none, a constant field, or E0 sin(2 pi t / period)")
     add_field_amplitude_args(g)
     g.add_argument("--t-on-fs", type=float, default=None, help="field off before this time")
     g.add_argument("--t-off-fs", type=float, default=None, help="field off from this time")

@@ -6,27 +6,31 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from mf_lightning.analysis.baselines import compare, table
 from mf_lightning.cli._common import cli_main, doc_summary
 from mf_lightning.cli._common import parser as cli_parser
-from mf_lightning.files import atomic_write_text, dumps_json
 
 PROG = "mf-baselines"
 
 
-@cli_main(PROG)
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser():
     parser = cli_parser(PROG, description=doc_summary("mf_lightning.analysis.baselines"))
     parser.add_argument("data", help="a data config of conf/data (e.g. mp_dielectric)")
     parser.add_argument("--model", help="an exported model.pt to score beside the baselines")
-    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="the split to score")
     parser.add_argument("--seed", type=int, default=0, help="the split seed (training's)")
     parser.add_argument("--out", help="also write the numbers as JSON here")
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    return parser
+
+
+@cli_main(PROG)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
 
     from hydra import compose, initialize_config_dir
 
+    from mf_lightning.analysis.baselines import compare, table
+    from mf_lightning.files import atomic_write_text, dumps_json
     from mf_lightning.runtime import configure_process
     from mf_lightning.train.pipeline import bind_to_model, make_datamodule
 

@@ -9,25 +9,30 @@ from typing import Optional, Sequence
 from mf_lightning.cli._common import add_model_args, cli_main, doc_summary, load_model_from, setup_process
 from mf_lightning.cli._common import parser as cli_parser
 from mf_lightning.errors import EXIT_OK, EXIT_PARTIAL, InputError, ModelFileError
-from mf_lightning.model.field_mace import FieldMACE
-from mf_lightning.simulation.distill import distill
 
 PROG = "mf-distill"
 
 
-@cli_main(PROG)
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser():
     p = cli_parser(PROG, description=doc_summary("mf_lightning.simulation.distill"))
-    p.add_argument("structures", nargs="+")
+    p.add_argument("structures", nargs="+", help="structure files and/or folders to label")
     add_model_args(p, dtype_default=None, model_help="mace .model file, a foundation-model name (mace-mp-0:medium) "
                    "or URL, or an mf-lightning model file")
     p.add_argument("--allow-pickle", action="store_true",
                    help="plain unpickling of a mace .model file (runs its code): only for a trusted file the "
                         "restricted loader refuses")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the labelled extxyz to write")
     p.add_argument("--every", type=int, default=1, help="keep every N-th structure")
-    args = p.parse_args(argv)
+    return p
+
+
+@cli_main(PROG)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     setup_process()
+    from mf_lightning.model.field_mace import FieldMACE
+    from mf_lightning.simulation.distill import distill
+
     try:
         model = load_model_from(args)
     except ModelFileError:

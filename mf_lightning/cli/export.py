@@ -8,14 +8,12 @@ from typing import Optional, Sequence
 
 from mf_lightning.cli._common import cli_main, doc_summary
 from mf_lightning.cli._common import parser as cli_parser
-from mf_lightning.model.export import export_lammps, export_mace
 from mf_lightning.utils import DTYPES
 
 PROG = "mf-export"
 
 
-@cli_main(PROG)
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser():
     parser = cli_parser(PROG, description=doc_summary("mf_lightning.model.export"))
     parser.add_argument("--model", default=None, help="an mf-lightning model file (model.pt of train.py)")
     parser.add_argument("legacy_model", nargs="?", default=None, metavar="MODEL",
@@ -33,11 +31,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="write mace's TorchScript LAMMPS model (pair_style mace) instead of a .model file")
     parser.add_argument("--head", default=None,
                         help="--lammps: the head to run (needed when several heads learnt energies and forces)")
+    return parser
+
+
+@cli_main(PROG)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if (args.model is None) == (args.legacy_model is None):
         parser.error("give the model once: --model MODEL")
     args.model = args.model or args.legacy_model
     from mf_lightning.errors import InputError
+    from mf_lightning.model.export import export_lammps, export_mace
     from mf_lightning.model.io import load_model
 
     out = Path(args.out)

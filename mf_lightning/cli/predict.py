@@ -2,37 +2,41 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from mf_lightning.analysis.screening import ENGINES, screen
-from mf_lightning.analysis.validity import summary_line
-from mf_lightning.cli._common import add_model_args, cli_main, doc_summary, load_model_from, setup_process
+from mf_lightning.cli._common import (
+    RawDescriptionHelpFormatter,
+    add_model_args,
+    cli_main,
+    doc_summary,
+    load_model_from,
+    module_constant,
+    setup_process,
+)
 from mf_lightning.cli._common import parser as cli_parser
-from mf_lightning.data.structures import count_structures, iter_structures
 from mf_lightning.errors import EXIT_OK, EXIT_PARTIAL
 from mf_lightning.utils import markdown_table
 
 PROG = "mf-predict"
 
 
-@cli_main(PROG)
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser():
     parser = cli_parser(PROG, description=doc_summary("mf_lightning.analysis.screening"),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                        formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("structures", nargs="+", help="structure files and/or folders")
     parser.add_argument("--out", required=True, help="output CSV (appended to and resumed if it exists)")
     add_model_args(parser)
     parser.add_argument("--field", type=float, nargs=3, default=(0.0, 0.0, 0.0), metavar=("EX", "EY", "EZ"),
-                        help="uniform field in V/A (default 0)")
+                        help="uniform field in V/A")
     parser.add_argument("--ionic", action="store_true", help="also eps_ion (model Hessian + Z*) and eps_0")
     parser.add_argument("--relax", action="store_true",
                         help="relax ions first (ase: BFGS one by one; torchsim: batched FIRE); every column "
                              "then describes the relaxed structure")
-    parser.add_argument("--engine", default="ase", choices=ENGINES,
-                        help="ase (default) or torchsim: relaxation and response batched through TorchSim")
+    engines = module_constant("mf_lightning.analysis.screening", "ENGINES")
+    parser.add_argument("--engine", default="ase", choices=engines,
+                        help="ase, or torchsim: relaxation and response batched through TorchSim")
     parser.add_argument("--relax-cell", action="store_true", help="relax the cell too")
     parser.add_argument("--fmax", type=float, default=0.01, help="relaxation force threshold (eV/A)")
     parser.add_argument("--max-atoms", type=int, default=2000, help="atoms per batch")
@@ -42,7 +46,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "structure that cannot fit even one row at a time is an error row")
     parser.add_argument("--write-relaxed", default=None, metavar="FILE",
                         help="with --relax: also append the relaxed structures to this extxyz (id in each frame)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+@cli_main(PROG)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.relax_cell and not args.relax:
         parser.error("--relax-cell relaxes the cell with the ions: add --relax")
@@ -51,6 +61,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.max_memory is not None and not args.max_memory > 0:
         parser.error(f"--max-memory must be a positive number of GiB, got {args.max_memory}")
     setup_process()
+    from mf_lightning.analysis.screening import screen
+    from mf_lightning.data.structures import count_structures, iter_structures
+    from mf_lightning.model.validity import summary_line
+
     model = load_model_from(args)
     total = None if args.no_progress else count_structures(args.structures)
     counts = screen(iter_structures(args.structures), model, Path(args.out), head=args.head, field=args.field,

@@ -6,25 +6,38 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from mf_lightning.analysis.table import collect, paired, paired_markdown, summarise, to_latex, to_markdown, write_csv
 from mf_lightning.cli._common import cli_main, doc_summary
 from mf_lightning.cli._common import parser as cli_parser
 
 PROG = "mf-table"
 
 
-@cli_main(PROG)
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser():
     p = cli_parser(PROG, description=doc_summary("mf_lightning.analysis.table"))
     p.add_argument("dirs", nargs="+", help="run or multirun folders")
-    p.add_argument("--stage", default="test", choices=["val", "test"])
-    p.add_argument("--stat", default="rmse", choices=["rmse", "mae"])
+    p.add_argument("--stage", default="test", choices=["val", "test"], help="the metrics of this split")
+    p.add_argument("--stat", default="rmse", choices=["rmse", "mae"], help="the statistic tabulated")
     p.add_argument("--columns", default=None,
                    help="comma-separated quantities to keep (e.g. forces,becs_diag); default all")
     p.add_argument("--baseline", default=None,
                    help="a setting, e.g. model/coupling=residual_tp: add the paired comparison against it")
     p.add_argument("--out", default=None, help="prefix for PREFIX.md, PREFIX.csv, PREFIX.tex")
-    args = p.parse_args(argv)
+    return p
+
+
+@cli_main(PROG)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from mf_lightning.analysis.table import (
+        collect,
+        paired,
+        paired_markdown,
+        summarise,
+        to_latex,
+        to_markdown,
+        write_csv,
+    )
+
     wanted = args.columns.split(",") if args.columns else None
     table, units, common, unfinished = collect(args.dirs, args.stage, args.stat, wanted)
     columns, rows, best = summarise(table, units, wanted)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Dict, List
 
 # paths.root_dir: the checkout (train.py sets it) or, installed, the working directory
 os.environ.setdefault("PROJECT_ROOT", os.getcwd())
@@ -22,13 +23,44 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 PROG = "train.py"
+HELP_FLAGS = ("--help", "-h")
+
+
+def config_groups(conf: Path) -> Dict[str, List[str]]:
+    """The config groups of ``conf`` (folders of yaml files, ``hydra/`` aside) and their options."""
+    groups = {}
+    for folder in sorted(p for p in conf.rglob("*") if p.is_dir()):
+        group = folder.relative_to(conf).as_posix()
+        options = sorted(f.stem for f in folder.glob("*.yaml"))
+        if options and group.split("/")[0] != "hydra":
+            groups[group] = options
+    return groups
+
+
+def fast_help(config_name: str) -> str:
+    """The app's ``--help``: ``conf/hydra/help/<config_name>.yaml``'s template, with
+    ``$APP_CONFIG_GROUPS`` listed from the config folders. Hydra's own ``--help`` composes every
+    option of every group first (seconds); this reads one small file."""
+    import string
+
+    import yaml
+
+    from mf_lightning.cli import CONF_DIR
+
+    spec = yaml.safe_load((CONF_DIR / "hydra" / "help" / f"{config_name}.yaml").read_text())
+    groups = "\n".join(f"{g}: {', '.join(opts)}" for g, opts in config_groups(CONF_DIR).items())
+    return string.Template(spec["template"]).substitute(APP_CONFIG_GROUPS=groups)
 
 
 def hydra_entry(hydra_main: Callable[[], None], config_name: str, prog: str) -> None:
     """Check the command line as Hydra will compose it (:func:`~mf_lightning.train.config_check.check_command_line`),
     then run ``hydra_main``. Hydra's own report of a composition error is several lines and exit
     code 1; here it is one line and exit code 2, as for every other configuration error
-    (``debug=true``, ``MF_DEBUG=1`` or ``HYDRA_FULL_ERROR=1`` show the traceback)."""
+    (``debug=true``, ``MF_DEBUG=1`` or ``HYDRA_FULL_ERROR=1`` show the traceback).
+    ``--help`` is :func:`fast_help` (``--hydra-help`` stays Hydra's)."""
+    if any(a in HELP_FLAGS for a in sys.argv[1:]):
+        print(fast_help(config_name))
+        sys.exit(0)
     from mf_lightning.cli._common import report
     from mf_lightning.train.config_check import ConfigError, check_command_line
 

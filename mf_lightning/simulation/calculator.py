@@ -189,10 +189,10 @@ class MACEFieldCalculator(Calculator):
 
     def get_flags(self, atoms=None) -> list:
         """Why the response of ``atoms`` must not be trusted, as mf-predict's ``flags`` column
-        (:func:`mf_lightning.analysis.validity.response_flags`: eps_inf < 1, alpha asymmetric,
+        (:func:`mf_lightning.model.validity.response_flags`: eps_inf < 1, alpha asymmetric,
         the acoustic sum rule, Born-charge signs, unseen elements; ``untrained`` after
         ``allow_untrained`` let anything through). Empty: nothing found."""
-        from mf_lightning.analysis.validity import response_flags
+        from mf_lightning.model.validity import response_flags
 
         becs, alpha = self.get_becs(atoms), self.get_polarisability(atoms)
         return response_flags(self.atoms.get_atomic_numbers(), becs=becs, polarisability=alpha,

@@ -20,8 +20,10 @@ Ionic (static) part, from the model's own Gamma-point Hessian and Born charges:
 Modes with omega^2 < -``unstable_tol`` are unstable (the structure is not at a minimum of F):
 they are listed (as negative wavenumbers, the usual convention for imaginary frequencies), and
 eps_ion and eps_0 are then NaN (flagged ``unstable_modes``, :mod:`mf_lightning.model.validity`),
-never 0 or the sum over the remaining modes; soft modes with |omega^2| below the tolerance are
-left out, their 1/omega^2 would be noise. Relax first (``relax=True``) for a meaningful eps_ion.
+never 0 or the sum over the remaining modes. Soft modes with |omega^2| below the tolerance are
+left out, their 1/omega^2 would be noise, unless they carry charge (more than
+``SOFT_CHARGE_FRACTION`` of the total): then eps_ion is NaN too (flagged ``soft_modes``).
+Relax first (``relax=True``) for a meaningful eps_ion.
 eps_ion needs a head that learned energies and forces: the Hessian of a head that never saw
 them means nothing, and is refused (``allow_untrained`` overrides, with a warning).
 """
@@ -43,6 +45,9 @@ _RAD_PER_S = math.sqrt(ase_units._e / ase_units._amu) * 1e10
 _SPEED_OF_LIGHT_CM_PER_S = ase_units._c * 100.0
 OMEGA_TO_INVCM = _RAD_PER_S / (2 * math.pi * _SPEED_OF_LIGHT_CM_PER_S)
 UNSTABLE_TOL = 1e-4  # eV/(A^2 amu), ~ 5 cm^-1
+# a soft mode (|omega^2| < UNSTABLE_TOL) carrying more than this share of the total mode charge
+# makes eps_ion undefined (NaN, flagged soft_modes) instead of silently left out
+SOFT_CHARGE_FRACTION = 1e-3
 
 
 # ---------------------------------------------------------------------- electronic part
@@ -109,9 +114,15 @@ def ionic_dielectric(hessian: np.ndarray, becs: np.ndarray, masses: np.ndarray, 
     unstable = omega2 < -unstable_tol
     contrib = Zm[stable, :, None] * Zm[stable, None, :] / omega2[stable, None, None]
     stable_part = contrib.sum(0) / (EPS0_E_PER_V_A * float(volume)) if stable.any() else np.zeros((3, 3))
+    # a soft mode (|omega^2| within the tolerance) is left out of the sum, which is right only if it
+    # carries no charge: a polar soft mode (near a ferroelectric instability) would contribute
+    # 1/omega^2 -> a huge eps_ion, and leaving it out could report a small one, even exactly 0
+    soft = ~stable & ~unstable
+    charge = (Zm ** 2).sum(1)
+    polar_soft = soft & (charge > SOFT_CHARGE_FRACTION * max(float(charge.sum()), 1e-30))
     # beside an unstable mode the structure is not at a minimum of F and no eps_ion exists (its
     # 1/omega^2 would be negative, or, left out, the sum of the other modes pretends otherwise)
-    eps_ion = np.full((3, 3), np.nan) if unstable.any() else stable_part
+    eps_ion = np.full((3, 3), np.nan) if unstable.any() or polar_soft.any() else stable_part
     return {
         "eps_ion": eps_ion,
         "eps_ion_stable_modes": stable_part,  # diagnostics only: the stable modes' sum
@@ -119,6 +130,7 @@ def ionic_dielectric(hessian: np.ndarray, becs: np.ndarray, masses: np.ndarray, 
         "wavenumbers_cm": wavenumber(omega2),
         "mode_charges": Zm,
         "unstable_modes_cm": wavenumber(omega2[unstable]).tolist(),
+        "soft_polar_modes_cm": wavenumber(omega2[polar_soft]).tolist(),
     }
 
 
@@ -303,11 +315,13 @@ def dielectric_properties(calc, atoms, ionic: bool = False, relax: bool = False,
                           max_memory=max_memory, allow_untrained=calc.allow_untrained, log_cost=True)
         ion = ionic_dielectric(H, becs, atoms.get_masses(), atoms.get_volume())
         unstable = ion["unstable_modes_cm"]
+        soft = ion["soft_polar_modes_cm"]
         out.update(eps_ion=ion["eps_ion"], eps_0=eps + ion["eps_ion"], wavenumbers_cm=ion["wavenumbers_cm"],
-                   unstable_modes_cm=unstable)
+                   unstable_modes_cm=unstable, soft_polar_modes_cm=soft)
     warnings = list(calc.untrained_warnings)
     out["warnings"] = warnings
     out["flags"] = response_flags(atoms.get_atomic_numbers(), becs=becs, polarisability=alpha,
                                   training_elements=getattr(calc.model, "training_elements", None),
-                                  unstable_modes=unstable, relaxed=out.get("relaxed"), untrained=bool(warnings))
+                                  unstable_modes=unstable, soft_modes=soft if ionic else None,
+                                  relaxed=out.get("relaxed"), untrained=bool(warnings))
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -58,7 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--relax-cell relaxes the cell with the ions: add --relax")
     if args.write_relaxed and not args.relax:
         parser.error("--write-relaxed writes relaxed structures: add --relax")
-    if args.max_memory is not None and not args.max_memory > 0:
+    if args.max_memory is not None and not (math.isfinite(args.max_memory) and args.max_memory > 0):
         parser.error(f"--max-memory must be a positive number of GiB, got {args.max_memory}")
     setup_process()
     from mf_lightning.analysis.screening import screen

@@ -372,6 +372,9 @@ class FieldMACE(torch.nn.Module):
         with default_dtype(backbone.atomic_energies_fn.atomic_energies.dtype):
             model = cls(backbone, config, form=form, layers=layers, l_in=l_in, l_out=l_out,
                         init=init, init_scale=init_scale, field_order=field_order)
+        # what the source learned: its field coupling has learned nothing yet (fine-tuning records
+        # its own), so P, Z* and alpha of an upgraded model are refused like any untrained head's
+        model.head_quantities = {h: ["energy", "forces", "stress"] for h in model.heads}
         return model.to(backbone.atomic_energies_fn.atomic_energies.dtype)
 
 

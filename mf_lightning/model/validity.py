@@ -20,14 +20,19 @@ as empty/NaN *and* flagged, never as 0. The flags (one string each, ``;``-separa
 ``becs_sign:<El>``
     the Born charge of a clearly ionic site has the wrong sign. The heuristic, kept narrow so it
     is sound: in a structure that contains a halogen or chalcogen (F, Cl, Br, I, O, S, Se, Te),
-    an s-block metal (groups 1-2, Li-Fr and Be-Ra) is a cation and F an anion in every known
-    compound; a mean diagonal Z* (tr Z*/3) below -:data:`SIGN_TOL` for such a cation, or above
+    an s-block metal (groups 1-2, Li-Fr and Be-Ra) is a cation and F an anion in ordinary ionic
+    compounds (alkalides, with Na- beside O-containing cryptands, are the rare exception); a
+    mean diagonal Z* (tr Z*/3) below -:data:`SIGN_TOL` for such a cation, or above
     +:data:`SIGN_TOL` for F, is flagged. Transition metals, p-block cations and mixed-valence
     elements are left out: their Z* can legitimately be anomalous.
 ``unstable_modes``
     (``--ionic``) the model's Gamma-point Hessian has optic modes with omega^2 < 0: the structure
     is not at a minimum of the model's F, so eps_ion and eps_0 are reported empty/NaN. Relax
     first (``--relax``) or check the structure.
+``soft_modes``
+    (``--ionic``) an optic mode softer than 5 cm^-1 (|omega^2| < 1e-4 eV/(A^2 amu)) carries
+    charge: its 1/omega^2 cannot be resolved, so eps_ion and eps_0 are empty/NaN (near a
+    ferroelectric instability eps_0 diverges; left out, it would be under-reported, even 0).
 ``relax_not_converged``
     (``--relax``) the relaxation stopped before the forces fell below ``--fmax``.
 ``unseen_element:<El>`` / ``rare_element:<El>``
@@ -113,6 +118,7 @@ def response_flags(numbers: Sequence[int], becs: Optional[np.ndarray] = None,
                    polarisability: Optional[np.ndarray] = None,
                    training_elements: Optional[Mapping[int, int]] = None,
                    unstable_modes: Optional[Sequence[float]] = None, relaxed: Optional[bool] = None,
+                   soft_modes: Optional[Sequence[float]] = None,
                    untrained: bool = False) -> List[str]:
     """Every flag (module docstring) of one structure's predictions; the parts not given are
     not checked."""
@@ -123,6 +129,8 @@ def response_flags(numbers: Sequence[int], becs: Optional[np.ndarray] = None,
         flags += born_charge_flags(numbers, becs)
     if unstable_modes:
         flags.append("unstable_modes")
+    if soft_modes:
+        flags.append("soft_modes")
     if relaxed is False:
         flags.append("relax_not_converged")
     flags += extrapolation_flags(numbers, training_elements)

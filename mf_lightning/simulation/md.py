@@ -280,13 +280,13 @@ def make_dynamics(atoms, ensemble: str, timestep_fs: float, temperature_K: float
     raise ArgumentError(f"ensemble {ensemble!r}: nvt (Langevin) | nve")
 
 
-def _frame(atoms, calc, step: int, t_fs: float, with_response: bool, becs: bool):
+def _frame(atoms, calc, step: int, t_fs: float, with_response: bool, becs: bool, settings: str = ""):
     from ase import Atoms
 
     res = calc.results
     require = getattr(calc, "require_learned", None)  # MACEFieldCalculator's trust check
     if require is not None:  # logged beside the forces, read from the same results
-        require(["energy", "polarisation"], "MD's logged enthalpy and P(t)")
+        require(["energy"], "MD's logged enthalpy")
     learned = calc.model.learned_quantities(calc.head) if hasattr(calc, "model") else None
     frame = Atoms(atoms.get_chemical_symbols(), positions=atoms.get_positions(), cell=atoms.get_cell(),
                   pbc=atoms.get_pbc())
@@ -295,17 +295,25 @@ def _frame(atoms, calc, step: int, t_fs: float, with_response: bool, becs: bool)
     kinetic = float(atoms.get_kinetic_energy())
     info = {
         "step": step, "time_fs": t_fs, "electric_field": calc.field_now().copy(),
-        "polarisation": np.asarray(res["polarisation"]).copy(),
         "enthalpy": float(res["energy"]), "kinetic_energy": kinetic, "total_energy": float(res["energy"]) + kinetic,
         "temperature": float(atoms.get_temperature()), "volume": float(atoms.get_volume()),
     }
-    if "stress" in res and (learned is None or "stress" in learned):  # not logged where never learned
+    # P(t) and the stress are logged where the head learned them (a run under a field was refused
+    # above unless it learned P): never a column of meaningless numbers
+    if "polarisation" in res and (learned is None or "polarisation" in learned or
+                                  (getattr(calc, "allow_untrained", False) and require is not None)):
+        if learned is not None and "polarisation" not in learned:
+            require(["polarisation"], "MD's logged P(t)")  # records the allowed override
+        info["polarisation"] = np.asarray(res["polarisation"]).copy()
+    if "stress" in res and (learned is None or "stress" in learned):
         info["stress"] = np.asarray(res["stress"]).copy()
     if with_response:
         info["polarisability"] = calc.get_polarisability(atoms).reshape(9).copy()
         if becs:
             frame.arrays["becs"] = calc.get_becs(atoms).reshape(len(atoms), 9).copy()
     info["units"] = FRAME_UNITS
+    if settings:
+        info["md_settings"] = settings
     fingerprint = _fingerprint(calc)
     if fingerprint:  # which model wrote the frame: a restart with another one is refused
         info["model_sha256"] = fingerprint
@@ -377,6 +385,10 @@ def run_md(atoms, calc, out, steps: int, timestep_fs: float = 1.0, ensemble: str
             field = FieldFunction(field, getattr(field, "__name__", repr(field)))
         calc.set_field(field)
     atoms = atoms.copy()
+    # what a continued run must share with the one that wrote the trajectory (the field is checked
+    # against the logged one at the restart time)
+    settings = (f"ensemble={ensemble} dt_fs={float(timestep_fs):g} T_K={float(temperature_K):g} "
+                f"friction_per_fs={float(friction_per_fs):g} seed={int(seed)}")
     start = last_frame(out) if restart else None
     fingerprint = _fingerprint(calc)
     if start is not None:
@@ -386,6 +398,17 @@ def run_md(atoms, calc, out, steps: int, timestep_fs: float = 1.0, ensemble: str
                              f"{fingerprint[:12]}...): continuing it would mix two models' dynamics; use another "
                              "--out, or --no-restart to start it again")
         step0, t0 = int(start.info["step"]), float(start.info["time_fs"])
+        written_with = start.info.get("md_settings")
+        if written_with and written_with != settings:
+            raise InputError(f"{out}: written with other settings ({written_with}; now {settings}): continuing "
+                             "it would splice two runs; use another --out, or --no-restart to start it again")
+        saved_time, calc.time = calc.time, t0
+        now, logged = calc.field_now(), np.asarray(start.info.get("electric_field", np.zeros(3)), float)
+        calc.time = saved_time
+        if not np.allclose(now, logged, rtol=1e-6, atol=1e-9):
+            raise InputError(f"{out}: its last frame (t = {t0:g} fs) was run at the field {logged.tolist()} V/A, this "
+                             f"run's field there is {now.tolist()} V/A: continuing it would splice two field "
+                             "protocols; use another --out, or --no-restart to start it again")
         atoms.set_cell(start.get_cell())
         atoms.set_positions(start.get_positions())
         atoms.set_momenta(start.get_momenta())
@@ -410,6 +433,13 @@ def run_md(atoms, calc, out, steps: int, timestep_fs: float = 1.0, ensemble: str
     if not np.all(np.isfinite(forces)):
         raise RunFailedError(f"the model's forces on the {'restart frame' if start is not None else 'structure'} are "
                              "not finite: nothing was written")
+    require = getattr(calc, "require_learned", None)  # MACEFieldCalculator's trust check, before any byte
+    if require is not None:  # of an old trajectory is removed or a new one begun
+        require(["energy", "forces"], "MD (its forces and enthalpy)")
+        if field is not None:  # under a field the forces include Z*.E: the head must know the response
+            require(["polarisation"], "MD under a field (its forces include the field's)")
+        if response_every is not None:
+            require(["polarisability"] + (["becs"] if becs else []), "MD's logged response (--response-every)")
     if not restart and out.exists():
         out.unlink()
     fh = open(out, "a")
@@ -421,7 +451,7 @@ def run_md(atoms, calc, out, steps: int, timestep_fs: float = 1.0, ensemble: str
     last_written = step0 if start is not None else None
     try:
         if step0 == 0:
-            ase.io.write(fh, _frame(atoms, calc, 0, 0.0, response_every is not None, becs), format="extxyz")
+            ase.io.write(fh, _frame(atoms, calc, 0, 0.0, response_every is not None, becs, settings), format="extxyz")
             fh.flush()
             last_written = 0
         step, t = step0, t0
@@ -443,7 +473,7 @@ def run_md(atoms, calc, out, steps: int, timestep_fs: float = 1.0, ensemble: str
                 bar.update(1)
             if step % log_every == 0 or step == steps:
                 with_resp = response_every is not None and step % response_every == 0
-                ase.io.write(fh, _frame(atoms, calc, step, t, with_resp, becs), format="extxyz")
+                ase.io.write(fh, _frame(atoms, calc, step, t, with_resp, becs, settings), format="extxyz")
                 fh.flush()
                 os.fsync(fh.fileno())
                 last_written = step
@@ -501,6 +531,12 @@ def load_structure(path: str, frame: int = 0, supercell: Optional[Sequence[int]]
         reason = " ".join(str(exc).split())
         raise InputError(f"{path}: cannot read a structure ({type(exc).__name__}: {reason})") from exc
     atoms.calc = None
+    from mf_lightning.data.structures import check_occupancy
+
+    try:  # a CIF's partial occupancies: ASE put one full atom on each such site
+        check_occupancy(atoms, f"{path}: frame {frame}")
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
     check_geometry(atoms, f"{path}: frame {frame}")
     if periodic:
         check_periodic(atoms, f"{path}: frame {frame}")

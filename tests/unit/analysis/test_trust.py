@@ -155,6 +155,20 @@ def test_unstable_modes_give_no_eps_ion_never_zero():
     assert np.isnan(out["eps_ion"]).all()
 
 
+def test_a_charged_soft_mode_gives_no_eps_ion_never_a_small_one():
+    """All optic modes softer than the tolerance: they used to be left out, eps_ion exactly 0."""
+    H = np.zeros((6, 6))
+    H[:3, :3] = H[3:, 3:] = 2.5e-4 * np.eye(3)
+    H[:3, 3:] = H[3:, :3] = -2.5e-4 * np.eye(3)
+    becs = np.stack([1.7 * np.eye(3), -1.7 * np.eye(3)])
+    out = ionic_dielectric(H, becs, np.array([23.0, 35.5]), 64.0)
+    assert len(out["soft_polar_modes_cm"]) == 3 and out["unstable_modes_cm"] == []
+    assert np.isnan(out["eps_ion"]).all()
+    assert "soft_modes" in validity.response_flags([11, 17], soft_modes=out["soft_polar_modes_cm"])
+    neutral = ionic_dielectric(H, np.zeros((2, 3, 3)), np.array([23.0, 35.5]), 64.0)  # carries no charge
+    assert neutral["soft_polar_modes_cm"] == [] and np.allclose(neutral["eps_ion"], 0.0)
+
+
 @pytest.fixture(scope="module")
 def negative_alpha_model(tmp_path_factory, sio2_atoms):
     """A model whose atomic polarisabilities are negative: eps_inf < 1, n undefined."""
@@ -337,3 +351,31 @@ def test_shipped_models_carry_record_checksum_and_what_they_learned(name, learne
     assert model.learned_quantities() == learned
     counts = model.training_elements
     assert set(counts) == set(model.atomic_numbers) and sum(counts.values()) > 0
+
+
+def test_an_upgraded_mace_model_has_learned_no_response_and_max_memory_must_be_finite(sio2_atoms, tmp_path, capsys):
+    from mf_lightning.model.field_mace import FieldMACE
+    from tests.helpers import make_source
+
+    fm = FieldMACE.from_mace(make_source(), form="residual_tp", init="random", init_scale=1.0)
+    assert fm.learned_quantities() == {"energy", "forces", "stress"}
+    calc = MACEFieldCalculator(fm)
+    atoms = sio2_atoms.copy()
+    atoms.calc = calc
+    assert np.isfinite(atoms.get_forces()).all()
+    with pytest.raises(UntrainedQuantityError, match="never learned"):
+        calc.get_becs(atoms)
+    ase.io.write(tmp_path / "q.cif", sio2_atoms[:9])
+    with pytest.raises(SystemExit):
+        predict([str(tmp_path / "q.cif"), "--model", "m.pt", "--out", str(tmp_path / "t.csv"), "--ionic",
+                 "--max-memory", "inf"])
+    assert "--max-memory must be a positive number" in capsys.readouterr().err
+
+
+def test_md_refuses_partial_occupancies(tmp_path):
+    from mf_lightning.errors import InputError
+    from mf_lightning.simulation.md import load_structure
+
+    (tmp_path / "v.cif").write_text(PARTIAL_CIF.format(si="1.0", o="0.9"))
+    with pytest.raises(InputError, match="partial occupancies"):
+        load_structure(str(tmp_path / "v.cif"))

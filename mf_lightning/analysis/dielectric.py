@@ -310,7 +310,11 @@ def dielectric_properties(calc, atoms, ionic: bool = False, relax: bool = False,
     out.update(polarisability=alpha, becs=becs, eps_inf=eps, eps_poly=float(eps_poly(eps)),
                n=float(refractive_index(eps)))
     unstable = None
+    residual = None
     if ionic:
+        # the harmonic eps_ion describes a minimum of F: large residual forces mean it is not one
+        residual = float(np.abs(calc.get_forces(atoms)).max()) if len(atoms) else 0.0
+        out["max_force"] = residual
         H = model_hessian(calc.model, atoms, field=calc.field_now(), head=calc.head, dtype=calc.torch_dtype,
                           max_memory=max_memory, allow_untrained=calc.allow_untrained, log_cost=True)
         ion = ionic_dielectric(H, becs, atoms.get_masses(), atoms.get_volume())
@@ -323,5 +327,5 @@ def dielectric_properties(calc, atoms, ionic: bool = False, relax: bool = False,
     out["flags"] = response_flags(atoms.get_atomic_numbers(), becs=becs, polarisability=alpha,
                                   training_elements=getattr(calc.model, "training_elements", None),
                                   unstable_modes=unstable, soft_modes=soft if ionic else None,
-                                  relaxed=out.get("relaxed"), untrained=bool(warnings))
+                                  relaxed=out.get("relaxed"), untrained=bool(warnings), max_force=residual)
     return out

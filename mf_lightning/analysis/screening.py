@@ -289,7 +289,7 @@ def ionic_columns(calc, atoms, max_memory: Optional[float] = None) -> Dict[str, 
     return {"eps_ion": _tensor(props["eps_ion"]), "eps_0": _tensor(props["eps_0"]),
             "eps_0_poly": _number(float(eps_poly(props["eps_0"]))) if np.all(np.isfinite(props["eps_0"])) else "",
             "unstable_modes_cm": _json(props["unstable_modes_cm"], 1),
-            "flags": [f for f in props["flags"] if f in ("unstable_modes", "soft_modes")]}
+            "flags": [f for f in props["flags"] if f in ("unstable_modes", "soft_modes", "not_at_minimum")]}
 
 
 def needed_quantities(ionic: bool, relax: bool, relax_cell: bool) -> List[str]:

@@ -350,15 +350,19 @@ def analyse_trajectory(path, temperature_K: Optional[float] = None, skip_fs: flo
 
 
 def untrained_note(path) -> str:
-    """The ``untrained`` note mf-md writes into every frame of a run with ``--allow-untrained``
-    (empty for a run on what the head learned)."""
+    """The ``untrained`` notes mf-md writes into every frame of a run with ``--allow-untrained``,
+    over all frames (a continued run may have allowed more; empty for a run on what was learned)."""
     import ase.io
 
+    notes = []
     try:
-        first = ase.io.read(path, index=0, format="extxyz")
+        for frame in ase.io.iread(path, index=":", format="extxyz"):
+            note = str(frame.info.get("untrained", "") or "")
+            if note and note not in notes:
+                notes.append(note)
     except Exception:  # noqa: BLE001 - read_log above has already parsed the file
-        return ""
-    return str(first.info.get("untrained", "") or "")
+        pass
+    return "; ".join(notes)
 
 
 # ---------------------------------------------------------------------- outputs

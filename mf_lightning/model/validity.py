@@ -33,6 +33,11 @@ as empty/NaN *and* flagged, never as 0. The flags (one string each, ``;``-separa
     (``--ionic``) an optic mode softer than 5 cm^-1 (|omega^2| < 1e-4 eV/(A^2 amu)) carries
     charge: its 1/omega^2 cannot be resolved, so eps_ion and eps_0 are empty/NaN (near a
     ferroelectric instability eps_0 diverges; left out, it would be under-reported, even 0).
+``not_at_minimum``
+    (``--ionic``) the largest force on an atom exceeds :data:`MINIMUM_FORCE_TOL` (eV/A): eps_ion
+    is the harmonic response of a minimum of F, and this structure is not at one of the model's
+    (a DFT-relaxed structure is usually close enough; otherwise ``--relax`` first). The numbers
+    are reported, flagged.
 ``relax_not_converged``
     (``--relax``) the relaxation stopped before the forces fell below ``--fmax``.
 ``unseen_element:<El>`` / ``rare_element:<El>``
@@ -58,6 +63,7 @@ ASR_TOL = 0.01  # e, per component of sum_k Z*_k
 SYMMETRY_RTOL = 1e-4  # of |alpha|
 SIGN_TOL = 0.05  # e: a mean diagonal Z* within this of 0 is not called a sign error
 RARE_ELEMENT_COUNT = 3  # training structures
+MINIMUM_FORCE_TOL = 0.05  # eV/A: above it a structure is not at a minimum of the model's F
 
 ANIONS = frozenset({9, 17, 35, 53, 8, 16, 34, 52})  # F Cl Br I O S Se Te
 S_BLOCK_CATIONS = frozenset({3, 11, 19, 37, 55, 87, 4, 12, 20, 38, 56, 88})  # groups 1-2 without H
@@ -118,7 +124,7 @@ def response_flags(numbers: Sequence[int], becs: Optional[np.ndarray] = None,
                    polarisability: Optional[np.ndarray] = None,
                    training_elements: Optional[Mapping[int, int]] = None,
                    unstable_modes: Optional[Sequence[float]] = None, relaxed: Optional[bool] = None,
-                   soft_modes: Optional[Sequence[float]] = None,
+                   soft_modes: Optional[Sequence[float]] = None, max_force: Optional[float] = None,
                    untrained: bool = False) -> List[str]:
     """Every flag (module docstring) of one structure's predictions; the parts not given are
     not checked."""
@@ -131,6 +137,8 @@ def response_flags(numbers: Sequence[int], becs: Optional[np.ndarray] = None,
         flags.append("unstable_modes")
     if soft_modes:
         flags.append("soft_modes")
+    if max_force is not None and max_force > MINIMUM_FORCE_TOL:
+        flags.append("not_at_minimum")
     if relaxed is False:
         flags.append("relax_not_converged")
     flags += extrapolation_flags(numbers, training_elements)

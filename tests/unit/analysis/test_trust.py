@@ -142,6 +142,8 @@ def test_extrapolation_flags_and_summary():
     line = validity.summary_line(3, ["eps_inf_below_1;unseen_element:Li", "", "unseen_element:Na"])
     assert line.startswith("2 of 3 structures flagged (unseen_element: 2, eps_inf_below_1: 1)")
     assert validity.summary_line(2, ["", ""]) == "0 of 2 structures flagged"
+    assert validity.response_flags([8], max_force=0.2) == ["not_at_minimum"]
+    assert validity.response_flags([8], max_force=0.01) == []
 
 
 def test_unstable_modes_give_no_eps_ion_never_zero():
@@ -216,7 +218,7 @@ def test_predict_ionic_beside_unstable_modes_is_empty_and_flagged(sio2_atoms, tm
     row = rows_of(out)[0]
     assert json.loads(row["unstable_modes_cm"])
     assert row["eps_ion"] == row["eps_0"] == row["eps_0_poly"] == ""
-    assert "unstable_modes" in row["flags"].split(";")
+    assert {"unstable_modes", "not_at_minimum"} <= set(row["flags"].split(";"))  # unrelaxed: forces too
 
 
 def test_eval_summary_counts_invalid_structures_beside_finite_metrics():

@@ -239,7 +239,8 @@ def write_predictions(model, graphs: Sequence, structures: Sequence, path: Path,
 
 def evaluate_datamodule(model, dm, split: str, out_dir: Path, batch_size: int = 8, ionic: bool = False,
                         ionic_key: str = "REF_dielectric_ionic", ionic_max_atoms: int = 40,
-                        plots: bool = True, predictions: bool = False,
+                        plots: bool = True, predictions: bool = False, figure_format: str = "png",
+                        figure_dpi: float = 300.0,
                         allow_untrained: bool = False) -> Dict[str, Any]:
     """Evaluate every source of a (set-up) MultiSourceDataModule on ``split`` (train/val/test/all)."""
     from mf_lightning.data.datamodules.base import flags_of
@@ -281,5 +282,5 @@ def evaluate_datamodule(model, dm, split: str, out_dir: Path, batch_size: int = 
     if plots:
         from mf_lightning.train.plots import parity_plots
 
-        parity_plots(parity, out_dir)
+        parity_plots(parity, out_dir, fmt=figure_format, dpi=figure_dpi)
     return metrics

@@ -15,8 +15,6 @@ import os
 import sys
 from pathlib import Path
 
-from mf_lightning.cli import CONF_DIR as CONF  # noqa: E402
-
 os.environ.setdefault("PROJECT_ROOT", os.getcwd())  # eval.py in a checkout sets the checkout
 
 import hydra  # noqa: E402
@@ -26,21 +24,12 @@ from omegaconf import DictConfig  # noqa: E402
 def rewrite_overrides(argv: list) -> list:
     """Hydra reads ``key=value`` for a key that is also a config group (``conf/model``,
     ``conf/data``) as a choice of that group, which cannot be a path. So ``model=<file>`` becomes
-    ``model_file=<file>``, and ``data=<file>`` (an existing file, or anything that is not a config
-    of conf/data) becomes ``data=extxyz data.file=<absolute path>``."""
-    out = []
-    for arg in argv:
-        if arg.startswith("model="):
-            out.append("model_file=" + arg.split("=", 1)[1])
-            continue
-        if arg.startswith("data="):
-            value = arg.split("=", 1)[1]
-            if not (CONF / "data" / f"{value}.yaml").exists() and (
-                    Path(value).exists() or value.endswith((".xyz", ".extxyz"))):
-                out += ["data=extxyz", f"data.file={Path(value).resolve()}"]
-                continue
-        out.append(arg)
-    return out
+    ``model_file=<file>``, and ``data=<file>`` is a plain extxyz file
+    (:func:`mf_lightning.cli.train.data_path_overrides`, named after the file)."""
+    from mf_lightning.cli.train import data_path_overrides
+
+    argv = ["model_file=" + a.split("=", 1)[1] if a.startswith("model=") else a for a in argv]
+    return data_path_overrides(argv, training=False)
 
 
 PROG = "eval.py"
@@ -79,6 +68,8 @@ def _main(cfg: DictConfig):
     metrics = evaluate_datamodule(model, dm, split, out_dir, batch_size=int(cfg.batch_size), ionic=bool(cfg.ionic),
                                   ionic_key=cfg.ionic_key, ionic_max_atoms=int(cfg.ionic_max_atoms),
                                   predictions=bool(cfg.predictions), plots=bool(cfg.plots),
+                                  figure_format=str(cfg.get("figure_format", "png")),
+                                  figure_dpi=float(cfg.get("figure_dpi", 300)),
                                   allow_untrained=bool(cfg.get("allow_untrained", False)))
     print(table(metrics))
     print(f"run directory: {out_dir} (metrics.json, parity/)")

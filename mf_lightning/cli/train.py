@@ -12,6 +12,7 @@ group option is one line ``train.py: error: ...`` and exit code 2, before any fo
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -21,6 +22,8 @@ os.environ.setdefault("PROJECT_ROOT", os.getcwd())
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
+
+from mf_lightning.cli import CONF_DIR as CONF  # noqa: E402
 
 PROG = "train.py"
 HELP_FLAGS = ("--help", "-h")
@@ -50,6 +53,28 @@ def fast_help(config_name: str) -> str:
     spec = yaml.safe_load((CONF_DIR / "hydra" / "help" / f"{config_name}.yaml").read_text())
     groups = "\n".join(f"{g}: {', '.join(opts)}" for g, opts in config_groups(CONF_DIR).items())
     return string.Template(spec["template"]).substitute(APP_CONFIG_GROUPS=groups)
+
+
+def data_path_overrides(argv: list, training: bool) -> list:
+    """``data=<file>`` for a plain extxyz file: Hydra reads ``data=`` as a choice of the config group
+    ``conf/data``, which cannot be a path, so it becomes ``data=extxyz data.file=<absolute path>
+    data.name=<file stem>`` (the dataset, its metrics ``val/<stem>/...`` and parity plots are named
+    after the file). For training a plain file is also split (``val_fraction``/``test_fraction``
+    0.1 each, unless given: eval evaluates every structure)."""
+    out, given = [], {a.split("=", 1)[0] for a in argv if "=" in a}
+    for arg in argv:
+        if arg.startswith("data="):
+            value = arg.split("=", 1)[1]
+            if not (CONF / "data" / f"{value}.yaml").exists() and (
+                    Path(value).exists() or value.endswith((".xyz", ".extxyz"))):
+                name = re.sub(r"[^A-Za-z0-9_]+", "_", Path(value).stem).strip("_") or "data"
+                out += ["data=extxyz", f"data.file={Path(value).resolve()}"]
+                out += [] if "data.name" in given else [f"data.name={name}"]
+                if training:
+                    out += [f"data.{k}=0.1" for k in ("val_fraction", "test_fraction") if f"data.{k}" not in given]
+                continue
+        out.append(arg)
+    return out
 
 
 def hydra_entry(hydra_main: Callable[[], None], config_name: str, prog: str) -> None:
@@ -100,7 +125,9 @@ def _main(cfg: DictConfig):
 
 
 def main() -> None:
-    """The console script ``mf-train`` (and ``train.py``)."""
+    """The console script ``mf-train`` (and ``train.py``); ``data=<file.xyz>`` trains on a plain file
+    (:func:`data_path_overrides`)."""
+    sys.argv = [sys.argv[0]] + data_path_overrides(sys.argv[1:], training=True)
     hydra_entry(hydra_main, "train", PROG)
 
 

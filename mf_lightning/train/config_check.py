@@ -382,10 +382,19 @@ def check_train_config(cfg: DictConfig) -> None:
     if cfg.get("overwrite", False) and (cfg.get("resume", False) or cfg.get("ckpt_path")):
         p.add("overwrite", "overwrite=true trains from scratch: it cannot be combined with resume=true or ckpt_path",
               show_value=False)
+    check_figures(p, cfg)
     p.raise_if_any()
 
 
 EVAL_SPLITS = ("auto", "train", "val", "test", "all")
+FIGURE_FORMATS = ("png", "pdf", "svg")  # train.plots.FIGURE_FORMATS (matplotlib stays unimported here)
+
+
+def check_figures(p: Problems, cfg: DictConfig) -> None:
+    if "figure_format" in cfg:
+        choice(p, "figure_format", cfg.figure_format, FIGURE_FORMATS, "figure format")
+    if "figure_dpi" in cfg:
+        positive_number(p, "figure_dpi", _plain(cfg.figure_dpi))
 
 
 def check_eval_config(cfg: DictConfig) -> None:
@@ -404,4 +413,5 @@ def check_eval_config(cfg: DictConfig) -> None:
         positive_int(p, "ionic_max_atoms", _plain(cfg.ionic_max_atoms))
     if isinstance(cfg.get("data"), DictConfig):
         check_data(p, cfg.data, skip)
+    check_figures(p, cfg)
     p.raise_if_any()

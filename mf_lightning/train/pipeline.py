@@ -416,7 +416,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> Optional[float]:
     if trainer.is_global_zero:
         save_model(module.model, run_dir / "model.pt")
         atomic_write_text(run_dir / "metrics.json", dumps_json(metrics))  # last: it marks the run finished
-        parity_plots(module.predictions, run_dir)
+        parity_plots(module.predictions, run_dir, fmt=str(cfg.get("figure_format", "png")),
+                     dpi=float(cfg.get("figure_dpi", 300)))
         for lg in (logger if isinstance(logger, list) else [logger] if logger else []):
             if isinstance(lg, CSVLogger) and (Path(lg.log_dir) / "metrics.csv").exists():
                 atomic_write_text(run_dir / "metrics.csv", (Path(lg.log_dir) / "metrics.csv").read_text())

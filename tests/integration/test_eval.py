@@ -55,12 +55,12 @@ def test_eval_cli_on_an_extxyz_file(tmp_path):
            f"hydra.run.dir={tmp_path}/run", "torch_threads=1", "predictions=true"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| data | becs_diag |" in proc.stdout
+    assert "| held_out | becs_diag |" in proc.stdout  # named after the file
     # a plain file is evaluated at zero field (the hand-computed errors below are), and the
     # REF_electric_field it has but that is not used is named
     assert "REF_electric_field" in proc.stdout + proc.stderr and "zero field" in proc.stdout + proc.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    data = metrics["datasets"]["data"]
+    data = metrics["datasets"]["held_out"]
     assert metrics["split"] == "all"
     assert data["n_structures"] == 3 and data["n_atoms"] == 3 * 72
     assert data["flagged"] == ["held_out.xyz:1"]
@@ -85,9 +85,9 @@ def test_eval_cli_on_an_extxyz_file(tmp_path):
     assert q["polarisation"]["all"]["mae"] == pytest.approx(np.mean(np.abs(p_err)) * E_PER_A2_TO_UC_PER_CM2, rel=1e-6)
     assert q["polarisation"]["unit"] == "uC/cm^2"
     assert q["polarisation"]["all"]["zero_rmse"] > 0 and "RMSE of 0" in proc.stdout
-    assert (tmp_path / "run" / "parity" / "data_becs_diag.png").is_file()
+    assert (tmp_path / "run" / "parity" / "held_out_becs_diag.png").is_file()
     # per-structure predictions beside the references, mace's MACE_ convention, readable by ASE
-    predicted = ase.io.read(tmp_path / "run" / "predictions_data.xyz", index=":")
+    predicted = ase.io.read(tmp_path / "run" / "predictions_held_out.xyz", index=":")
     assert len(predicted) == 3
     for a, ref, p in zip(frames, labelled, predicted):
         # (extxyz keeps 8 decimals)

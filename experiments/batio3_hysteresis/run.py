@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mf_lightning.analysis.hysteresis import PAPER_BATIO3 as PAPER
 from mf_lightning.analysis.hysteresis import dynamic_loop, quasi_static_loop, write_loop
-from mf_lightning.cli.experiment_tools import REPO, ensure_model, fmt
+from mf_lightning.cli.experiment_tools import ensure_model, fmt
 from mf_lightning.data.quantities import to_internal
 from mf_lightning.data.root import resolve_file
 from mf_lightning.simulation.calculator import MACEFieldCalculator
@@ -29,7 +29,8 @@ from mf_lightning.utils import markdown_table
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="exported model (default: train batio3_quickstart once)")
-    p.add_argument("--out", default=str(REPO / "experiments" / "batio3_hysteresis" / "results"))
+    p.add_argument("--out", default="batio3_hysteresis",
+                   help="output folder (default: ./batio3_hysteresis in the current folder)")
     p.add_argument("--paper", action="store_true")
     p.add_argument("--E0", type=float, default=36.0, help="MV/cm")
     p.add_argument("--period-fs", type=float, default=None)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from mf_lightning.analysis.spectra import analyse_trajectory, write_outputs
-from mf_lightning.cli.experiment_tools import REPO, ensure_model, fmt
+from mf_lightning.cli.experiment_tools import ensure_model, fmt
 from mf_lightning.data.root import resolve_file
 from mf_lightning.simulation.calculator import MACEFieldCalculator
 from mf_lightning.simulation.md import load_structure, run_md
@@ -32,7 +32,8 @@ ALLEGRO = {"ir": [1041, 420, 765], "eps_inf": (2.41, 2.37), "eps_0": (4.73, 4.51
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="exported model (default: train the quickstart once)")
-    p.add_argument("--out", default=str(REPO / "experiments" / "sio2_spectra" / "results"))
+    p.add_argument("--out", default="sio2_spectra",
+                   help="output folder (default: ./sio2_spectra in the current folder)")
     p.add_argument("--paper", action="store_true", help="the paper's protocol (200 ps)")
     p.add_argument("--production-fs", type=float, default=None)
     p.add_argument("--equilibration-fs", type=float, default=None)

@@ -10,10 +10,37 @@ write it to ``<out>.errors.csv`` and exit with :data:`EXIT_PARTIAL` when any was
 
 from __future__ import annotations
 
+import errno
+
 EXIT_OK = 0
 EXIT_PARTIAL = 1  # a batch tool finished, but some structures failed (listed in its errors file)
 EXIT_INPUT = 2  # bad input: a file, an argument or a configuration value (argparse uses 2 too)
 EXIT_FAILED = 3  # the run itself failed (e.g. non-finite metrics, disk full)
+
+# What an OSError's errno means to the user, by errno (not by exception class: a read-only file
+# system is a plain OSError, EACCES and EPERM are both PermissionError but not the same thing).
+# A location the user gave that cannot be used is bad input (exit 2); storage that fails under
+# a run (full, over quota, an I/O error) is a failed run (exit 3). Other errnos stay bugs.
+OS_ERRORS = {
+    errno.ENOENT: (EXIT_INPUT, "no such file or folder"),
+    errno.EISDIR: (EXIT_INPUT, "is a folder, not a file"),
+    errno.ENOTDIR: (EXIT_INPUT, "not a folder (a part of this path is a file)"),
+    errno.EEXIST: (EXIT_INPUT, "already exists"),
+    errno.EACCES: (EXIT_INPUT, "permission denied"),
+    errno.EPERM: (EXIT_INPUT, "operation not permitted"),
+    errno.EROFS: (EXIT_INPUT, "read-only file system: choose a location you can write to"),
+    errno.ELOOP: (EXIT_INPUT, "too many levels of symbolic links (a symbolic link loop)"),
+    errno.ENAMETOOLONG: (EXIT_INPUT, "file name too long"),
+    errno.ENOSPC: (EXIT_FAILED, "disk full while writing: free space and run again (resumable runs continue)"),
+    errno.EDQUOT: (EXIT_FAILED, "disk quota exceeded while writing: free space and run again (resumable runs "
+                                "continue)"),
+    errno.EFBIG: (EXIT_FAILED, "file too large for this file system"),
+    errno.EIO: (EXIT_FAILED, "input/output error (a failing disk or network file system)"),
+    errno.EMFILE: (EXIT_FAILED, "too many open files"),
+    errno.ENFILE: (EXIT_FAILED, "too many open files in the system"),
+}
+# (cli._common.classify reports OSErrors with these words; files.unreadable_reason explains an
+# input path with the same ones)
 
 
 class InputError(Exception):

@@ -243,12 +243,6 @@ def atomic_torch_save(obj, path) -> None:
         raise
 
 
-# the same words as the CLIs' errno classification (cli/_common.classify)
-_OS_REASONS = {errno.ELOOP: "too many levels of symbolic links (a symbolic link loop)",
-               errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-               errno.ENOTDIR: "not a folder (a part of this path is a file)", errno.ENAMETOOLONG: "file name too long"}
-
-
 def unreadable_reason(path, kind: str = "file") -> Optional[str]:
     """Why ``path`` cannot be read as a ``kind`` (None: it can be opened): missing, a folder, a
     device, a symbolic link loop, no permission... each in its own words (a folder or a loop
@@ -258,7 +252,10 @@ def unreadable_reason(path, kind: str = "file") -> Optional[str]:
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             return f"no such {kind}"
-        return _OS_REASONS.get(exc.errno, os.strerror(exc.errno) if exc.errno else str(exc))
+        from mf_lightning.errors import OS_ERRORS  # the words the CLIs' errno classification uses
+
+        known = OS_ERRORS.get(exc.errno)
+        return known[1] if known else (os.strerror(exc.errno) if exc.errno else str(exc))
     if stat.S_ISDIR(st.st_mode):
         return f"is a folder, not a {kind}"
     if not stat.S_ISREG(st.st_mode):

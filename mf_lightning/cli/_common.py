@@ -33,7 +33,15 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple
 
-from mf_lightning.errors import EXIT_FAILED, EXIT_INPUT, ArgumentError, InputError, ModelFileError, RunFailedError
+from mf_lightning.errors import (
+    EXIT_FAILED,
+    EXIT_INPUT,
+    OS_ERRORS,
+    ArgumentError,
+    InputError,
+    ModelFileError,
+    RunFailedError,
+)
 from mf_lightning.units import MV_PER_CM_PER_V_PER_A
 from mf_lightning.utils import DTYPES
 
@@ -76,28 +84,6 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-# What an OSError's errno means to the user, by errno (not by exception class: a read-only file
-# system is a plain OSError, EACCES and EPERM are both PermissionError but not the same thing).
-# A location the user gave that cannot be used is bad input (exit 2); storage that fails under
-# a run (full, over quota, an I/O error) is a failed run (exit 3). Other errnos stay bugs.
-_OS_ERRORS = {
-    errno.ENOENT: (EXIT_INPUT, "no such file or folder"),
-    errno.EISDIR: (EXIT_INPUT, "is a folder, not a file"),
-    errno.ENOTDIR: (EXIT_INPUT, "not a folder (a part of this path is a file)"),
-    errno.EEXIST: (EXIT_INPUT, "already exists"),
-    errno.EACCES: (EXIT_INPUT, "permission denied"),
-    errno.EPERM: (EXIT_INPUT, "operation not permitted"),
-    errno.EROFS: (EXIT_INPUT, "read-only file system: choose a location you can write to"),
-    errno.ELOOP: (EXIT_INPUT, "too many levels of symbolic links (a symbolic link loop)"),
-    errno.ENAMETOOLONG: (EXIT_INPUT, "file name too long"),
-    errno.ENOSPC: (EXIT_FAILED, "disk full while writing: free space and run again (resumable runs continue)"),
-    errno.EDQUOT: (EXIT_FAILED, "disk quota exceeded while writing: free space and run again (resumable runs "
-                                "continue)"),
-    errno.EFBIG: (EXIT_FAILED, "file too large for this file system"),
-    errno.EIO: (EXIT_FAILED, "input/output error (a failing disk or network file system)"),
-    errno.EMFILE: (EXIT_FAILED, "too many open files"),
-    errno.ENFILE: (EXIT_FAILED, "too many open files in the system"),
-}
 # errno-less instances of the OSError subclasses (raised by code, not the OS)
 _OS_CLASSES = {FileNotFoundError: errno.ENOENT, IsADirectoryError: errno.EISDIR, NotADirectoryError: errno.ENOTDIR,
                FileExistsError: errno.EEXIST, PermissionError: errno.EACCES}
@@ -116,9 +102,9 @@ def classify(exc: BaseException) -> Optional[Tuple[int, str]]:
         return EXIT_FAILED, one_line(exc)
     if isinstance(exc, OSError):
         code = exc.errno if exc.errno is not None else _OS_CLASSES.get(type(exc))
-        if code not in _OS_ERRORS:
+        if code not in OS_ERRORS:
             return None
-        status, what = _OS_ERRORS[code]
+        status, what = OS_ERRORS[code]
         if code == errno.ENOSPC:  # the historical wording: "disk full while writing <file>: ..."
             return status, f"disk full while writing {_shown(exc.filename or 'output')}: " + what.split(": ", 1)[1]
         if exc.filename is None:

@@ -9,6 +9,13 @@ split that training used (same data config, same seed):
 - ``mean``: the training split's mean, per element for per-atom quantities (Z*: the mean tensor
   of each element; forces: zero) and per structure otherwise (alpha: the mean 3x3 tensor);
 
+- ``per_element``: what an untrained model starts from (:class:`~mf_lightning.model.field_mace.FieldMACE`
+  with ``init=zeros``): Z* the fitted per-element Born charges projected onto the charge-sum
+  rule per structure (:func:`~mf_lightning.model.field_mace.fit_atomic_charges`, Z*_i = q'_i I),
+  alpha additive per element, (1/Omega) sum_i a_Z I
+  (:func:`~mf_lightning.model.field_mace.fit_atomic_polarisabilities`); the two baselines a
+  cross-chemistry model must beat;
+
 and, where alpha is labelled, the MAE and the mean of eps_inf (eps_poly = 1 + tr(alpha)/(3 eps0))
 (``reference``: the labels' mean). With ``--model`` the model's own numbers are put beside them.
 
@@ -65,6 +72,13 @@ def _fit_means(train: Sequence, atomic_numbers: Sequence[int]) -> Dict[str, Any]
         means[t] = sums[t] / (c.reshape(-1, 1) if torch.is_tensor(c) and c.ndim else c)
         if torch.is_tensor(c) and c.ndim:
             means[t] = torch.where(c.reshape(-1, 1) > 0, means[t], torch.zeros_like(means[t]))
+    from mf_lightning.model.field_mace import fit_atomic_charges, fit_atomic_polarisabilities
+
+    n = len(atomic_numbers)
+    for name, fit in (("charges", fit_atomic_charges), ("atomic_alpha", fit_atomic_polarisabilities)):
+        value = fit(train, n)
+        if value is not None:
+            means[name] = torch.as_tensor(value, dtype=torch.float64)
     means["e0"] = torch.as_tensor(dataset_statistics(train, atomic_numbers)["atomic_energies"], dtype=torch.float64)
     return means
 
@@ -79,13 +93,33 @@ def _predictions(kind: str, d: Dict[str, torch.Tensor], means: Dict[str, Any],
         if t == "energy":
             continue
         shape = d[ref_key(t)].shape
-        if kind == "zero" or t not in means:
+        if kind == "per_element":
+            pred[t] = _per_element(t, d, means, onehot, counts, shape)
+        elif kind == "zero" or t not in means:
             pred[t] = torch.zeros(shape, dtype=torch.float64)
         elif t in ("becs", "forces"):
             pred[t] = (onehot @ means[t]).reshape(shape)
         else:
             pred[t] = means[t].expand(n_graphs, -1).reshape(shape).clone()
     return pred
+
+
+def _per_element(t: str, d, means, onehot, counts, shape) -> torch.Tensor:
+    """The fitted per-element Born charges (projected per structure) and additive alpha; the
+    per-element mean (``mean``) for every other quantity."""
+    eye = torch.eye(3, dtype=torch.float64)
+    if t == "becs" and "charges" in means:
+        q = onehot @ means["charges"]
+        mean_q = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, d[keys.BATCH], q) / counts.sum(1)
+        return ((q - mean_q[d[keys.BATCH]])[:, None, None] * eye).reshape(shape)
+    if t == "polarisability" and "atomic_alpha" in means:
+        volume = torch.linalg.det(d[keys.CELL].double().reshape(-1, 3, 3)).abs()
+        return ((counts @ means["atomic_alpha"]) / volume)[:, None, None].mul(eye).reshape(shape)
+    if t not in means:
+        return torch.zeros(shape, dtype=torch.float64)
+    if t in ("becs", "forces"):
+        return (onehot @ means[t]).reshape(shape)
+    return means[t].expand(len(counts), -1).reshape(shape).clone()
 
 
 def _accumulate(acc, name: str, d, pred, tasks) -> None:
@@ -127,7 +161,7 @@ def compare(dm, split: str = "test", model=None, batch_size: int = 8) -> Dict[st
     for batch in DataLoader(test, batch_size=batch_size, shuffle=False):
         d = batch_to_dict(batch, torch.float64)
         tasks = labelled_tasks(d)
-        for kind in ("zero", "mean"):
+        for kind in ("zero", "mean", "per_element"):
             _accumulate(acc, kind, d, _predictions(kind, d, means, tasks), tasks)
         if model is not None:
             dm_ = {k: (v.to(model.dtype) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in d.items()}
@@ -138,6 +172,6 @@ def compare(dm, split: str = "test", model=None, batch_size: int = 8) -> Dict[st
 
 
 def table(result: Dict[str, Dict[str, float]]) -> str:
-    cols = [c for c in ("zero", "mean", "model", "reference") if any(c in v for v in result.values())]
+    cols = [c for c in ("zero", "mean", "per_element", "model", "reference") if any(c in v for v in result.values())]
     return markdown_table(["metric", *cols], [[metric, *(f"{row[c]:.4g}" if c in row else "-" for c in cols)]
                                               for metric, row in result.items()])

@@ -28,7 +28,7 @@ from mf_lightning.data.graphs import atoms_to_graph
 from mf_lightning.data.keys import ref_key, weight_key
 from mf_lightning.data.quantities import QUANTITIES, tasks
 from mf_lightning.data.reader import Record
-from mf_lightning.files import atomic_torch_save, atomic_write_text
+from mf_lightning.files import FileLock, atomic_torch_save, atomic_write_text
 from mf_lightning.files import sha256_of as file_sha256
 
 CACHE_FORMAT = 3  # bump when what a cached graph list holds changes (3: paths ordered per (non-polar, polar) pair)
@@ -132,7 +132,10 @@ class GraphCache:
             return
         payload = {"format": CACHE_FORMAT, "info": info,
                    "graphs": pack([{**g.to_dict(), "num_nodes": g.num_nodes} for g in graphs])}
-        atomic_torch_save(payload, self.dir / f"{key}.pt")
+        # sweeps start runs side by side on one cache: two writers of one entry would remove each
+        # other's temporary file (atomic_torch_save clears stale ones), so writers take turns
+        with FileLock(self.dir / f".{key}.pt.lock", blocking=True):
+            atomic_torch_save(payload, self.dir / f"{key}.pt")
 
     def load_json(self, key: str):
         if self.dir is None or not (self.dir / f"{key}.json").is_file():

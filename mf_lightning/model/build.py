@@ -45,6 +45,7 @@ def build_model(
     distance_transform: str = "None",
     coupling: Optional[Mapping[str, Any]] = None,
     atomic_polarisabilities: Optional[Union[Sequence[float], Mapping[int, float]]] = None,
+    atomic_charges: Optional[Union[Sequence[float], Mapping[int, float], bool, str]] = None,
     dtype: str = "float64",
     seed: Optional[int] = None,
     cueq: bool = False,
@@ -57,6 +58,9 @@ def build_model(
     :class:`FieldMACE` (default: ``residual_tp`` on every couplable layer, small random init).
     ``atomic_polarisabilities``: a_Z per element (e A^2/V; list in ``atomic_numbers`` order or
     {Z: a}); default zeros (training fits them to the data, see :class:`FieldMACE`).
+    ``atomic_charges``: q_Z per element (e; list or {Z: q}), the per-element Born-charge
+    baseline (:func:`~mf_lightning.model.field_mace.charge_enthalpy`); default (None, False,
+    "fit" or "auto": training's choice, resolved before this) zeros.
     ``cueq``: run the backbone on cuEquivariance (:meth:`FieldMACE.use_cueq`).
     """
     # None means "not known yet" (train.py fills them from the data); use neutral values here
@@ -108,6 +112,11 @@ def build_model(
     if isinstance(atomic_polarisabilities, Mapping):
         given = atomic_polarisabilities
         atomic_polarisabilities = [float(given.get(k, given.get(str(k), 0.0))) for k in z]
+    if isinstance(atomic_charges, (bool, str)):  # training's switches (pipeline.make_model), resolved there
+        atomic_charges = None
+    elif isinstance(atomic_charges, Mapping):
+        given = atomic_charges
+        atomic_charges = [float(given.get(k, given.get(str(k), 0.0))) for k in z]
     from mf_lightning.model.coupling import DEFAULTS
 
     coupling = {**DEFAULTS, **(coupling or {})}
@@ -115,5 +124,6 @@ def build_model(
         torch.manual_seed(int(seed))
     with default_dtype(torch_dtype):
         backbone = ScaleShiftMACE(**config)
-        model = FieldMACE(backbone, config_to_json(config), atomic_polarisabilities=atomic_polarisabilities, **coupling)
+        model = FieldMACE(backbone, config_to_json(config), atomic_polarisabilities=atomic_polarisabilities,
+                           atomic_charges=atomic_charges, **coupling)
     return model.to(torch_dtype).use_cueq(cueq)

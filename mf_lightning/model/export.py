@@ -113,6 +113,10 @@ def constant_field_backbone(model: FieldMACE, field: Sequence[float], dtype: Opt
     from mf_lightning.model.split_backward import uninstall
     from mf_lightning.utils import resolve_dtype
 
+    if bool((model.atomic_charges != 0).any()):
+        # -E . sum_i q'_i r_i is a force q'_i E on every atom, a term mace's models do not have
+        raise ValueError("this model has per-element Born charges (atomic_charges): their field term "
+                         "-E . sum q r has no place in a mace model, so it exports at zero field only")
     model = copy.deepcopy(model).use_cueq(False).cpu().eval()  # an e3nn model, as zero_field_backbone
     if dtype is not None:
         model = model.to(resolve_dtype(dtype))

@@ -54,6 +54,16 @@ class FieldMACE(torch.nn.Module):
             :func:`fit_atomic_polarisabilities`), so the network starts at the right eps_inf and
             learns the environment's part, as it learns energies on top of E0s. A fixed buffer;
             zeros (default, and for ``from_mace`` and ``form="none"``) leave F unchanged.
+        atomic_charges: q_Z per element (e, in ``atomic_numbers`` order), the Born-charge analogue
+            of the E0s and the atomic polarisabilities: F gains -E . sum_i q'_i r_i with
+            q'_i = q_{Z_i} - <q_Z> (the mean over the structure's atoms), so Z*_i = q'_i I
+            exactly, their sum is zero (acoustic sum rule) and the term is independent of the
+            origin. Training fits them once (least squares of the diagonal Z* labels on the
+            neutrality-projected composition, :func:`fit_atomic_charges`), so an untrained
+            model already predicts the per-element Born-charge baseline and the network learns
+            the environment's part. Zeros (default; ``from_mace``, ``form="none"``) leave F
+            unchanged. Why a sum over positions and not a structure-factor (Berry-phase) form:
+            see :func:`charge_enthalpy`.
         split_backward: rewrite e3nn's tensor products so that their higher derivatives do not
             zero-fill the edge tensor once per irrep (:mod:`~mf_lightning.model.split_backward`;
             the same numbers, bit for bit, in 0.7-0.8 of the time for a Z*/alpha step). False
@@ -73,6 +83,7 @@ class FieldMACE(torch.nn.Module):
         split_backward: bool = True,
         field_order: int = cpl.DEFAULTS["field_order"],
         atomic_polarisabilities: Optional[Sequence[float]] = None,
+        atomic_charges: Optional[Sequence[float]] = None,
     ):
         super().__init__()
         if form not in cpl.coupling_forms():
@@ -91,6 +102,16 @@ class FieldMACE(torch.nn.Module):
             if form == "none" and bool((a != 0).any()):
                 raise ValueError("coupling form 'none' is plain MACE (P = Z* = alpha = 0): no atomic polarisabilities")
         self.register_buffer("atomic_polarisabilities", a)
+        q = torch.zeros(n_elements, dtype=torch.get_default_dtype())
+        if atomic_charges is not None:
+            q = torch.as_tensor(np.asarray(atomic_charges, dtype=float), dtype=q.dtype).reshape(-1)
+            if q.numel() != n_elements:
+                raise ValueError(f"atomic_charges has {q.numel()} values for {n_elements} elements")
+            if not bool(torch.isfinite(q).all()):
+                raise ValueError("atomic_charges must be finite")
+            if form == "none" and bool((q != 0).any()):
+                raise ValueError("coupling form 'none' is plain MACE (P = Z* = alpha = 0): no atomic charges")
+        self.register_buffer("atomic_charges", q)
         self.couplings = torch.nn.ModuleDict()
         if form != "none":
             chosen = self._default_layers(form, l_in, l_out) if layers is None else list(layers)
@@ -331,7 +352,8 @@ class FieldMACE(torch.nn.Module):
         # -1/2 a_Z |E|^2 per atom: the fitted atomic polarisabilities (zero at E = 0)
         node_a = node_attrs.to(self.atomic_polarisabilities.dtype) @ self.atomic_polarisabilities
         pol_e = -0.5 * scatter_sum(node_a.to(field.dtype), batch, dim=-1, dim_size=num_graphs) * (field * field).sum(-1)
-        return e0 + inter_e + pol_e
+        charge_e = charge_enthalpy(node_attrs, ctx.positions, field, batch, num_graphs, self.atomic_charges)
+        return e0 + inter_e + pol_e + charge_e
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -376,6 +398,66 @@ class FieldMACE(torch.nn.Module):
         # its own), so P, Z* and alpha of an upgraded model are refused like any untrained head's
         model.head_quantities = {h: ["energy", "forces", "stress"] for h in model.heads}
         return model.to(backbone.atomic_energies_fn.atomic_energies.dtype)
+
+
+def charge_enthalpy(node_attrs: torch.Tensor, positions: torch.Tensor, field: torch.Tensor,
+                    batch: torch.Tensor, num_graphs: int, charges: torch.Tensor) -> torch.Tensor:
+    """-E . sum_i q'_i r_i per structure, with q'_i = q_{Z_i} minus the structure's mean charge.
+
+    Its derivatives are the per-element Born-charge baseline, exactly: Z*_i = q'_i I (so
+    sum_i Z*_i = 0), no contribution to alpha, forces q'_i E; P gains (1/Omega) sum_i q'_i r_i,
+    independent of the origin because sum_i q'_i = 0, and co-rotating with the structure.
+
+    Why not the structure-factor (Berry-phase) form of latent-charge models, which is periodic
+    under wrapping an atom: no smooth F can give a constant fractional Z* = q I *and* change P
+    by a whole quantum when one atom is carried through the cell by a lattice vector a (the
+    integral of Z* along that path is q a, a quantum only for integer q). The structure-factor
+    forms pay for periodicity with the baseline itself: Omega P = sum_k a_k/(2 pi) arg S_k
+    (S_k = sum_i q_i exp(i G_k . r_i)) has sum_i Z*_i = I (it is the position of one unit
+    charge, breaking the acoustic sum rule), and Im S_k / |G_k| gives Z*_i = q_i cos(G_k . r_i),
+    zero for atoms at a quarter of the cell. So this term keeps Z* exact and P single-valued and
+    smooth in the positions as given: along any path (MD, a distortion path, a relaxation) P
+    changes continuously and exactly by sum_i Z*_i dr_i; only re-wrapping an atom into the cell
+    by a lattice vector a shifts the absolute P, by q'_i a / Omega. Data sets labelled with
+    absolute P modulo the quantum (the ferroelectric paths) are therefore trained without it
+    (the ferroelectric presets keep q = 0); Z*, alpha, eps and P differences never depend on it.
+    """
+    if not bool((charges != 0).any()):
+        return torch.zeros(num_graphs, dtype=field.dtype, device=field.device)
+    node_q = node_attrs.to(charges.dtype) @ charges
+    ones = torch.ones_like(node_q)
+    mean_q = scatter_sum(node_q, batch, dim=-1, dim_size=num_graphs) / scatter_sum(ones, batch, dim=-1,
+                                                                                      dim_size=num_graphs)
+    q = (node_q - mean_q[batch]).to(positions.dtype)
+    dipole = scatter_sum(q.unsqueeze(-1) * positions, batch, dim=0, dim_size=num_graphs)
+    return -(dipole * field.to(positions.dtype)).sum(-1)
+
+
+def fit_atomic_charges(graphs, n_elements: int, ridge: float = 1e-6) -> Optional[np.ndarray]:
+    """q_Z per element (e): least squares of every labelled atom's tr(Z*)/3 on its structure's
+    neutrality-projected composition (row i: onehot_i - mean of the structure's onehots), the
+    per-element Born-charge baseline that :func:`charge_enthalpy` then reproduces exactly.
+
+    The projection removes a common constant (q_Z + c gives the same charges), so the minimum-
+    norm solution is taken, with a tiny ridge for elements seen in one structure only; elements
+    never labelled get 0. None if no graph has a Z* label."""
+    rows, targets = [], []
+    for g in graphs:
+        if float(g["weight_becs"]) <= 0:
+            continue
+        onehot = g[keys.NODE_ATTRS].double().numpy()
+        z = g["ref_becs"].double().reshape(-1, 3, 3)
+        rows.append(onehot - onehot.mean(0, keepdims=True))
+        targets.append(torch.diagonal(z, dim1=-2, dim2=-1).mean(-1).numpy())
+    if not rows:
+        return None
+    A, b = np.concatenate(rows), np.concatenate(targets)
+    present = np.abs(A).sum(0) > 0
+    q = np.zeros(n_elements)
+    Ap = A[:, present]
+    # min-norm ridge solution: (A^T A + ridge I)^-1 A^T b, well posed on the projected null space
+    q[present] = np.linalg.solve(Ap.T @ Ap + ridge * np.eye(Ap.shape[1]), Ap.T @ b)
+    return q
 
 
 def fit_atomic_polarisabilities(graphs, n_elements: int) -> Optional[np.ndarray]:

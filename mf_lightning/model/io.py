@@ -30,7 +30,8 @@ from mf_lightning.model.backbone import build_backbone, convert_backbone, cueq_a
 from mf_lightning.model.field_mace import FieldMACE
 from mf_lightning.utils import default_dtype, resolve_dtype
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "ModelFileError", "save_model", "load_model"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "ModelFileError", "save_model", "load_model", "model_payload",
+           "model_from_payload"]
 log = logging.getLogger(__name__)
 
 FORMAT = "mf-lightning/field-mace"
@@ -45,9 +46,20 @@ RECORD_CHECKSUM = "record_sha256"
 
 
 def save_model(model, path) -> None:
-    """Write ``model`` (a :class:`FieldMACE`) as a weights-only file, atomically. A model running
-    on cuEquivariance is written with its backbone's e3nn weights (mace's converter), so the file
+    """Write ``model`` (a :class:`FieldMACE`, or an ensemble of them:
+    :mod:`mf_lightning.model.ensemble`) as a weights-only file, atomically. A model running on
+    cuEquivariance is written with its backbone's e3nn weights (mace's converter), so the file
     loads anywhere; ``cueq`` records the choice for :func:`load_model`."""
+    if hasattr(model, "members"):
+        from mf_lightning.model.ensemble import save_ensemble
+
+        return save_ensemble(model, path)
+    atomic_torch_save(model_payload(model), path)
+
+
+def model_payload(model) -> dict:
+    """What :func:`save_model` writes for one :class:`FieldMACE`: tensors and plain values, its
+    record checksum last (an ensemble file holds one such record per member)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if getattr(model, "cueq", False):
         e3nn = convert_backbone(model.backbone, cueq=False).state_dict()
@@ -72,14 +84,17 @@ def save_model(model, path) -> None:
         "sha256": tensor_checksum(state),
     }
     # ... and one in the config would too: the whole record, checked before anything is built
-    atomic_torch_save(with_record_checksum(payload, RECORD_CHECKSUM), path)
+    return with_record_checksum(payload, RECORD_CHECKSUM)
 
 
 
 
 def model_checksum(model) -> str:
     """SHA-256 of a model's tensors and its configuration: which model predicted a table's row
-    or wrote a trajectory's frame (the same weights in another file give the same checksum)."""
+    or wrote a trajectory's frame (the same weights in another file give the same checksum).
+    An ensemble's covers its members in order and its calibration."""
+    if hasattr(model, "ensemble_checksum"):
+        return model.ensemble_checksum()
     import hashlib
     import json
 
@@ -97,9 +112,20 @@ def _weights_only_load(path: Path):
 def load_model(path, device: str = "cpu", dtype=None, cueq: Optional[bool] = None):
     """Load a model written by :func:`save_model` (``weights_only=True``; no code runs).
     ``cueq``: run the backbone on cuEquivariance (True; an error if it is not installed) or on
-    e3nn (False); None: as the model was saved, where cuEquivariance is installed."""
+    e3nn (False); None: as the model was saved, where cuEquivariance is installed. An ensemble
+    file gives a :class:`~mf_lightning.model.ensemble.FieldMACEEnsemble`."""
     path = Path(path)
     payload = _weights_only_load(path)
+    if isinstance(payload, dict) and payload.get("format") == "mf-lightning/field-mace-ensemble":
+        from mf_lightning.model.ensemble import ensemble_from_payload
+
+        return ensemble_from_payload(payload, path, device=device, dtype=dtype, cueq=cueq)
+    return model_from_payload(payload, path, device=device, dtype=dtype, cueq=cueq)
+
+
+def model_from_payload(payload, path, device: str = "cpu", dtype=None, cueq: Optional[bool] = None):
+    """The model of one record written by :func:`model_payload` (checked against its checksum
+    first); ``path`` names it in messages (a file, or a member of an ensemble file)."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an mf-lightning model file (format key {FORMAT!r} missing)")
     # files written before it have none: they end with the tensors' "sha256"
@@ -133,6 +159,7 @@ def load_model(path, device: str = "cpu", dtype=None, cueq: Optional[bool] = Non
                              "(a changed byte); use another copy")
     # files written before atomic polarisabilities existed: the term was absent, i.e. zero
     state.setdefault("atomic_polarisabilities", torch.zeros_like(model.atomic_polarisabilities))
+    state.setdefault("atomic_charges", torch.zeros_like(model.atomic_charges))  # files from before the Z* baseline
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -290,6 +290,9 @@ def check_model(p: Problems, model: DictConfig, skip: set) -> None:
                           ("gate", mace_modules.gate_dict)):
         if (v := get(key)) is not _ABSENT:
             choice(p, f"model.{key}", v, sorted(registry), f"mace {key}")
+    if (v := get("atomic_charges")) is not _ABSENT and v is not None and v is not False \
+            and v not in ("auto", "fit") and not isinstance(v, (list, dict)):
+        p.add("model.atomic_charges", "must be auto (null), fit, false, a list (one per element) or {Z: q}", v)
     coupling = get("coupling")
     if isinstance(coupling, dict):
         unknown = sorted(set(coupling) - set(DEFAULTS))
@@ -383,6 +386,11 @@ def check_train_config(cfg: DictConfig) -> None:
         p.add("overwrite", "overwrite=true trains from scratch: it cannot be combined with resume=true or ckpt_path",
               show_value=False)
     check_figures(p, cfg)
+    if cfg.get("ensemble") is not None:
+        ensemble = _plain(cfg.ensemble)
+        non_negative_int(p, "ensemble", ensemble)
+        if ensemble == 1:
+            p.add("ensemble", "an ensemble needs at least 2 members (0: one model)", ensemble)
     p.raise_if_any()
 
 

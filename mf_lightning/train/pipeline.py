@@ -25,7 +25,7 @@ from mf_lightning.data.quantities import metric_units
 from mf_lightning.errors import RunFailedError
 from mf_lightning.files import FileLock, atomic_write_text, dumps_json
 from mf_lightning.model.build import build_model
-from mf_lightning.model.field_mace import FieldMACE, fit_atomic_polarisabilities
+from mf_lightning.model.field_mace import FieldMACE, fit_atomic_charges, fit_atomic_polarisabilities
 from mf_lightning.model.io import save_model
 from mf_lightning.runtime import configure_process
 from mf_lightning.train.callbacks import run_progress_bar
@@ -160,6 +160,10 @@ def make_model(cfg: DictConfig, dm: MultiSourceDataModule, upgraded=None):
         a = fit_atomic_polarisabilities(dm.train_graphs(), len(dm.atomic_numbers))
         if a is not None:
             stats["atomic_polarisabilities"] = a.tolist()
+    charges = resolve_atomic_charges(model_cfg.get("atomic_charges"), model_cfg["coupling"].get("form"), dm)
+    if charges is not None:
+        stats["atomic_charges"] = charges
+    model_cfg["atomic_charges"] = charges if charges is not None else model_cfg.get("atomic_charges")
     for key, value in stats.items():
         if model_cfg.get(key) is None:
             model_cfg[key] = value
@@ -169,6 +173,27 @@ def make_model(cfg: DictConfig, dm: MultiSourceDataModule, upgraded=None):
     log.info("dataset statistics: %s",
              {k: (np.round(v, 4) if not isinstance(v, list) else "...") for k, v in stats.items()})
     return model, stats
+
+
+def resolve_atomic_charges(setting, form: Optional[str], dm: MultiSourceDataModule) -> Optional[List[float]]:
+    """The per-element Born charges to build the model with (``model.atomic_charges``): fitted
+    (:func:`fit_atomic_charges`) for ``"fit"``, and for ``None``/``"auto"`` where the training
+    data have Z* labels and none has absolute P labels; None (no charge term) for ``False``,
+    for coupling ``none`` and otherwise; a given list or dict is left to ``build_model``.
+
+    Why not where P is labelled: the term's P moves by q a / Omega when a file re-wraps an atom
+    into the cell, not by a quantum (:func:`~mf_lightning.model.field_mace.charge_enthalpy`),
+    and MD files do (alpha-quartz's frames re-wrap atoms between frames)."""
+    if setting is False or form == "none" or isinstance(setting, (list, tuple, dict)):
+        return None
+    if setting not in (None, "auto", "fit"):
+        raise ValueError(f"model.atomic_charges={setting!r}: auto (null), fit, false, a list or {{Z: q}}")
+    train = dm.train_graphs()
+    has = {t: any(float(g[weight_key(t)]) > 0 for g in train) for t in ("becs", "polarisation")}
+    if setting != "fit" and (not has["becs"] or has["polarisation"]):
+        return None
+    q = fit_atomic_charges(train, len(dm.atomic_numbers))
+    return None if q is None else q.tolist()
 
 
 def centre_initial_energy(model: FieldMACE, graphs: List, max_graphs: int = 32) -> float:

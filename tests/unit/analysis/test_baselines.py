@@ -55,5 +55,25 @@ def test_a_model_is_scored_beside_the_baselines(sio2_dm):
 
     model = tiny_model(sio2_dm.atomic_numbers)
     result = compare(sio2_dm, "val", model=model)
-    assert set(result["forces_rmse"]) == {"zero", "mean", "model"}
+    assert set(result["forces_rmse"]) == {"zero", "mean", "per_element", "model"}
     assert np.isfinite(result["becs_diag_rmse"]["model"])
+
+
+def test_an_untrained_model_starts_exactly_at_the_per_element_baseline(sio2_dm):
+    """The fitted per-element Born charges (projected onto the charge-sum rule) and additive
+    alpha enter F (model.atomic_charges, model.atomic_polarisabilities): with the coupling at
+    W = 0 the model's Z*, alpha and eps_inf errors are the ``per_element`` baseline's, to
+    round-off, and that baseline beats predicting zero."""
+    import mf_lightning
+    from mf_lightning.model.field_mace import fit_atomic_charges, fit_atomic_polarisabilities
+    from tests.helpers import TINY
+
+    train, n = sio2_dm.train_graphs(), len(sio2_dm.atomic_numbers)
+    model = mf_lightning.build_model(atomic_numbers=sio2_dm.atomic_numbers, coupling={"init": "zeros"}, seed=0,
+                                     atomic_charges=fit_atomic_charges(train, n).tolist(),
+                                     atomic_polarisabilities=fit_atomic_polarisabilities(train, n).tolist(),
+                                     **{**TINY, "r_max": 3.0})
+    result = compare(sio2_dm, "test", model=model)
+    for metric in ("becs_diag_rmse", "becs_offdiag_rmse", "polarisability_diag_rmse", "eps_inf_mae", "eps_inf_mean"):
+        assert result[metric]["model"] == pytest.approx(result[metric]["per_element"], rel=1e-9, abs=1e-12), metric
+    assert result["becs_diag_rmse"]["per_element"] < 0.2 * result["becs_diag_rmse"]["zero"]

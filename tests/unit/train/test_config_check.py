@@ -71,6 +71,7 @@ def test_shipped_eval_configs_pass(data):
     ("model.r_max=-1.0", "model.r_max: must be a finite number > 0"),
     ("model.radial_MLP=[0]", "model.radial_MLP: must be a list of positive layer widths"),
     ("model.gate=relu", "model.gate: unknown mace gate 'relu'"),
+    ("model.atomic_charges=yes", "model.atomic_charges: must be auto (null), fit, false, a list"),
     ("model.interaction=Bogus", "model.interaction: unknown mace interaction 'Bogus'"),
     ("loss.weights.forces=-1", "loss.weights.forces: must be a finite number >= 0 (a negative weight maximises"),
     ("loss.weights.forces=inf", "loss.weights.forces: must be a finite number >= 0"),

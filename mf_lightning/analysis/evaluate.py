@@ -9,7 +9,10 @@ with ``ionic=true`` the ionic dielectric tensor eps_ion (model Hessian + Z*, see
 
 For every quantity: RMSE, MAE, R^2 (1 - SS_res/SS_tot over all components) and counts, over all
 labelled structures (``all``), over those whose reference labels pass the label audit
-(``unflagged``) and over the flagged ones (``flagged``).
+(``unflagged``) and over the flagged ones (``flagged``). An ensemble
+(:mod:`mf_lightning.model.ensemble`) adds per quantity ``uncertainty``: the fractions of errors
+within 1 and 2 predicted sigma, the Spearman correlation of |error| with sigma and the RMS of
+error/sigma (:func:`mf_lightning.model.uncertainty.coverage`), printed as a second table.
 """
 
 from __future__ import annotations
@@ -33,16 +36,33 @@ log = logging.getLogger(__name__)
 
 class Collected:
     """(reference, prediction, structure index, zero-predictor error) rows per quantity; reference
-    and prediction on one branch (:func:`~mf_lightning.train.metrics.reference_and_prediction`)."""
+    and prediction on one branch (:func:`~mf_lightning.train.metrics.reference_and_prediction`).
+    An ensemble's predictions also keep the predicted sigma of each value (``sigma``, rows as
+    ``rows``), the model output it belongs to (``task_of``) and, per labelled structure, its
+    sigma of each output in parts (``scores``, :func:`mf_lightning.model.uncertainty.sigma_parts`)."""
 
     def __init__(self):
         self.rows: Dict[str, List[tuple]] = defaultdict(list)
+        self.sigma: Dict[str, List[np.ndarray]] = defaultdict(list)
+        self.task_of: Dict[str, str] = {}
+        self.scores: Dict[str, List[dict]] = defaultdict(list)
 
     def add(self, q: str, ref: np.ndarray, pred: np.ndarray, structure: np.ndarray,
-            zero_error: Optional[np.ndarray] = None) -> None:
+            zero_error: Optional[np.ndarray] = None, sigma: Optional[np.ndarray] = None,
+            task: Optional[str] = None) -> None:
         ref = np.asarray(ref, float)
         self.rows[q].append((ref, np.asarray(pred, float), np.asarray(structure, int),
                              -ref if zero_error is None else np.asarray(zero_error, float)))
+        if sigma is not None:
+            self.sigma[q].append(np.asarray(sigma, float).reshape(ref.shape))
+        if task is not None:
+            self.task_of[q] = task
+
+    def sigma_array(self, q: str) -> Optional[np.ndarray]:
+        """The sigma of every value of ``q`` (as :meth:`arrays`), None unless every row has one."""
+        if q not in self.sigma or len(self.sigma[q]) != len(self.rows[q]):
+            return None
+        return np.concatenate(self.sigma[q])
 
     def arrays(self, q: str):
         ref, pred, s, zero = zip(*self.rows[q])
@@ -61,7 +81,9 @@ def null_predictor_error(task: str, model, out, d) -> Dict[str, torch.Tensor]:
     from mf_lightning.train.metrics import metric_components
 
     batch = d[keys.BATCH]
-    e0_table = model.backbone.atomic_energies_fn.atomic_energies.reshape(len(model.heads), -1)
+    # an ensemble's null: the mean of its members' E0s
+    e0_table = torch.stack([m.backbone.atomic_energies_fn.atomic_energies.reshape(len(model.heads), -1)
+                            for m in getattr(model, "members", [model])]).mean(0)
     heads = d["head"].view(-1)[batch].long() if "head" in d else torch.zeros_like(batch)
     node_e0 = (d[keys.NODE_ATTRS] * e0_table[heads].to(d[keys.NODE_ATTRS].dtype)).sum(-1)
     e0 = scatter_sum(src=node_e0, index=batch, dim=0, dim_size=int(d[keys.PTR].numel() - 1))
@@ -83,13 +105,21 @@ def collect_predictions(model, graphs: Sequence, batch_size: int = 8, collected:
         tasks = labelled_tasks(d)
         out = model(d, properties=(keys.ENERGY, *tasks))
         zeros: Dict[str, Dict[str, torch.Tensor]] = {}
+        sigmas = metric_sigmas(out, d)  # an ensemble's predicted sigma, as metric rows
         for task, q, ref, pred, _, w_rows in metric_rows(out, d):  # the rows training's metrics use
             if task not in zeros:
                 zeros[task] = null_predictor_error(task, model, out, d)
             mask = w_rows > 0  # per row: atoms for per-atom tasks
             structure = (d[keys.BATCH] if QUANTITIES[task].per_atom else torch.arange(n_graphs, device=device)) + start
+            sigma = sigmas[task][q][mask].double().cpu().numpy() if task in sigmas else None
             collected.add(q, ref[mask].double().cpu().numpy(), pred[mask].double().cpu().numpy(),
-                          structure[mask].cpu().numpy(), zeros[task][q][mask].double().cpu().numpy())
+                          structure[mask].cpu().numpy(), zeros[task][q][mask].double().cpu().numpy(),
+                          sigma=sigma, task=task)
+        if sigmas:
+            from mf_lightning.model.uncertainty import batch_sigma_parts
+
+            for task, parts in batch_sigma_parts(out, d, tasks).items():
+                collected.scores[task] += parts
         if "polarisability" in tasks:
             from mf_lightning.analysis.dielectric import eps_inf_from_alpha, refractive_index
 
@@ -99,8 +129,15 @@ def collect_predictions(model, graphs: Sequence, batch_size: int = 8, collected:
             n_ref = refractive_index(eps_inf_from_alpha(a_ref))
             # the physical null of n is vacuum's 1, not 0 (n of a non-positive eps_inf is NaN:
             # counted as invalid by summarise, never averaged in)
+            n_sigma = None
+            if "polarisability_members" in out:  # n of each member, their spread with alpha's factor
+                from mf_lightning.model.uncertainty import derived_spreads
+
+                members = out["polarisability_members"][:, w].detach().double().cpu().numpy()
+                n_sigma = derived_spreads(members, model.sigma_scale("polarisability"))["n"]
             collected.add("n", n_ref, refractive_index(eps_inf_from_alpha(a_pred)),
-                          torch.arange(n_graphs)[w.cpu()].numpy() + start, zero_error=1.0 - n_ref)
+                          torch.arange(n_graphs)[w.cpu()].numpy() + start, zero_error=1.0 - n_ref,
+                          sigma=n_sigma, task="polarisability")
         start += n_graphs
     return collected
 
@@ -154,6 +191,11 @@ def summarise(collected: Collected, flagged: Sequence[bool]) -> Dict[str, Any]:
                  "all": stats(ref, pred, zero), "unflagged": stats(ref[~bad], pred[~bad], zero[~bad])}
         if bad.any():
             entry["flagged"] = stats(ref[bad], pred[bad], zero[bad])
+        sigma = collected.sigma_array(q)
+        if sigma is not None:
+            from mf_lightning.model.uncertainty import coverage
+
+            entry["uncertainty"] = coverage(pred - ref, sigma[valid])
         out[q] = entry
     return out
 
@@ -173,6 +215,42 @@ def table(metrics: Dict[str, Any]) -> str:
                          e.get("n_invalid", 0)])
     return markdown_table(["dataset", "quantity", "RMSE", "MAE", "R^2", "RMSE unflagged", "RMSE of 0", "unit",
                            "structures", "invalid"], rows)
+
+
+def uncertainty_table(metrics: Dict[str, Any]) -> str:
+    """The calibration of an ensemble's sigma per quantity ("" for a single model): the fractions
+    of errors within 1 and 2 sigma (a Gaussian: 68 % and 95 %), the Spearman correlation of
+    |error| with sigma, and RMS(error/sigma) (1 when calibrated)."""
+    rows = []
+    for name, m in metrics["datasets"].items():
+        for q, e in m["quantities"].items():
+            u = e.get("uncertainty")
+            if not u or not u.get("n_values"):
+                continue
+            rows.append([name, q, f"{u['within_1_sigma']:.3f}", f"{u['within_2_sigma']:.3f}", f"{u['spearman']:.3f}",
+                         f"{u['rms_z']:.3g}", f"{u['rms_sigma']:.4g}", e["unit"], u["n_values"]])
+    if not rows:
+        return ""
+    head = ["dataset", "quantity", "within 1 sigma", "within 2 sigma", "Spearman(|err|, sigma)", "RMS err/sigma",
+            "RMS sigma", "unit", "values"]
+    return markdown_table(head, rows)
+
+
+def metric_sigmas(out, d) -> Dict[str, Dict[str, torch.Tensor]]:
+    """{task: {metric quantity: sigma rows}}: an ensemble's ``<task>_std`` in the rows and units
+    of :func:`~mf_lightning.train.metrics.metric_rows` (energy per atom, P in uC/cm^2, Z* and alpha
+    split into diagonal / off-diagonal); empty for a single model."""
+    from mf_lightning.train.losses import per_atom
+    from mf_lightning.train.metrics import metric_components
+
+    found = {}
+    for task in labelled_tasks(d):
+        std = out.get(task + "_std")
+        if std is None:
+            continue
+        std = per_atom(std, d) if QUANTITIES[task].divide_by_atoms else std
+        found[task] = metric_components(task, std.detach())
+    return found
 
 
 def source_frames(src, splits: Sequence[str]) -> List[Any]:
@@ -199,7 +277,8 @@ def write_predictions(model, graphs: Sequence, structures: Sequence, path: Path,
     """An extxyz of ``structures`` (their reference labels as in the file) with the model's E, F,
     S, P, Z* and alpha beside them under mace's ``MACE_`` prefix (``mace_eval_configs``' convention)
     in internal units (listed in each frame's ``MACE_units``); S, P, Z* and alpha for periodic
-    structures only. Readable by ``ase.io.read``."""
+    structures only; an ensemble's spread beside each (``MACE_<quantity>_std``). Readable by
+    ``ase.io.read``."""
     import ase.io
     from mace.tools.torch_geometric.dataloader import DataLoader
 
@@ -218,19 +297,29 @@ def write_predictions(model, graphs: Sequence, structures: Sequence, path: Path,
             atoms = structures[k].copy()
             atoms.calc = structures[k].calc  # the file's labels ASE keeps there (SiO2.xyz: forces, stress)
             k += 1
+            spread = {}
             for q in wanted:
                 key, _ = PREDICTED[q]
-                v = out[q].detach().cpu().double().numpy()
-                if q in ("forces", "becs"):
-                    atoms.arrays[key] = v[ptr[g]:ptr[g + 1]].reshape(ptr[g + 1] - ptr[g], -1)
-                else:
-                    atoms.info[key] = v[g].reshape(-1) if v[g].ndim else float(v[g])
+                for name, value in ((key, out[q]), (key + "_std", out.get(q + "_std"))):
+                    if value is None:
+                        continue
+                    v = value.detach().cpu().double().numpy()
+                    if q in ("forces", "becs"):
+                        atoms.arrays[name] = v[ptr[g]:ptr[g + 1]].reshape(ptr[g + 1] - ptr[g], -1)
+                    else:
+                        atoms.info[name] = v[g].reshape(-1) if v[g].ndim else float(v[g])
+                if key + "_std" in atoms.info or key + "_std" in atoms.arrays:
+                    spread[q] = atoms.info.get(key + "_std", atoms.arrays.get(key + "_std"))
             atoms.info["MACE_units"] = " ".join(f"{PREDICTED[q][0]}:{PREDICTED[q][1]}" for q in wanted)
             if periodic:  # what must not be trusted (mf_lightning.model.validity), "" for nothing
+                from mf_lightning.model.uncertainty import structure_sigmas
+
                 atoms.info["MACE_flags"] = join(response_flags(
                     atoms.get_atomic_numbers(), becs=atoms.arrays["MACE_becs"].reshape(-1, 3, 3),
                     polarisability=atoms.info["MACE_polarisability"].reshape(3, 3),
-                    training_elements=getattr(model, "training_elements", None)))
+                    training_elements=getattr(model, "training_elements", None),
+                    uncertainty=structure_sigmas(spread, len(atoms)) if spread else None,
+                    uncertainty_thresholds=model.thresholds() if spread else None))
             frames.append(atoms)
     with atomic_open(path, "w") as fh:
         ase.io.write(fh, frames, format="extxyz")
@@ -245,13 +334,22 @@ def evaluate_datamodule(model, dm, split: str, out_dir: Path, batch_size: int = 
     """Evaluate every source of a (set-up) MultiSourceDataModule on ``split`` (train/val/test/all)."""
     from mf_lightning.data.datamodules.base import flags_of
     from mf_lightning.data.root import resolve_file
+    from mf_lightning.model.ensemble import trained_ids
 
     metrics: Dict[str, Any] = {"split": split, "datasets": {}}
+    if hasattr(model, "uncertainty_metadata"):  # an ensemble: what its sigma means
+        metrics["uncertainty"] = model.uncertainty_metadata()
+    trained = trained_ids(model)
     parity: Dict[str, Dict[str, List[np.ndarray]]] = {}
     for name, src in dm.sources.items():
         splits = ["train", "val", "test"] if split == "all" else [split]
         graphs = [g for s in splits for g in src.datasets[s]]
         meta = [m for s in splits for m in src.meta[s]]
+        seen = sum(m["id"] in trained for m in meta)
+        if seen:  # members trained on other splits (seed= draws the split too, unless data.seed= is fixed)
+            log.warning("%s: %d of the %d evaluated structures are in a member's training split: their errors and "
+                        "coverage are optimistic", name, seen, len(meta))
+            metrics.setdefault("uncertainty", {}).setdefault("trained_on_by_a_member", {})[name] = seen
         if not graphs:
             log.warning("%s: the %s split is empty", name, split)
             continue

@@ -18,7 +18,11 @@ Built for thousands of files:
 
 Every row has a ``flags`` column (:mod:`mf_lightning.model.validity`: eps_inf < 1, alpha not
 symmetric, the acoustic sum rule, Born charges of the wrong sign, unstable modes, elements the
-model barely saw) and the tool ends with a line counting the flagged rows. A head that never
+model barely saw) and the tool ends with a line counting the flagged rows. An ensemble model
+(``mf-ensemble``) gives the member mean in every column, a ``<column>_std`` column (its sigma,
+calibrated where the ensemble is: ``<stem>.meta.json`` says which) beside each of eps_poly, n,
+eps_inf, alpha, Z*, P (a ``polarisation`` column, ensembles only) and eps_0, ``Z_ij_std`` in the
+per-atom table, and flags ``high_uncertainty:<quantity>`` where the spread is large. A head that never
 learned what the options need (forces for ``--relax``/``--ionic``) is refused up front.
 """
 
@@ -63,6 +67,48 @@ COLUMN_UNITS = {
     "relaxed": ("", "the relaxation converged to --fmax"),
 }
 BECS_COLUMNS = ["id", "atom", "element"] + [f"Z_{i}{j}" for i in "xyz" for j in "xyz"]
+# an ensemble's columns: the spread (sigma) beside each observable, and P with its spread
+_SIGMA = "sigma (ensemble spread, calibrated where the ensemble is: see uncertainty) of "
+COLUMN_UNITS.update({
+    "eps_poly_std": ("1", _SIGMA + "eps_poly"), "n_std": ("1", _SIGMA + "n"),
+    "eps_inf_std": ("1", _SIGMA + "each component of eps_inf, 3x3 JSON"),
+    "polarisability_std": ("e/(V*A)", _SIGMA + "each component of alpha, 3x3 JSON"),
+    "becs_std": ("e", _SIGMA + "each component of Z*, as becs"),
+    "polarisation": ("e/A^2", "P, 3 values JSON, defined modulo the polarisation quantum (the members' P on one "
+                              "branch, the first member's); x 1602.18 = uC/cm^2"),
+    "polarisation_std": ("e/A^2", _SIGMA + "each component of P"),
+    "eps_0_std": ("1", _SIGMA + "each component of eps_0 from each member's Hessian and Z*, uncalibrated; empty "
+                       "where a member has unstable modes"),
+    "eps_0_poly_std": ("1", _SIGMA + "eps_0_poly, uncalibrated"),
+})
+PER_ATOM = ("becs", "forces")
+
+
+def table_columns(ionic: bool, relax: bool, ensemble: bool = False) -> List[str]:
+    """The table's columns for these options; an ensemble's ``_std`` beside each observable."""
+    base = BASE_COLUMNS + (IONIC_COLUMNS if ionic else ["relaxed"] if relax else [])
+    if not ensemble:
+        return base
+    out = []
+    for c in base:
+        out += [c, c + "_std"] if c + "_std" in COLUMN_UNITS else [c]
+        out += ["polarisation", "polarisation_std"] if c == "becs" else []
+    return out
+
+
+def becs_columns(ensemble: bool = False) -> List[str]:
+    return BECS_COLUMNS + ([c + "_std" for c in BECS_COLUMNS[3:]] if ensemble else [])
+
+
+def per_structure(arrays: Dict[str, np.ndarray], ptr) -> List[Dict[str, np.ndarray]]:
+    """A batch's outputs (``q``, and an ensemble's ``q_std`` and ``q_members`` with the members
+    first) cut into one dict per structure (per-atom quantities by ``ptr``)."""
+    def cut(name, v, g):
+        base = name.rsplit("_", 1)[0] if name.endswith(("_std", "_members")) else name
+        part = slice(ptr[g], ptr[g + 1]) if base in PER_ATOM else g
+        return v[:, part] if name.endswith("_members") else v[part]
+
+    return [{k: cut(k, v, g) for k, v in arrays.items()} for g in range(len(ptr) - 1)]
 
 
 
@@ -114,10 +160,9 @@ def predict_response(model, structures: Sequence, head: Optional[str] = None, fi
     batch = collate(graphs, dtype=dtype, device=next(model.parameters()).device)
     out = model(batch, properties=(keys.ENERGY, *quantities))
     ptr = batch[keys.PTR].cpu().numpy()
-    arrays = {q: out[q].detach().cpu().double().numpy() for q in (keys.ENERGY, *quantities)}
-    per_atom = {keys.BECS}
-    return [{q: (v[ptr[g]:ptr[g + 1]] if q in per_atom else v[g]) for q, v in arrays.items()}
-            for g in range(len(structures))]
+    arrays = {q + sfx: out[q + sfx].detach().cpu().double().numpy() for q in (keys.ENERGY, *quantities)
+              for sfx in ("", "_std", "_members") if q + sfx in out}  # an ensemble's spread and members too
+    return per_structure(arrays, ptr)
 
 
 def batches(items: Iterable[Item], max_atoms: int, max_structures: int) -> Iterator[List[Item]]:
@@ -193,18 +238,35 @@ def _tensor(a, digits: int = 6) -> str:
     return _json(a, digits) if np.all(np.isfinite(a)) else ""
 
 
-def row_for(ident: str, atoms, response: Dict[str, np.ndarray], training_elements=None) -> Dict[str, Any]:
+def row_for(ident: str, atoms, response: Dict[str, np.ndarray], training_elements=None,
+            ensemble=None) -> Dict[str, Any]:
+    """One table row; with ``ensemble`` (the model, an ensemble) its ``_std`` columns and
+    ``high_uncertainty`` flags too."""
     from mf_lightning.analysis.dielectric import eps_inf_from_alpha, eps_poly, refractive_index
     from mf_lightning.data.reader import reduced_formula
     from mf_lightning.model.validity import response_flags
 
     eps = eps_inf_from_alpha(response["polarisability"])
-    flags = response_flags(atoms.get_atomic_numbers(), becs=response["becs"],
-                           polarisability=response["polarisability"], training_elements=training_elements)
-    return {"id": ident, "formula": reduced_formula(atoms), "n_atoms": len(atoms),
-            "eps_poly": _number(float(eps_poly(eps))), "n": _number(float(refractive_index(eps))),
-            "eps_inf": _json(eps), "polarisability": _json(response["polarisability"], 8),
-            "becs": _json(response["becs"].reshape(len(atoms), 9)), "flags": flags}
+    row = {"id": ident, "formula": reduced_formula(atoms), "n_atoms": len(atoms),
+           "eps_poly": _number(float(eps_poly(eps))), "n": _number(float(refractive_index(eps))),
+           "eps_inf": _json(eps), "polarisability": _json(response["polarisability"], 8),
+           "becs": _json(response["becs"].reshape(len(atoms), 9))}
+    sigmas = thresholds = None
+    if ensemble is not None:
+        from mf_lightning.model.uncertainty import derived_spreads, structure_sigmas
+
+        spread = derived_spreads(response["polarisability_members"], ensemble.sigma_scale("polarisability"))
+        row.update(eps_poly_std=_number(float(spread["eps_poly"])), n_std=_number(float(spread["n"])),
+                   eps_inf_std=_json(spread["eps_inf"]), polarisability_std=_json(response["polarisability_std"], 8),
+                   becs_std=_json(response["becs_std"].reshape(len(atoms), 9)),
+                   polarisation=_json(response["polarisation"], 8),
+                   polarisation_std=_json(response["polarisation_std"], 8))
+        sigmas = structure_sigmas({q: response.get(q + "_std") for q in RESPONSE_QUANTITIES}, len(atoms))
+        thresholds = ensemble.thresholds()
+    row["flags"] = response_flags(atoms.get_atomic_numbers(), becs=response["becs"],
+                                  polarisability=response["polarisability"], training_elements=training_elements,
+                                  uncertainty=sigmas, uncertainty_thresholds=thresholds)
+    return row
 
 
 def write_relaxed(path: Path, items: Sequence[Tuple[str, Any]]) -> None:
@@ -244,23 +306,47 @@ def check_finite(response: Dict[str, np.ndarray]) -> None:
         raise ValueError(f"non-finite prediction of {', '.join(bad)} (overlapping atoms? a model file gone bad?)")
 
 
-def becs_rows(ident: str, atoms, becs: np.ndarray) -> List[Dict[str, Any]]:
+def becs_rows(ident: str, atoms, becs: np.ndarray, becs_std: Optional[np.ndarray] = None) -> List[Dict[str, Any]]:
     """The tidy per-atom table: one row per atom, one column per component (``Z_ij``: field /
-    polarisation direction i, displacement direction j)."""
-    return [{"id": ident, "atom": k, "element": sym, **{c: f"{v:.6g}" for c, v in zip(BECS_COLUMNS[3:], z.ravel())}}
-            for k, (sym, z) in enumerate(zip(atoms.get_chemical_symbols(), np.asarray(becs).reshape(-1, 3, 3)))]
+    polarisation direction i, displacement direction j), and an ensemble's ``Z_ij_std``."""
+    components = BECS_COLUMNS[3:]
+    std = [None] * len(atoms) if becs_std is None else np.asarray(becs_std).reshape(-1, 3, 3)
+    rows = []
+    for k, (sym, z, sz) in enumerate(zip(atoms.get_chemical_symbols(), np.asarray(becs).reshape(-1, 3, 3), std)):
+        row = {"id": ident, "atom": k, "element": sym, **{c: f"{v:.6g}" for c, v in zip(components, z.ravel())}}
+        if sz is not None:
+            row.update({c + "_std": f"{v:.6g}" for c, v in zip(components, sz.ravel())})
+        rows.append(row)
+    return rows
 
 
-def summary_row(row: Dict[str, Any], atoms, becs: np.ndarray) -> Dict[str, str]:
+def _pm(value: str, std: Optional[str], digits: int = 3) -> str:
+    """``value``, with ``+-std`` where an ensemble gave one."""
+    return f"{value}±{float(std):.{digits}f}" if value not in ("", "-") and std else value
+
+
+def summary_row(row: Dict[str, Any], atoms, becs: np.ndarray, becs_members: Optional[np.ndarray] = None,
+                becs_scale=1.0) -> Dict[str, str]:
     """One line of the table ``mf-predict`` prints: eps_inf's mean and anisotropy (largest minus
-    smallest eigenvalue), n, eps_0 if computed, tr Z*/3 per element, flags."""
+    smallest eigenvalue), n, eps_0 if computed, tr Z*/3 per element, flags; an ensemble's sigma
+    as ``±`` (tr Z*/3 per element: its spread over the members' Z*, ``becs_members``)."""
     eps = np.array(json.loads(row["eps_inf"]))
     w = np.linalg.eigvalsh(0.5 * (eps + eps.T))
     diag = np.trace(np.asarray(becs).reshape(-1, 3, 3), axis1=1, axis2=2) / 3
     symbols = np.array(atoms.get_chemical_symbols())
-    z = " ".join(f"{el} {diag[symbols == el].mean():+.2f}" for el in dict.fromkeys(symbols))
-    return {"formula": row["formula"], "eps_inf": f"{w.mean():.3f}", "aniso": f"{w.max() - w.min():.3f}",
-            "n": row["n"] or "-", "eps_0": row.get("eps_0_poly", "") or "-", "Z* (e)": z, "flags": row["flags"] or "-"}
+    elements = list(dict.fromkeys(symbols))
+    z_std = {}
+    if becs_members is not None:
+        from mf_lightning.model.uncertainty import diagonal_factor, member_std
+
+        members = np.trace(np.asarray(becs_members).reshape(len(becs_members), -1, 3, 3), axis1=2, axis2=3) / 3
+        factor = diagonal_factor(becs_scale)  # tr Z*/3: the diagonal's
+        z_std = {el: f"{member_std(members[:, symbols == el].mean(1), factor):.2f}" for el in elements}
+    z = " ".join(_pm(f"{el} {diag[symbols == el].mean():+.2f}", z_std.get(el), 2) for el in elements)
+    return {"formula": row["formula"], "eps_inf": _pm(f"{w.mean():.3f}", row.get("eps_poly_std")),
+            "aniso": f"{w.max() - w.min():.3f}", "n": _pm(row["n"] or "-", row.get("n_std")),
+            "eps_0": _pm(row.get("eps_0_poly", "") or "-", row.get("eps_0_poly_std")), "Z* (e)": z,
+            "flags": row["flags"] or "-"}
 
 
 def prune_to(path: Path, keep: set, columns: List[str]) -> None:
@@ -286,10 +372,13 @@ def ionic_columns(calc, atoms, max_memory: Optional[float] = None) -> Dict[str, 
     from mf_lightning.analysis.dielectric import dielectric_properties, eps_poly
 
     props = dielectric_properties(calc, atoms, ionic=True, max_memory=max_memory)
-    return {"eps_ion": _tensor(props["eps_ion"]), "eps_0": _tensor(props["eps_0"]),
-            "eps_0_poly": _number(float(eps_poly(props["eps_0"]))) if np.all(np.isfinite(props["eps_0"])) else "",
-            "unstable_modes_cm": _json(props["unstable_modes_cm"], 1),
-            "flags": [f for f in props["flags"] if f in ("unstable_modes", "soft_modes", "not_at_minimum")]}
+    out = {"eps_ion": _tensor(props["eps_ion"]), "eps_0": _tensor(props["eps_0"]),
+           "eps_0_poly": _number(float(eps_poly(props["eps_0"]))) if np.all(np.isfinite(props["eps_0"])) else "",
+           "unstable_modes_cm": _json(props["unstable_modes_cm"], 1),
+           "flags": [f for f in props["flags"] if f in ("unstable_modes", "soft_modes", "not_at_minimum")]}
+    if "eps_0_std" in props:  # an ensemble: eps_0 of each member
+        out.update(eps_0_std=_tensor(props["eps_0_std"]), eps_0_poly_std=_number(float(props["eps_0_poly_std"])))
+    return out
 
 
 def needed_quantities(ionic: bool, relax: bool, relax_cell: bool) -> List[str]:
@@ -353,9 +442,7 @@ class Engine:
         out = self._ts_response(state)
         ptr = np.concatenate([[0], np.cumsum([len(a) for a in structures])])
         arrays = {q: v.cpu().double().numpy() for q, v in out.items() if isinstance(v, torch.Tensor)}
-        return [{"energy": arrays["energy"][g], "polarisation": arrays["polarisation"][g],
-                 "becs": arrays["becs"][ptr[g]:ptr[g + 1]], "polarisability": arrays["polarisability"][g]}
-                for g in range(len(structures))]
+        return per_structure(arrays, ptr)
 
     def relax(self, structures: Sequence) -> Tuple[List, List[bool]]:
         """Relaxed copies and whether each converged to ``fmax``."""
@@ -408,7 +495,8 @@ def screen(items: Iterable[Item], model, out: Path, head: Optional[str] = None, 
     ``summary_rows`` rows of :func:`summary_row`."""
     out = Path(out)
     errors_path = out.with_name(out.stem + ".errors.csv")
-    columns = BASE_COLUMNS + (IONIC_COLUMNS if ionic else ["relaxed"] if relax else [])
+    ensemble = hasattr(model, "members")
+    columns = table_columns(ionic, relax, ensemble)
     head = model.resolve_head(head, RESPONSE_QUANTITIES)  # a wrong head is the user's, not a structure's
     what = "eps_ion (--ionic: the Hessian)" if ionic else "a relaxation (--relax)" if relax else "the response"
     untrained = model.check_learned(needed_quantities(ionic, relax, relax_cell), what, head=head,
@@ -423,12 +511,15 @@ def screen(items: Iterable[Item], model, out: Path, head: Optional[str] = None, 
     runner = Engine(engine, model, head, field, fmax, relax_cell, allow_untrained=allow_untrained)
     meta = {"columns": {c: {"unit": COLUMN_UNITS[c][0], "meaning": COLUMN_UNITS[c][1]} for c in columns},
             "becs_table": {"file": out.stem + ".becs.csv", "unit": "e",
-                           "columns": "Z_ij = d(Omega P_i)/dR_j of the atom"},
+                           "columns": "Z_ij = d(Omega P_i)/dR_j of the atom"
+                                      + ("; Z_ij_std its sigma (ensemble spread)" if ensemble else "")},
             "model_sha256": model_sha, "head": head,
             "options": {"field_V_per_A": [float(x) for x in field], "ionic": ionic, "relax": relax,
                         "relax_cell": relax_cell, "fmax_eV_per_A": fmax, "engine": engine,
                         "allow_untrained": allow_untrained},
             "warnings": [untrained] if untrained else []}
+    if ensemble:  # what the _std columns mean, calibrated or not, and the high_uncertainty thresholds
+        meta["uncertainty"] = model.uncertainty_metadata()
     with FileLock(Path(str(out) + ".lock"), f"{out}: another process is writing this table"):
         from mf_lightning.files import atomic_write_text, dumps_json
 
@@ -464,11 +555,13 @@ def _screen(items, model, out, errors_path, columns, model_sha, ionic, relax, ru
 
     done = read_done_ids(out)
     becs_path = out.with_name(out.stem + ".becs.csv")
-    prune_to(becs_path, done, BECS_COLUMNS)
+    ensemble = model if hasattr(model, "members") else None
+    per_atom_columns = becs_columns(ensemble is not None)
+    prune_to(becs_path, done, per_atom_columns)
     if relaxed_out is not None:
         prune_relaxed(relaxed_out, done)
     writer = TableWriter(out, columns)
-    becs_writer = TableWriter(becs_path, BECS_COLUMNS)
+    becs_writer = TableWriter(becs_path, per_atom_columns)
     error_writer = TableWriter(errors_path, ["id", "error"], fresh=True)  # failures are retried on resume
     counts: Dict[str, Any] = {"done_before": len(done), "predicted": 0, "failed": 0, "flags": [], "summary": []}
     training_elements = getattr(model, "training_elements", None)
@@ -515,7 +608,7 @@ def _screen(items, model, out, errors_path, columns, model_sha, ionic, relax, ru
                 except ValueError as exc:
                     failures.append((ident, exc))
                     continue
-                row = {**row_for(ident, atoms, response, training_elements), "model_sha256": model_sha}
+                row = {**row_for(ident, atoms, response, training_elements, ensemble), "model_sha256": model_sha}
                 flags = row["flags"]
                 if relax:
                     row["relaxed"] = converged[ident]
@@ -534,8 +627,10 @@ def _screen(items, model, out, errors_path, columns, model_sha, ionic, relax, ru
                 row["flags"] = join(flags)
                 counts["flags"].append(row["flags"])
                 if len(counts["summary"]) < summary_rows:
-                    counts["summary"].append(summary_row(row, atoms, response["becs"]))
-                per_atom += becs_rows(ident, atoms, response["becs"])
+                    counts["summary"].append(summary_row(
+                        row, atoms, response["becs"], response.get("becs_members"),
+                        ensemble.sigma_scale("becs") if ensemble is not None else 1.0))
+                per_atom += becs_rows(ident, atoms, response["becs"], response.get("becs_std"))
                 if relax and relaxed_out is not None:
                     relaxed_atoms.append((ident, atoms))
                 rows.append(row)

@@ -199,7 +199,8 @@ def module_constant(module: str, name: str):
 
 
 def add_model_args(p: argparse.ArgumentParser, dtype_default: Optional[str] = "float64",
-                   model_help: str = "an exported model (model.pt from train.py)") -> None:
+                   model_help: str = "an exported model (model.pt from train.py, or an ensemble.pt of mf-ensemble)"
+                   ) -> None:
     """``--model``, ``--head``, ``--device``, ``--dtype`` with one meaning in every tool.
     ``dtype_default=None``: the model's own dtype."""
     p.add_argument("--model", required=True, help=model_help)

@@ -6,7 +6,9 @@
 default, made exactly as in training with the same ``seed``) or a path to any extxyz file with
 labels under the internal names (``conf/data/extxyz.yaml``; every structure is evaluated).
 Writes ``metrics.json`` and ``parity/*.png`` in the run directory and prints a table; see
-:mod:`mf_lightning.analysis.evaluate`.
+:mod:`mf_lightning.analysis.evaluate`. An ensemble model (``mf-ensemble``) adds a second table:
+per quantity, the fractions of errors within 1 and 2 predicted sigma and the Spearman
+correlation of |error| with sigma.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def main(cfg: DictConfig):
 
 
 def _main(cfg: DictConfig):
-    from mf_lightning.analysis.evaluate import evaluate_datamodule, table
+    from mf_lightning.analysis.evaluate import evaluate_datamodule, table, uncertainty_table
     from mf_lightning.data.datamodules import FieldDataModule
     from mf_lightning.model.io import load_model
     from mf_lightning.runtime import configure_process
@@ -72,6 +74,10 @@ def _main(cfg: DictConfig):
                                   figure_dpi=float(cfg.get("figure_dpi", 300)),
                                   allow_untrained=bool(cfg.get("allow_untrained", False)))
     print(table(metrics))
+    calibration = uncertainty_table(metrics)  # an ensemble: how well its sigma describes the errors
+    if calibration:
+        print(f"ensemble of {metrics['uncertainty']['members']} members, sigma {metrics['uncertainty']['sigma']}:")
+        print(calibration)
     print(f"run directory: {out_dir} (metrics.json, parity/)")
     return metrics
 

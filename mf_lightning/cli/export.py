@@ -49,6 +49,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if out.exists() and out.resolve() == Path(args.model).resolve():
         raise InputError(f"--out {out} is the model being exported: choose another file")
     model = load_model(args.model)
+    if hasattr(model, "members"):
+        raise InputError(f"{args.model}: an ensemble: mace's .model and LAMMPS formats hold one model; export a "
+                         "member (its run folder's model.pt)")
     # a mace model is for energies and forces (MD, relaxations): a head that never learned them is refused
     head = model.resolve_head(args.head, ["energy", "forces"])
     model.check_learned(("energy", "forces"), "an export for MD (mace .model / LAMMPS)", head=head,

@@ -79,6 +79,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(markdown_table(list(counts["summary"][0]), [list(r.values()) for r in counts["summary"]]))
         print("eps_inf, n, eps_0: relative (mean eigenvalue; aniso = largest - smallest); Z*: tr/3 per element, e"
               + (f"; first {shown} of {counts['predicted']} rows" if counts["predicted"] > shown else ""))
+        if hasattr(model, "members"):  # an ensemble: what the ± and the _std columns are
+            print(f"±: sigma, {model.describe_sigma()}")
     out = Path(args.out)
     print(f"written: {out} (units: {out.stem}.meta.json; Z* per atom: {out.stem}.becs.csv)")
     print(f"{args.out}: {counts['predicted']} predicted, {counts['done_before']} already there, "

@@ -3,7 +3,8 @@ script) or ``python train.py ...`` in a checkout; the configs ship in ``mf_light
 
 Only puts things in order; see :mod:`mf_lightning.train.pipeline`. Returns the validation metric
 named by ``optimized_metric`` (for sweepers). ``demo.only=true`` instead prints the response
-of the configured, untrained model for one structure.
+of the configured, untrained model for one structure. ``ensemble=N`` trains a deep ensemble
+(:mod:`mf_lightning.train.ensemble`).
 
 The command line is composed once before Hydra runs (:func:`hydra_entry`): an unknown key or
 group option is one line ``train.py: error: ...`` and exit code 2, before any folder is made.
@@ -15,7 +16,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 # paths.root_dir: the checkout (train.py sets it) or, installed, the working directory
 os.environ.setdefault("PROJECT_ROOT", os.getcwd())
@@ -119,9 +120,45 @@ def _main(cfg: DictConfig):
         write_run_record(cfg, folder)
         response_demo(cfg)
         return None
+    if int(cfg.get("ensemble") or 0) > 0:  # N members into <run>/member_<k>/, then <run>/ensemble.pt
+        from mf_lightning.train.config_check import check_train_config
+
+        check_train_config(cfg)
+        return train_ensemble(cfg)
     from mf_lightning.train.pipeline import train
 
     return train(cfg)
+
+
+def train_ensemble(cfg) -> Optional[float]:
+    """``train.py ... ensemble=N`` (:mod:`mf_lightning.train.ensemble`): train the members one
+    after the other, then write ``<run>/ensemble.pt`` calibrated on the validation split;
+    returns the members' mean ``optimized_metric``."""
+    import logging
+    from pathlib import Path
+
+    from mf_lightning.analysis.uncertainty import calibrate_on_validation, calibration_table
+    from mf_lightning.model.ensemble import combine, save_ensemble
+    from mf_lightning.train.ensemble import member_config
+    from mf_lightning.train.pipeline import _process_rank, train
+
+    run_dir = Path(cfg.paths.output_dir)
+    n = int(cfg.ensemble)
+    values = []
+    for k in range(n):
+        logging.getLogger(__name__).info("ensemble member %d of %d (seed %d)", k + 1, n, int(cfg.seed) + k)
+        values.append(train(member_config(cfg, k, run_dir)))
+    if _process_rank() != 0:
+        return None
+    ensemble = combine([run_dir / f"member_{k}" for k in range(n)])
+    calibration = calibrate_on_validation(ensemble, member_config(cfg, 0, run_dir))
+    if calibration:
+        print(calibration_table(calibration))
+    save_ensemble(ensemble, run_dir / "ensemble.pt")
+    print(f"run directory: {run_dir} (ensemble.pt: {n} members, sigma {ensemble.describe_sigma()}; "
+          f"member_<k>/ each a run folder)")
+    finite = [v for v in values if v is not None]
+    return sum(finite) / len(finite) if finite else None
 
 
 def main() -> None:

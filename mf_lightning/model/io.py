@@ -43,6 +43,9 @@ FORMAT_VERSION = 1
 
 
 RECORD_CHECKSUM = "record_sha256"
+# loaders of the other record formats, by format key: mf_lightning.model.ensemble registers the
+# ensemble's (imported with mf_lightning.model, so load_model always knows it)
+LOADERS: dict = {}
 
 
 def save_model(model, path) -> None:
@@ -50,11 +53,8 @@ def save_model(model, path) -> None:
     :mod:`mf_lightning.model.ensemble`) as a weights-only file, atomically. A model running on
     cuEquivariance is written with its backbone's e3nn weights (mace's converter), so the file
     loads anywhere; ``cueq`` records the choice for :func:`load_model`."""
-    if hasattr(model, "members"):
-        from mf_lightning.model.ensemble import save_ensemble
-
-        return save_ensemble(model, path)
-    atomic_torch_save(model_payload(model), path)
+    # an ensemble writes its own record (mf_lightning.model.ensemble): one file, its members' records in it
+    atomic_torch_save(model.file_payload() if hasattr(model, "file_payload") else model_payload(model), path)
 
 
 def model_payload(model) -> dict:
@@ -116,10 +116,8 @@ def load_model(path, device: str = "cpu", dtype=None, cueq: Optional[bool] = Non
     file gives a :class:`~mf_lightning.model.ensemble.FieldMACEEnsemble`."""
     path = Path(path)
     payload = _weights_only_load(path)
-    if isinstance(payload, dict) and payload.get("format") == "mf-lightning/field-mace-ensemble":
-        from mf_lightning.model.ensemble import ensemble_from_payload
-
-        return ensemble_from_payload(payload, path, device=device, dtype=dtype, cueq=cueq)
+    if isinstance(payload, dict) and payload.get("format") in LOADERS:  # an ensemble file
+        return LOADERS[payload["format"]](payload, path, device=device, dtype=dtype, cueq=cueq)
     return model_from_payload(payload, path, device=device, dtype=dtype, cueq=cueq)
 
 

@@ -45,7 +45,15 @@ as empty/NaN *and* flagged, never as 0. The flags (one string each, ``;``-separa
     never learned anything), or in fewer than :data:`RARE_ELEMENT_COUNT`. Only for models that
     record their training composition (``FieldMACE.training_elements``, written by training).
     Environments far from training (new coordination, new bonding) are not detected by this:
-    that needs an ensemble's spread.
+    that needs an ensemble's spread (``high_uncertainty``).
+``high_uncertainty:<quantity>``
+    (a calibrated ensemble, :mod:`mf_lightning.model.ensemble`) the structure's calibrated
+    sigma of ``<quantity>`` (``becs``, ``polarisability``, ``polarisation``, ``energy``,
+    ``forces``, ``stress``: the RMS over its components, :func:`mf_lightning.model.uncertainty.structure_sigma`)
+    is above the threshold stored in the ensemble file: the :data:`~mf_lightning.model.uncertainty.PERCENTILE`
+    th percentile of the same measure over the calibration split. The members disagree more
+    than on 95 % of the validation structures: the prediction is extrapolation, whatever its
+    elements. The numbers are reported, with their ``_std`` columns.
 ``untrained``
     the user passed ``--allow-untrained``: some column needs a quantity the head never learned.
 """
@@ -120,14 +128,25 @@ def extrapolation_flags(numbers: Iterable[int], training_elements: Optional[Mapp
     return flags
 
 
+def uncertainty_flags(sigmas: Optional[Mapping[str, float]],
+                      thresholds: Optional[Mapping[str, float]]) -> List[str]:
+    """``high_uncertainty:<quantity>`` for each per-structure sigma above its threshold."""
+    if not sigmas or not thresholds:
+        return []
+    return [f"high_uncertainty:{q}" for q, v in sigmas.items()
+            if thresholds.get(q) is not None and np.isfinite(v) and v > float(thresholds[q])]
+
+
 def response_flags(numbers: Sequence[int], becs: Optional[np.ndarray] = None,
                    polarisability: Optional[np.ndarray] = None,
                    training_elements: Optional[Mapping[int, int]] = None,
                    unstable_modes: Optional[Sequence[float]] = None, relaxed: Optional[bool] = None,
                    soft_modes: Optional[Sequence[float]] = None, max_force: Optional[float] = None,
-                   untrained: bool = False) -> List[str]:
+                   untrained: bool = False, uncertainty: Optional[Mapping[str, float]] = None,
+                   uncertainty_thresholds: Optional[Mapping[str, float]] = None) -> List[str]:
     """Every flag (module docstring) of one structure's predictions; the parts not given are
-    not checked."""
+    not checked. ``uncertainty``: an ensemble's per-structure sigma per quantity, with its
+    ``uncertainty_thresholds``."""
     flags: List[str] = []
     if polarisability is not None:
         flags += electronic_flags(polarisability)
@@ -142,6 +161,7 @@ def response_flags(numbers: Sequence[int], becs: Optional[np.ndarray] = None,
     if relaxed is False:
         flags.append("relax_not_converged")
     flags += extrapolation_flags(numbers, training_elements)
+    flags += uncertainty_flags(uncertainty, uncertainty_thresholds)
     if untrained:
         flags.append("untrained")
     return flags

@@ -10,6 +10,12 @@ Properties (ASE units: eV, eV/A, eV/A^3; response properties in our internal uni
 * ``becs``: Born effective charges Z*, e, (n_atoms, 3, 3), ``becs[k, i, j] = d(Omega P_i)/dR_kj``
 * ``polarisability``: alpha, e/(V A), (3, 3)
 
+With an ensemble model (:mod:`mf_lightning.model.ensemble`) every property is the member mean and
+the results also hold its spread, ``<property>_std`` (``energy_std``, ``forces_std``,
+``stress_std``, ``polarisation_std``, ``dipole_std``, ``becs_std``, ``polarisability_std`` and,
+from the members' alpha, ``eps_inf_std``, ``eps_poly_std``, ``n_std``; calibrated where the
+ensemble is, see ``calc.model.uncertainty_metadata()``), read with :meth:`MACEFieldCalculator.get_uncertainty`.
+
 Asking for energy/forces/stress also returns P from the same backward pass (a few per cent more
 than forces alone, bench/RESULTS.md; ``compute_polarisation=False`` skips it for field-free
 runs); Z* and alpha need second derivatives and are computed only when asked for.
@@ -22,12 +28,12 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
+import torch
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from mf_lightning.data import keys
 from mf_lightning.data.graphs import atoms_to_graph, collate
-from mf_lightning.model.field_mace import FieldMACE
 from mf_lightning.model.io import load_model
 from mf_lightning.utils import resolve_dtype
 
@@ -42,7 +48,7 @@ class MACEFieldCalculator(Calculator):
 
     def __init__(
         self,
-        model: Union[str, FieldMACE],
+        model: Union[str, torch.nn.Module],
         device: Optional[str] = None,
         dtype: Optional[str] = None,
         electric_field: FieldLike = (0.0, 0.0, 0.0),
@@ -61,7 +67,7 @@ class MACEFieldCalculator(Calculator):
         anyway, with a warning; the warnings are kept in ``untrained_warnings`` for the caller's
         output metadata."""
         super().__init__(**kwargs)
-        if isinstance(model, FieldMACE):
+        if isinstance(model, torch.nn.Module):  # a FieldMACE or an ensemble of them
             device = device or str(next(model.parameters()).device)
             self.torch_dtype = resolve_dtype(dtype) if dtype is not None else model.dtype
             self.model = model.to(device=device, dtype=self.torch_dtype).eval()
@@ -168,6 +174,30 @@ class MACEFieldCalculator(Calculator):
         if keys.BECS in out:
             self.results[keys.BECS] = np_(keys.BECS)
             self.results[keys.POLARISABILITY] = np_(keys.POLARISABILITY)[0]
+        if keys.ENERGY + "_std" in out:
+            self._spread(out, np_)
+
+    def _spread(self, out, np_) -> None:
+        """An ensemble's ``<property>_std`` results (module docstring)."""
+        from mf_lightning.model.uncertainty import derived_spreads
+
+        per_atom = (keys.FORCES, keys.BECS)
+        for key in (keys.ENERGY, keys.FORCES, keys.STRESS, keys.POLARISATION, keys.BECS, keys.POLARISABILITY):
+            if key + "_std" in out:
+                value = np_(key + "_std")
+                self.results[key + "_std"] = value if key in per_atom else value[0]
+        self.results["free_energy_std"] = self.results["energy_std"]
+        if "stress_std" in self.results:
+            self.results["stress_std"] = full_3x3_to_voigt_6_stress(self.results["stress_std"])
+        if "polarisation_std" in self.results:
+            self.results["dipole_std"] = self.results["polarisation_std"] * abs(self.atoms.get_volume())
+        if keys.BECS + "_members" in out:  # each member's Z* and alpha (eps_0 of each member: dielectric)
+            self.results[keys.BECS + "_members"] = np_(keys.BECS + "_members")
+            self.results[keys.POLARISABILITY + "_members"] = np_(keys.POLARISABILITY + "_members")[:, 0]
+        if keys.POLARISABILITY + "_members" in out:
+            members = np_(keys.POLARISABILITY + "_members")[:, 0]
+            for name, value in derived_spreads(members, self.model.sigma_scale(keys.POLARISABILITY)).items():
+                self.results[name + "_std"] = value
 
     # convenience accessors, as ASE's get_dipole_moment etc.
     def _get(self, name, atoms):
@@ -187,6 +217,26 @@ class MACEFieldCalculator(Calculator):
         """alpha (e/(V A)), shape (3, 3)."""
         return self._get(keys.POLARISABILITY, atoms)
 
+    # what get_uncertainty computes for each property asked for
+    SPREAD_OF = {keys.POLARISABILITY: (keys.POLARISABILITY, "eps_inf", "eps_poly", "n"),
+                 keys.POLARISATION: (keys.POLARISATION, "dipole"), "energy": ("energy",), "forces": ("forces",),
+                 "stress": ("stress",), keys.BECS: (keys.BECS,)}
+
+    def get_uncertainty(self, atoms=None, properties=(keys.BECS, keys.POLARISABILITY, keys.POLARISATION)) -> dict:
+        """An ensemble's spread of ``properties`` (and what derives from them: eps_inf, eps_poly
+        and n from alpha, the dipole from P) as {name: sigma}, each shaped as its property
+        (Z*: (n_atoms, 3, 3), eps_inf: (3, 3), n: a number); calibrated where the ensemble is
+        (``calc.model.uncertainty_metadata()``). A single model has no spread: an error."""
+        if not hasattr(self.model, "members"):
+            from mf_lightning.errors import InputError
+
+            raise InputError("get_uncertainty needs an ensemble model (mf-ensemble combines trained runs into one)")
+        found = {}
+        for name in properties:
+            self._get(name, atoms)
+            found.update({k: self.results[k + "_std"] for k in self.SPREAD_OF[name] if k + "_std" in self.results})
+        return found
+
     def get_flags(self, atoms=None) -> list:
         """Why the response of ``atoms`` must not be trusted, as mf-predict's ``flags`` column
         (:func:`mf_lightning.model.validity.response_flags`: eps_inf < 1, alpha asymmetric,
@@ -195,6 +245,13 @@ class MACEFieldCalculator(Calculator):
         from mf_lightning.model.validity import response_flags
 
         becs, alpha = self.get_becs(atoms), self.get_polarisability(atoms)
+        sigmas = thresholds = None
+        if hasattr(self.model, "members"):  # an ensemble: high_uncertainty
+            from mf_lightning.model.uncertainty import structure_sigmas
+
+            spread = {k: self.results.get(k + "_std") for k in (keys.BECS, keys.POLARISABILITY, keys.POLARISATION)}
+            sigmas, thresholds = structure_sigmas(spread, len(self.atoms)), self.model.thresholds()
         return response_flags(self.atoms.get_atomic_numbers(), becs=becs, polarisability=alpha,
                               training_elements=getattr(self.model, "training_elements", None),
-                              untrained=bool(self.untrained_warnings))
+                              untrained=bool(self.untrained_warnings), uncertainty=sigmas,
+                              uncertainty_thresholds=thresholds)

@@ -13,6 +13,9 @@ The field (V/A) is one vector for every system, or one per system: ``electric_fi
 concatenation). Optimisers and integrators build their own state classes and drop converged
 systems from the batch, so inside ``ts.optimize`` / ``ts.integrate`` use one field for all.
 
+An ensemble (:mod:`mf_lightning.model.ensemble`) returns the member means under the same names and,
+for each, its spread ``<name>_std`` and the members' values ``<name>_members``.
+
 ``mf-predict ... --engine torchsim`` screens through it.
 """
 
@@ -27,7 +30,6 @@ from torch_sim.neighbors import vesin_nl_ts
 
 from mf_lightning.data import keys
 from mf_lightning.data.graphs import check_elements
-from mf_lightning.model.field_mace import FieldMACE
 
 RESPONSE = (keys.POLARISATION, keys.BECS, keys.POLARISABILITY)
 
@@ -50,7 +52,7 @@ class FieldMaceModel(ModelInterface):
 
     def __init__(
         self,
-        model: Union[str, FieldMACE],
+        model: Union[str, torch.nn.Module],
         *,
         device: Optional[Union[str, torch.device]] = None,
         dtype: torch.dtype = torch.float64,
@@ -64,7 +66,7 @@ class FieldMaceModel(ModelInterface):
         super().__init__()
         from mf_lightning.model.io import load_model
 
-        if not isinstance(model, FieldMACE):
+        if not isinstance(model, torch.nn.Module):  # a FieldMACE or an ensemble of them
             model = load_model(model)
         unknown = set(response) - set(RESPONSE)
         if unknown:
@@ -146,4 +148,6 @@ class FieldMaceModel(ModelInterface):
         with torch.enable_grad():
             out = self.model(self.graph(state), properties=properties)
         names = {keys.ENERGY: "energy", keys.FORCES: "forces", keys.STRESS: "stress"}
-        return {names.get(p, p): out[p].detach() for p in properties}
+        # an ensemble's spread and members beside each property
+        return {names.get(p, p) + suffix: out[p + suffix].detach() for p in properties
+                for suffix in ("", "_std", "_members") if p + suffix in out}

@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 # keys (and key prefixes) that steer a run without changing what it trains: a resumed run may
 # differ from the saved config in these (e.g. a run cut by max_time resumed without the limit)
 RUN_CONTROL_KEYS = ("resume", "ckpt_path", "overwrite", "debug", "torch_threads", "malloc_tuning", "allow_pickle",
-                    "paths", "demo", "trainer.max_time", "trainer.enable_progress_bar")
+                    "paths", "demo", "trainer.max_time", "trainer.enable_progress_bar",
+                    "ensemble")  # a member's is 0; runs from before the key have none
 # what a run writes into its folder that a later run would replace or leave stale
 OUTPUT_FILES = ("metrics.json", "model.pt", "metrics.csv")
 OUTPUT_GLOBS = ("checkpoints/*.ckpt", "hpc_ckpt_*.ckpt")

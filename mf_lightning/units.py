@@ -13,6 +13,10 @@ EPS0_E_PER_V_A = 8.8541878128e-12 / _E_CHARGE_C / 1e10
 # Polarisation: 1 e/A^2 = 1.602176634e-19 C / 1e-16 cm^2 = 1602.18 uC/cm^2.
 E_PER_A2_TO_UC_PER_CM2 = _E_CHARGE_C * 1e6 / 1e-16
 
+# Piezoelectric stress constants (and any polarisation per unit strain): 1 e/A^2 = 1.602e-19 C /
+# 1e-20 m^2 = 16.0218 C/m^2.
+E_PER_A2_TO_C_PER_M2 = _E_CHARGE_C / 1e-20
+
 # Stress: 1 GPa = 1/160.2177 eV/A^3.
 EV_PER_A3_PER_GPA = 1.0 / 160.21766208
 

@@ -26,6 +26,9 @@ left out, their 1/omega^2 would be noise, unless they carry charge (more than
 Relax first (``relax=True``) for a meaningful eps_ion.
 eps_ion needs a head that learned energies and forces: the Hessian of a head that never saw
 them means nothing, and is refused (``allow_untrained`` overrides, with a warning).
+
+An ensemble's Hessian is the mean of its members' (the Hessian of the mean F); each member's own
+eps_0 (its Hessian, Z* and alpha) gives ``eps_0_std`` and ``eps_0_poly_std``, their raw spread.
 """
 
 from __future__ import annotations
@@ -129,6 +132,7 @@ def ionic_dielectric(hessian: np.ndarray, becs: np.ndarray, masses: np.ndarray, 
         "omega2": omega2,
         "wavenumbers_cm": wavenumber(omega2),
         "mode_charges": Zm,
+        "modes": modes,  # mass-weighted eigenvectors (3N-3, N, 3), as optical_modes gives them
         "unstable_modes_cm": wavenumber(omega2[unstable]).tolist(),
         "soft_polar_modes_cm": wavenumber(omega2[polar_soft]).tolist(),
     }
@@ -315,9 +319,20 @@ def dielectric_properties(calc, atoms, ionic: bool = False, relax: bool = False,
         # the harmonic eps_ion describes a minimum of F: large residual forces mean it is not one
         residual = float(np.abs(calc.get_forces(atoms)).max()) if len(atoms) else 0.0
         out["max_force"] = residual
-        H = model_hessian(calc.model, atoms, field=calc.field_now(), head=calc.head, dtype=calc.torch_dtype,
-                          max_memory=max_memory, allow_untrained=calc.allow_untrained, log_cost=True)
+        members = getattr(calc.model, "members", None) or [calc.model]  # an ensemble: each member's
+        hessians = [model_hessian(m, atoms, field=calc.field_now(), head=calc.head, dtype=calc.torch_dtype,
+                                  max_memory=max_memory, allow_untrained=calc.allow_untrained, log_cost=True)
+                    for m in members]
+        H = hessians[0] if len(hessians) == 1 else np.mean(hessians, axis=0)
         ion = ionic_dielectric(H, becs, atoms.get_masses(), atoms.get_volume())
+        if len(hessians) > 1:
+            from mf_lightning.model.uncertainty import member_std
+
+            eps_0 = np.array([eps_inf_from_alpha(a) + ionic_dielectric(h, z, atoms.get_masses(), atoms.get_volume())[
+                "eps_ion"] for h, z, a in zip(hessians, calc.results["becs_members"],
+                                              calc.results["polarisability_members"])])
+            polys = [float(eps_poly(e)) if np.all(np.isfinite(e)) else np.nan for e in eps_0]  # NaN: unstable
+            out.update(eps_0_std=member_std(eps_0), eps_0_poly_std=float(member_std(polys)))
         unstable = ion["unstable_modes_cm"]
         soft = ion["soft_polar_modes_cm"]
         out.update(eps_ion=ion["eps_ion"], eps_0=eps + ion["eps_ion"], wavenumbers_cm=ion["wavenumbers_cm"],

@@ -1,0 +1,207 @@
+"""Issue 31: the piezoelectric stress tensor from exact derivatives of F(R, E, strain).
+
+* the strained enthalpy's derivatives equal the model's own forces, stress, P, Z*, alpha, and its
+  strain derivatives equal finite differences at fixed fractional coordinates (P, forces, alpha);
+* symmetry: zero for centrosymmetric crystals, point group 32's pattern for alpha-quartz;
+* the proper tensor does not depend on the cell's origin or on where atoms are wrapped;
+* relaxed-ion: the finite difference of P after relaxing the ions in strained cells (shipped
+  quartz model), NaN and flagged beside unstable modes;
+* refused on a head that never learned the field response (or, relaxed, the forces).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mf_lightning.analysis.dielectric import relax_structure
+from mf_lightning.analysis.phonons import alpha_quartz
+from mf_lightning.analysis.piezo import (
+    finite_difference_piezo,
+    piezo_tensors,
+    proper_clamped,
+    strain_derivative,
+    to_voigt,
+)
+from mf_lightning.analysis.response_tensors import enthalpy_derivatives
+from mf_lightning.errors import UntrainedQuantityError
+from mf_lightning.simulation.calculator import MACEFieldCalculator
+from tests.helpers import batch_of, tiny_model
+
+REPO = Path(__file__).resolve().parents[3]
+SIO2_MODEL = REPO / "experiments" / "models" / "sio2_md_cpu.pt"
+
+
+@pytest.fixture(scope="module")
+def quartz():
+    return alpha_quartz()
+
+
+@pytest.fixture(scope="module")
+def distorted():
+    """Quartz with random displacements and a sheared cell: no symmetry, P != 0."""
+    atoms = alpha_quartz()
+    rng = np.random.default_rng(7)
+    atoms.set_cell(atoms.cell.array @ (np.eye(3) + 0.02 * rng.normal(size=(3, 3))), scale_atoms=True)
+    atoms.positions += 0.05 * rng.normal(size=atoms.positions.shape)
+    return atoms
+
+
+@pytest.fixture(scope="module")
+def charged_model():
+    """A random model with fitted-style per-element charges (O -1, Si +2): P's branch then
+    depends on where atoms are wrapped, as for the shipped MD-trained models that have them."""
+    model = tiny_model([8, 14])
+    model.atomic_charges = torch.tensor([-1.0, 2.0], dtype=model.atomic_charges.dtype)
+    return model
+
+
+def strained(atoms, eps):
+    out = atoms.copy()
+    out.set_cell(atoms.cell.array @ (np.eye(3) + eps), scale_atoms=True)  # fractional coordinates fixed
+    return out
+
+
+def test_strained_enthalpy_gives_the_models_own_observables(charged_model, distorted):
+    d = enthalpy_derivatives(charged_model, distorted)
+    out = charged_model(batch_of(charged_model, [distorted]),
+                        properties=("energy", "forces", "stress", "polarisation", "becs", "polarisability"))
+    for key in ("forces", "stress", "polarisation", "becs", "polarisability"):
+        ref = out[key].detach().numpy().reshape(d[key].shape)
+        np.testing.assert_allclose(d[key], ref, rtol=1e-10, atol=1e-12 * max(np.abs(ref).max(), 1.0), err_msg=key)
+    assert d["energy"] == pytest.approx(float(out["energy"].detach()), rel=1e-12)
+
+
+def test_strain_derivatives_equal_finite_differences_at_fixed_fractional_coordinates(charged_model, distorted):
+    d = enthalpy_derivatives(charged_model, distorted, raman=True)
+    calc = MACEFieldCalculator(charged_model)
+    P0 = calc.get_polarisation(distorted.copy())
+    assert np.abs(P0).max() > 1e-3  # P != 0: proper and improper differ
+    e = proper_clamped(d["dM_deps"], d["polarisation"], d["volume"])
+    h = 1e-5
+    pairs = [(0, 0), (2, 2), (1, 2), (0, 1)]
+    dP = strain_derivative(calc, distorted, calc.get_polarisation, pairs, h=h, relax=False)
+
+    def dF_dR(atoms):  # dF/dR of the unstrained positions R: -f(eps) (I + eps)^T
+        deform = np.linalg.solve(distorted.cell.array, atoms.cell.array)
+        return -calc.get_forces(atoms) @ deform.T
+
+    lam = strain_derivative(calc, distorted, dF_dR, pairs, h=h, relax=False)
+    for j, k in pairs:
+        np.testing.assert_allclose(e["improper"][:, j, k], dP[(j, k)], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(d["internal_strain"][:, :, j, k], lam[(j, k)], rtol=1e-6, atol=1e-8)
+    # proper = improper + (delta_ij P_k + delta_ik P_j)/2 - delta_jk P_i
+    eye, P = np.eye(3), d["polarisation"]
+    expected = (e["improper"] + np.einsum("jk,i->ijk", eye, P)
+                - 0.5 * (np.einsum("ij,k->ijk", eye, P) + np.einsum("ik,j->ijk", eye, P)))
+    np.testing.assert_allclose(e["proper"], expected, atol=1e-14)
+    # d alpha / dR: the third derivative, against alpha of displaced atoms
+    for atom, axis in [(0, 0), (4, 2)]:
+        plus, minus = distorted.copy(), distorted.copy()
+        plus.positions[atom, axis] += h
+        minus.positions[atom, axis] -= h
+        fd = (calc.get_polarisability(plus) - calc.get_polarisability(minus)) / (2 * h)
+        np.testing.assert_allclose(d["dalpha_dR"][:, :, atom, axis], fd, rtol=1e-6, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["rocksalt MgO", "cubic perovskite BaTiO3"])
+def test_a_centrosymmetric_crystal_has_no_piezoelectric_response(name):
+    from ase.build import bulk
+    from ase.spacegroup import crystal
+
+    atoms = bulk("MgO", "rocksalt", a=4.21, cubic=True) if name.startswith("rocksalt") else crystal(
+        ["Ba", "Ti", "O"], basis=[(0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0)], spacegroup=221,
+        cellpar=[4.0, 4.0, 4.0, 90, 90, 90])
+    model = tiny_model(sorted(set(atoms.get_atomic_numbers().tolist())))
+    out = piezo_tensors(model, atoms)
+    d = enthalpy_derivatives(model, atoms)
+    assert np.abs(d["becs"]).max() > 1e-3 and np.abs(d["dM_deps"]).max() < 1e-12
+    assert np.abs(d["internal_strain"]).max() < 1e-12  # every atom sits on an inversion centre
+    for key in ("e_clamped", "e_ion_stable_modes"):
+        assert np.abs(out[key]).max() < 1e-10, (key, out[key])
+    if not out["unstable_modes_cm"]:
+        assert np.abs(out["e_relaxed"]).max() < 1e-10
+
+
+def assert_point_group_32(voigt, scale):
+    """e_11 = -e_12 = -e_26, e_14 = -e_25, every other component 0 (x along a 2-fold axis)."""
+    e11, e14 = voigt[0, 0], voigt[0, 3]
+    expected = np.zeros((3, 6))
+    expected[0, 0], expected[0, 1], expected[1, 5] = e11, -e11, -e11
+    expected[0, 3], expected[1, 4] = e14, -e14
+    np.testing.assert_allclose(voigt, expected, atol=1e-9 * scale)
+    return e11, e14
+
+
+def test_alpha_quartz_has_the_pattern_of_point_group_32(quartz):
+    model = tiny_model([8, 14])
+    out = piezo_tensors(model, quartz)
+    scale = np.abs(out["e_clamped_voigt"]).max()
+    e11, e14 = assert_point_group_32(out["e_clamped_voigt"], scale)
+    assert abs(e11) > 1e-4 * scale and abs(e14) > 1e-4 * scale  # both allowed components are there
+    ion = out["e_ion_stable_modes_voigt"]
+    i11, i14 = assert_point_group_32(ion, np.abs(ion).max())
+    assert abs(i11) > 0 and abs(i14) > 0
+    # the mirror image (P3_121) has exactly the negative tensor: e is odd under inversion
+    mirror = piezo_tensors(model, alpha_quartz(enantiomorph=True), relaxed=False)
+    np.testing.assert_allclose(mirror["e_clamped"], -out["e_clamped"], atol=1e-9 * scale)
+
+
+def test_the_proper_tensor_does_not_depend_on_the_origin_or_on_wrapping(charged_model, distorted):
+    moved = distorted.copy()
+    moved.positions += np.array([0.37, -1.9, 2.3])
+    moved.wrap()
+    assert not np.allclose(moved.positions - distorted.positions, [0.37, -1.9, 2.3])  # some atoms wrapped
+    a, b = piezo_tensors(charged_model, distorted), piezo_tensors(charged_model, moved)
+    assert np.abs(a["polarisation"] - b["polarisation"]).max() > 1e-3  # the branch of P moved
+    scale = np.abs(a["e_clamped"]).max()
+    for key in ("e_clamped", "e_ion_stable_modes"):
+        np.testing.assert_allclose(b[key], a[key], atol=1e-9 * scale, err_msg=key)
+    assert np.abs(b["e_clamped_improper"] - a["e_clamped_improper"]).max() > 1e-3 * scale
+
+
+@pytest.fixture(scope="module")
+def relaxed_quartz():
+    calc = MACEFieldCalculator(str(SIO2_MODEL))
+    atoms = alpha_quartz()
+    assert relax_structure(atoms, calc, fmax=1e-5, steps=500)
+    return atoms, calc
+
+
+def test_relaxed_ion_tensor_is_the_finite_difference_of_P_with_the_ions_relaxed(relaxed_quartz):
+    atoms, calc = relaxed_quartz
+    out = piezo_tensors(calc.model, atoms)
+    assert out["flags"] == [] and out["warnings"] == []
+    for (j, k), fd in finite_difference_piezo(calc, atoms, pairs=[(0, 0), (1, 2)], h=2e-3, fmax=1e-6).items():
+        np.testing.assert_allclose(out["e_relaxed"][:, j, k], fd, atol=2e-4)
+    clamped = finite_difference_piezo(calc, atoms, pairs=[(0, 0)], h=1e-5, relax=False)[(0, 0)]
+    np.testing.assert_allclose(out["e_clamped_improper"][:, 0, 0], clamped, atol=1e-6)
+    assert np.abs(out["e_relaxed"]).max() > 0.05  # a real response, not a trivially small one
+    np.testing.assert_allclose(out["e_relaxed_voigt"], to_voigt(out["e_relaxed"]))
+
+
+def test_unstable_modes_leave_the_relaxed_tensor_empty_and_flagged(quartz):
+    model = tiny_model([8, 14])
+    squeezed = strained(quartz, -0.12 * np.eye(3))  # far from any minimum of F
+    out = piezo_tensors(model, squeezed)
+    assert out["unstable_modes_cm"], "expected unstable modes"
+    assert np.isnan(out["e_relaxed"]).all() and np.isnan(out["e_ion"]).all()  # never 0, never a partial sum
+    assert np.isfinite(out["e_clamped"]).all() and np.isfinite(out["e_ion_stable_modes"]).all()
+    assert "unstable_modes" in out["flags"]
+
+
+def test_a_head_that_never_learned_the_field_response_is_refused(quartz):
+    model = tiny_model([8, 14])
+    head = model.heads[0]
+    model.head_quantities = {head: ["energy", "forces", "stress"]}
+    with pytest.raises(UntrainedQuantityError, match="becs or polarisation"):
+        piezo_tensors(model, quartz, relaxed=False)
+    out = piezo_tensors(model, quartz, relaxed=False, allow_untrained=True)
+    assert out["warnings"] and "untrained" in out["flags"]
+    model.head_quantities = {head: ["polarisation"]}  # P alone gives the clamped tensor ...
+    assert piezo_tensors(model, quartz, relaxed=False)["warnings"] == []
+    with pytest.raises(UntrainedQuantityError, match="energy, forces"):  # ... but not the relaxed one
+        piezo_tensors(model, quartz, relaxed=True)

@@ -297,7 +297,9 @@ def dielectric_properties(calc, atoms, ionic: bool = False, relax: bool = False,
     """Everything above for one structure with a :class:`MACEFieldCalculator` (its field, head
     and ``allow_untrained``). ``atoms`` is copied; with ``relax`` the copy is relaxed first.
     ``flags`` lists what must not be trusted (:func:`mf_lightning.model.validity.response_flags`);
-    ``warnings`` the quantities computed although the head never learned them."""
+    ``warnings`` the quantities computed although the head never learned them. With ``ionic``,
+    ``hessians`` holds the Hessian of each member (one for a single model), for reuse (e.g. the
+    relaxed-ion piezoelectric tensor, :func:`mf_lightning.analysis.piezo.piezo_of`)."""
     from mf_lightning.model.validity import response_flags
 
     atoms = atoms.copy()
@@ -336,7 +338,7 @@ def dielectric_properties(calc, atoms, ionic: bool = False, relax: bool = False,
         unstable = ion["unstable_modes_cm"]
         soft = ion["soft_polar_modes_cm"]
         out.update(eps_ion=ion["eps_ion"], eps_0=eps + ion["eps_ion"], wavenumbers_cm=ion["wavenumbers_cm"],
-                   unstable_modes_cm=unstable, soft_polar_modes_cm=soft)
+                   unstable_modes_cm=unstable, soft_polar_modes_cm=soft, hessians=hessians)
     warnings = list(calc.untrained_warnings)
     out["warnings"] = warnings
     out["flags"] = response_flags(atoms.get_atomic_numbers(), becs=becs, polarisability=alpha,

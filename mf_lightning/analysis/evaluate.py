@@ -5,7 +5,11 @@ Quantities and units are those of training (:func:`mf_lightning.data.quantities.
 per atom, P folded onto the reference's branch in uC/cm^2, Z* and alpha split into diagonal and
 off-diagonal), plus, where alpha is labelled, the refractive index ``n`` = sqrt(eps_poly), and
 with ``ionic=true`` the ionic dielectric tensor eps_ion (model Hessian + Z*, see
-:mod:`mf_lightning.analysis.dielectric`) against the file's ``REF_dielectric_ionic``.
+:mod:`mf_lightning.analysis.dielectric`) against the file's ``REF_dielectric_ionic`` and, from the
+same Hessian, the proper relaxed-ion piezoelectric tensor (``piezo_relaxed``, C/m^2, the 18
+components; :mod:`mf_lightning.analysis.piezo`) against ``REF_piezoelectric`` where a structure has
+it (MP-Dielectric's DFPT "total", its columns in VASP's strain order:
+:data:`mf_lightning.data.quantities.PIEZO_ORDERS`).
 
 For every quantity: RMSE, MAE, R^2 (1 - SS_res/SS_tot over all components) and counts, over all
 labelled structures (``all``), over those whose reference labels pass the label audit
@@ -143,35 +147,51 @@ def collect_predictions(model, graphs: Sequence, batch_size: int = 8, collected:
 
 
 def collect_ionic(model, structures: Sequence, references: Sequence[Optional[np.ndarray]], head: Optional[str],
-                  collected: Collected, offset: int = 0, max_atoms: int = 40,
-                  allow_untrained: bool = False) -> Dict[str, Any]:
+                  collected: Collected, offset: int = 0, max_atoms: int = 40, allow_untrained: bool = False,
+                  piezo_references: Optional[Sequence[Optional[np.ndarray]]] = None) -> Dict[str, Any]:
     """eps_ion of the model (no relaxation: the labelled structures are DFT-relaxed) against the
-    reference ionic tensors; structures above ``max_atoms`` atoms are skipped (3N backward passes).
+    reference ionic tensors and, from the same Hessian, the relaxed-ion piezoelectric tensor against
+    ``piezo_references`` ((3, 6) in Voigt order, C/m^2; :func:`~mf_lightning.data.quantities.piezo_reference`)
+    where given; structures above ``max_atoms`` atoms are skipped (3N backward passes).
     A head that never learned forces is refused (its Hessian means nothing) unless
-    ``allow_untrained``; a structure with unstable modes has no eps_ion (NaN: counted, not
-    averaged in)."""
+    ``allow_untrained``; a structure with unstable modes has no eps_ion and no relaxed-ion tensor
+    (NaN: counted, not averaged in)."""
     from mf_lightning.analysis.dielectric import dielectric_properties
     from mf_lightning.simulation.calculator import MACEFieldCalculator
 
     calc = MACEFieldCalculator(model, head=head, allow_untrained=allow_untrained)
     calc.require_learned(["energy", "forces"], "ionic=true (eps_ion from the model's Hessian)")
-    done, skipped, unstable = 0, 0, 0
+    piezo_references = list(piezo_references or [None] * len(structures))
+    warnings = []
+    if any(r is not None for r in piezo_references):
+        from mf_lightning.analysis.piezo import check_piezo_learned, piezo_of
+
+        warnings = check_piezo_learned(model, calc.head, relaxed=True, allow_untrained=allow_untrained)
+    done, piezo_done, skipped, unstable = 0, 0, 0, 0
     diag = np.eye(3, dtype=bool)
-    for i, (atoms, ref) in enumerate(zip(structures, references)):
-        if ref is None:
+    for i, (atoms, ref, piezo_ref) in enumerate(zip(structures, references, piezo_references)):
+        if ref is None and piezo_ref is None:
             continue
         if len(atoms) > max_atoms:
             skipped += 1
             continue
         ion = dielectric_properties(calc, atoms, ionic=True)
         unstable += bool(ion["unstable_modes_cm"])
-        pred = ion["eps_ion"]
-        ref = np.asarray(ref).reshape(3, 3)
-        collected.add("eps_ion_diag", ref[diag][None], pred[diag][None], np.array([offset + i]))
-        collected.add("eps_ion_offdiag", ref[~diag][None], pred[~diag][None], np.array([offset + i]))
-        done += 1
-    return {"evaluated": done, "skipped_too_large": skipped, "with_unstable_modes": unstable, "max_atoms": max_atoms,
-            "warnings": list(calc.untrained_warnings)}
+        if ref is not None:
+            pred = ion["eps_ion"]
+            ref = np.asarray(ref).reshape(3, 3)
+            collected.add("eps_ion_diag", ref[diag][None], pred[diag][None], np.array([offset + i]))
+            collected.add("eps_ion_offdiag", ref[~diag][None], pred[~diag][None], np.array([offset + i]))
+            done += 1
+        if piezo_ref is not None:
+            e = piezo_of(model, atoms, field=calc.field_now(), head=calc.head, dtype=calc.torch_dtype,
+                         hessians=ion["hessians"])["e_relaxed_voigt"]
+            collected.add("piezo_relaxed", np.asarray(piezo_ref, float).reshape(1, 18), e.reshape(1, 18),
+                          np.array([offset + i]))
+            piezo_done += 1
+    return {"evaluated": done, "piezo_evaluated": piezo_done, "skipped_too_large": skipped,
+            "with_unstable_modes": unstable, "max_atoms": max_atoms,
+            "warnings": list(dict.fromkeys(list(calc.untrained_warnings) + warnings))}
 
 
 def summarise(collected: Collected, flagged: Sequence[bool]) -> Dict[str, Any]:
@@ -329,10 +349,13 @@ def write_predictions(model, graphs: Sequence, structures: Sequence, path: Path,
 def evaluate_datamodule(model, dm, split: str, out_dir: Path, batch_size: int = 8, ionic: bool = False,
                         ionic_key: str = "REF_dielectric_ionic", ionic_max_atoms: int = 40,
                         plots: bool = True, predictions: bool = False, figure_format: str = "png",
-                        figure_dpi: float = 300.0,
-                        allow_untrained: bool = False) -> Dict[str, Any]:
-    """Evaluate every source of a (set-up) MultiSourceDataModule on ``split`` (train/val/test/all)."""
+                        figure_dpi: float = 300.0, allow_untrained: bool = False,
+                        piezo_key: str = "REF_piezoelectric", piezo_order: str = "vasp") -> Dict[str, Any]:
+    """Evaluate every source of a (set-up) MultiSourceDataModule on ``split`` (train/val/test/all);
+    with ``ionic``, eps_ion against ``ionic_key`` and the relaxed-ion piezoelectric tensor against
+    ``piezo_key`` (its columns in ``piezo_order``, :data:`~mf_lightning.data.quantities.PIEZO_ORDERS`)."""
     from mf_lightning.data.datamodules.base import flags_of
+    from mf_lightning.data.quantities import piezo_reference
     from mf_lightning.data.root import resolve_file
     from mf_lightning.model.ensemble import trained_ids
 
@@ -359,8 +382,10 @@ def evaluate_datamodule(model, dm, split: str, out_dir: Path, batch_size: int = 
         structures = source_frames(src, splits) if (ionic or predictions) else None
         if ionic:
             refs = [np.asarray(a.info[ionic_key], float) if ionic_key in a.info else None for a in structures]
+            piezo_refs = [piezo_reference(a.info[piezo_key], piezo_order) if piezo_key in a.info else None
+                          for a in structures]
             entry["ionic"] = collect_ionic(model, structures, refs, src.head, collected, max_atoms=ionic_max_atoms,
-                                           allow_untrained=allow_untrained)
+                                           allow_untrained=allow_untrained, piezo_references=piezo_refs)
         if predictions:
             entry["predictions"] = str(write_predictions(model, graphs, structures, out_dir / f"predictions_{name}.xyz",
                                                          batch_size=batch_size))

@@ -35,6 +35,10 @@ it multiplies the engineering shear strain). Units: e/A^2 x 16.0218 = C/m^2.
 Trust: the clamped tensor needs a head that learned P or Z* (the field response); the relaxed one
 also energies and forces (the Hessian and Lambda). Others are refused
 (:meth:`FieldMACE.check_learned`; ``allow_untrained`` computes them with a warning).
+
+An ensemble gives the tensors of its mean F (the members' mean derivatives and Hessian, as its
+eps_ion) and, as their spread, the members' standard deviation of their own tensors
+(:func:`piezo_of`).
 """
 
 from __future__ import annotations
@@ -137,34 +141,65 @@ def piezo_from_derivatives(derivatives: Dict[str, Any], hessian: Optional[np.nda
     return out
 
 
+def piezo_of(model, atoms, field=(0.0, 0.0, 0.0), head: Optional[str] = None, relaxed: bool = True,
+             dtype: Optional[torch.dtype] = None, hessians: Optional[Sequence[np.ndarray]] = None,
+             max_memory: Optional[float] = None, allow_untrained: bool = False) -> Dict[str, Any]:
+    """:func:`piezo_from_derivatives` for ``atoms`` with ``model`` at ``field`` on ``head`` (resolved
+    and checked by the caller), plus P, the volume, Z*, alpha and the largest force (``relaxed``).
+    ``hessians``: the Gamma-point Hessian of each member (one for a single model), e.g. those eps_ion
+    was computed with, reused; otherwise computed here (``max_memory``). An ensemble
+    (:class:`~mf_lightning.model.ensemble.FieldMACEEnsemble`) gives the tensors of its mean F, from the
+    members' mean derivatives and mean Hessian as its eps_ion, and ``e_clamped_voigt_std`` /
+    ``e_relaxed_voigt_std``: the members' standard deviation (ddof=1) of their own tensors, raw (no
+    calibration factor; NaN where a member's relaxed tensor is)."""
+    from mf_lightning.analysis.dielectric import model_hessian
+    from mf_lightning.analysis.response_tensors import enthalpy_derivatives
+
+    members = list(getattr(model, "members", None) or [model])
+    dtype = dtype or model.dtype
+    each = [enthalpy_derivatives(m, atoms, field=field, head=head, dtype=dtype, internal_strain=relaxed)
+            for m in members]
+    if not relaxed:
+        hessians = [None] * len(members)
+    elif hessians is None:
+        hessians = [model_hessian(m, atoms, field=field, head=head, dtype=dtype, max_memory=max_memory,
+                                  allow_untrained=allow_untrained, log_cost=True) for m in members]
+    d = each[0] if len(each) == 1 else {k: np.mean([x[k] for x in each], axis=0) for k in each[0]}
+    H = hessians[0] if len(hessians) == 1 or not relaxed else np.mean(hessians, axis=0)
+    masses = atoms.get_masses()
+    out = piezo_from_derivatives(d, H, masses)
+    if len(members) > 1:
+        from mf_lightning.model.uncertainty import member_std
+
+        own = [piezo_from_derivatives(x, h, masses) for x, h in zip(each, hessians)]
+        for key in ("e_clamped_voigt", "e_relaxed_voigt"):
+            if key in out:
+                out[key + "_std"] = member_std([p[key] for p in own])
+    out.update(polarisation=d["polarisation"], volume=d["volume"], becs=d["becs"], polarisability=d["polarisability"],
+               max_force=float(np.abs(d["forces"]).max()) if relaxed and len(atoms) else None)
+    return out
+
+
 def piezo_tensors(model, atoms, field=(0.0, 0.0, 0.0), head: Optional[str] = None, relaxed: bool = True,
                   dtype: torch.dtype = torch.float64, max_memory: Optional[float] = None,
                   allow_untrained: bool = False) -> Dict[str, Any]:
     """Clamped- and (``relaxed``) relaxed-ion piezoelectric tensors of ``atoms`` (as given: relax
     it first, e.g. with :func:`~mf_lightning.analysis.dielectric.relax_structure`) with ``model``
-    (a FieldMACE) at ``field`` (V/A). Returns the tensors (C/m^2, (3, 3, 3) and ``*_voigt``
-    (3, 6)), P, the largest force, the unstable / soft polar modes, ``flags``
+    (a FieldMACE, or an ensemble: :func:`piezo_of`) at ``field`` (V/A). Returns the tensors (C/m^2,
+    (3, 3, 3) and ``*_voigt`` (3, 6)), P, the largest force, the unstable / soft polar modes, ``flags``
     (:func:`mf_lightning.model.validity.response_flags`) and ``warnings`` (untrained quantities let
     through by ``allow_untrained``)."""
-    from mf_lightning.analysis.dielectric import model_hessian
-    from mf_lightning.analysis.response_tensors import enthalpy_derivatives
     from mf_lightning.model.validity import response_flags
 
     head = resolve_response_head(model, head, ("energy", "forces") if relaxed else ())
     warnings = check_piezo_learned(model, head, relaxed, allow_untrained)
-    d = enthalpy_derivatives(model, atoms, field=field, head=head, dtype=dtype, internal_strain=relaxed)
-    H = None
-    if relaxed:
-        H = model_hessian(model, atoms, field=field, head=head, dtype=dtype, max_memory=max_memory,
-                          allow_untrained=allow_untrained)
-    out = piezo_from_derivatives(d, H, atoms.get_masses())
-    max_force = float(np.abs(d["forces"]).max()) if relaxed and len(atoms) else None
-    out.update(polarisation=d["polarisation"], volume=d["volume"], max_force=max_force, head=head,
-               warnings=warnings)
-    out["flags"] = response_flags(atoms.get_atomic_numbers(), becs=d["becs"], polarisability=d["polarisability"],
+    out = piezo_of(model, atoms, field=field, head=head, relaxed=relaxed, dtype=dtype, max_memory=max_memory,
+                   allow_untrained=allow_untrained)
+    out.update(head=head, warnings=warnings)
+    out["flags"] = response_flags(atoms.get_atomic_numbers(), becs=out["becs"], polarisability=out["polarisability"],
                                   training_elements=getattr(model, "training_elements", None),
                                   unstable_modes=out.get("unstable_modes_cm"),
-                                  soft_modes=out.get("soft_polar_modes_cm"), max_force=max_force,
+                                  soft_modes=out.get("soft_polar_modes_cm"), max_force=out["max_force"],
                                   untrained=bool(warnings))
     return out
 

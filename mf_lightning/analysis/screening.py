@@ -3,8 +3,20 @@
 Inputs are files (CIF, POSCAR/CONTCAR, ``*.vasp``, extxyz, anything ASE reads; multi-frame files
 give one row per frame) and folders (searched recursively for those). Per structure the table has
 Z* per site, alpha, the eps_inf tensor, eps_poly and n (and with ``--ionic`` eps_ion and eps_0,
-optionally after ``--relax``); tensors are JSON lists in their cells (row-major 3x3; Z* as
-``[[site 0: 9 values], ...]`` with ``Z*[k, i, j] = d(Omega P_i)/dR_kj``).
+with ``--piezo`` the piezoelectric tensors, optionally after ``--relax``); tensors are JSON lists in
+their cells (row-major 3x3; Z* as ``[[site 0: 9 values], ...]`` with
+``Z*[k, i, j] = d(Omega P_i)/dR_kj``).
+
+``--piezo`` adds the proper clamped- and relaxed-ion piezoelectric stress tensors
+(:mod:`mf_lightning.analysis.piezo`), one column per component: ``e_clamped_{x,y,z}{1..6}`` and
+``e_relaxed_{x,y,z}{1..6}`` in C/m^2, the letter the polarisation direction i, the digit the Voigt
+strain 1..6 = xx yy zz yz xz xy (e_{i4} = e_{i,yz}: it multiplies the engineering shear strain).
+The relaxed tensor is empty beside unstable or charged soft modes (flagged, never 0); with
+``--ionic`` too, it reuses eps_ion's Hessian. It needs a head that learned the field response (Z* or
+P) *and* energies and forces (the Hessian and the internal-strain forces): a head without forces is
+refused up front, one line (``--allow-untrained`` computes both tensors anyway, flagged), rather than
+given a table whose columns depend on the head. An ensemble gives the tensors of its mean F and
+``<column>_std``, the members' raw spread (:func:`mf_lightning.analysis.piezo.piezo_of`).
 
 Built for thousands of files:
 
@@ -23,7 +35,7 @@ model barely saw) and the tool ends with a line counting the flagged rows. An en
 calibrated where the ensemble is: ``<stem>.meta.json`` says which) beside each of eps_poly, n,
 eps_inf, alpha, Z*, P (a ``polarisation`` column, ensembles only) and eps_0, ``Z_ij_std`` in the
 per-atom table, and flags ``high_uncertainty:<quantity>`` where the spread is large. A head that never
-learned what the options need (forces for ``--relax``/``--ionic``) is refused up front.
+learned what the options need (forces for ``--relax``/``--ionic``/``--piezo``) is refused up front.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from mf_lightning.analysis.piezo import VOIGT_LABELS
 from mf_lightning.data.structures import Item
 from mf_lightning.errors import InputError
 from mf_lightning.files import FileLock, TableWriter
@@ -81,12 +94,34 @@ COLUMN_UNITS.update({
                        "where a member has unstable modes"),
     "eps_0_poly_std": ("1", _SIGMA + "eps_0_poly, uncalibrated"),
 })
+# --piezo: one column per component of the proper piezoelectric stress tensors, e_<kind>_<i><alpha>
+PIEZO_KINDS = {
+    "clamped": "clamped-ion (atoms follow the strain, fractional coordinates fixed)",
+    "relaxed": "relaxed-ion (clamped + internal relaxation through the model's Hessian and Z*, the DFPT 'total'); "
+               "empty beside unstable or charged soft modes (flagged)",
+}
+PIEZO_COLUMNS = [f"e_{kind}_{i}{a + 1}" for kind in PIEZO_KINDS for i in "xyz" for a in range(len(VOIGT_LABELS))]
+
+
+def _piezo_units() -> Dict[str, Tuple[str, str]]:
+    out = {}
+    for name in PIEZO_COLUMNS:
+        kind, component = name[2:].split("_")
+        i, a = component[0], int(component[1]) - 1
+        out[name] = ("C/m^2", f"proper {PIEZO_KINDS[kind]} piezoelectric stress tensor e_{{{i},{VOIGT_LABELS[a]}}} "
+                              f"(Voigt {a + 1}; multiplies the engineering strain, no factor 2 on shears)")
+        out[name + "_std"] = ("C/m^2", f"sigma (ensemble spread: std of the members' own tensors, raw) of {name}")
+    return out
+
+
+COLUMN_UNITS.update(_piezo_units())
 PER_ATOM = ("becs", "forces")
 
 
-def table_columns(ionic: bool, relax: bool, ensemble: bool = False) -> List[str]:
+def table_columns(ionic: bool, relax: bool, ensemble: bool = False, piezo: bool = False) -> List[str]:
     """The table's columns for these options; an ensemble's ``_std`` beside each observable."""
-    base = BASE_COLUMNS + (IONIC_COLUMNS if ionic else ["relaxed"] if relax else [])
+    base = BASE_COLUMNS + (IONIC_COLUMNS if ionic else ["relaxed"] if relax else []) + (
+        PIEZO_COLUMNS if piezo else [])
     if not ensemble:
         return base
     out = []
@@ -366,18 +401,46 @@ def prune_to(path: Path, keep: set, columns: List[str]) -> None:
             writer.writerows(kept)
 
 
+# the flags of a harmonic step (eps_ion, the relaxed-ion piezoelectric tensor)
+HARMONIC_FLAGS = ("unstable_modes", "soft_modes", "not_at_minimum")
+
+
 def ionic_columns(calc, atoms, max_memory: Optional[float] = None) -> Dict[str, Any]:
     """eps_ion, eps_0 (empty beside unstable modes: flagged, never 0) and the unstable modes;
-    ``flags`` holds the structure's flags of the ionic step."""
+    ``flags`` holds the structure's flags of the ionic step, ``hessians`` the Hessian of each member
+    (for :func:`piezo_columns`)."""
     from mf_lightning.analysis.dielectric import dielectric_properties, eps_poly
 
     props = dielectric_properties(calc, atoms, ionic=True, max_memory=max_memory)
     out = {"eps_ion": _tensor(props["eps_ion"]), "eps_0": _tensor(props["eps_0"]),
            "eps_0_poly": _number(float(eps_poly(props["eps_0"]))) if np.all(np.isfinite(props["eps_0"])) else "",
            "unstable_modes_cm": _json(props["unstable_modes_cm"], 1),
-           "flags": [f for f in props["flags"] if f in ("unstable_modes", "soft_modes", "not_at_minimum")]}
+           "flags": [f for f in props["flags"] if f in HARMONIC_FLAGS], "hessians": props["hessians"]}
     if "eps_0_std" in props:  # an ensemble: eps_0 of each member
         out.update(eps_0_std=_tensor(props["eps_0_std"]), eps_0_poly_std=_number(float(props["eps_0_poly_std"])))
+    return out
+
+
+def piezo_columns(model, atoms, head: Optional[str], field, hessians=None, max_memory: Optional[float] = None,
+                  allow_untrained: bool = False) -> Dict[str, Any]:
+    """The ``e_clamped_*`` and ``e_relaxed_*`` columns (C/m^2; empty where NaN) of ``atoms``, with the
+    ``hessians`` of :func:`ionic_columns` where eps_ion was computed (else a Hessian within
+    ``max_memory``); an ensemble's ``_std`` too. ``flags``: the structure's flags of this harmonic step."""
+    from mf_lightning.analysis.piezo import piezo_of
+    from mf_lightning.model.validity import response_flags
+
+    p = piezo_of(model, atoms, field=field, head=head, hessians=hessians, max_memory=max_memory,
+                 allow_untrained=allow_untrained)
+    out: Dict[str, Any] = {}
+    for kind in PIEZO_KINDS:
+        for sfx in ("", "_std"):
+            e = p.get(f"e_{kind}_voigt{sfx}")
+            if e is not None:
+                out.update({f"e_{kind}_{i}{a + 1}{sfx}": _number(float(e[k, a]))
+                            for k, i in enumerate("xyz") for a in range(6)})
+    flags = response_flags(atoms.get_atomic_numbers(), unstable_modes=p["unstable_modes_cm"],
+                           soft_modes=p["soft_polar_modes_cm"], max_force=p["max_force"])
+    out["flags"] = [f for f in flags if f in HARMONIC_FLAGS]
     return out
 
 
@@ -386,6 +449,23 @@ def needed_quantities(ionic: bool, relax: bool, relax_cell: bool) -> List[str]:
     forces for a relaxation or the Hessian, the stress for a cell relaxation."""
     return ["becs", "polarisability"] + (["energy", "forces"] if ionic or relax else []) + (
         ["stress"] if relax and relax_cell else [])
+
+
+def harmonic_columns(runner: "Engine", atoms, ionic: bool, piezo: bool,
+                     max_memory: Optional[float] = None) -> Dict[str, Any]:
+    """The ``--ionic`` and ``--piezo`` columns of one structure (either engine: one Hessian per
+    member, shared) and their ``flags``, each once."""
+    out: Dict[str, Any] = {"flags": []}
+    hessians = None
+    if ionic:
+        out.update(ionic_columns(runner.calc, atoms, max_memory=max_memory))
+        hessians = out.pop("hessians")
+    if piezo:
+        pz = piezo_columns(runner.model, atoms, runner.head, runner.field, hessians=hessians, max_memory=max_memory,
+                           allow_untrained=runner.allow_untrained)
+        out["flags"] += [f for f in pz.pop("flags") if f not in out["flags"]]
+        out.update(pz)
+    return out
 
 
 ENGINES = ("ase", "torchsim")
@@ -478,7 +558,7 @@ def screen(items: Iterable[Item], model, out: Path, head: Optional[str] = None, 
            max_atoms: int = 2000, max_structures: int = 64, progress: bool = True,
            total: Optional[int] = None, engine: str = "ase", allow_untrained: bool = False,
            max_memory: Optional[float] = None, relaxed_out: Optional[Path] = None,
-           summary_rows: int = 30) -> Dict[str, Any]:
+           summary_rows: int = 30, piezo: bool = False) -> Dict[str, Any]:
     """Predict every (id, Atoms) item not already in ``out``; returns counts (and ``flags``, the
     flag strings of the rows written). With ``relax`` every column describes the relaxed
     structure (relaxed first, by ``engine``). A head that never learned what the options need
@@ -486,7 +566,8 @@ def screen(items: Iterable[Item], model, out: Path, head: Optional[str] = None, 
     ``allow_untrained`` (every row is then flagged ``untrained``). With ``ionic`` structures go
     one at a time, each row written as soon as it is done (a kill loses at most the structure
     being computed), and each Hessian is sized to ``max_memory`` bytes
-    (:func:`mf_lightning.analysis.dielectric.model_hessian`).
+    (:func:`mf_lightning.analysis.dielectric.model_hessian`). ``piezo``: the piezoelectric columns
+    (module docstring), also one structure at a time, reusing eps_ion's Hessian with ``ionic``.
 
     Beside ``out``: ``<stem>.becs.csv`` (Z* per atom, one column per component),
     ``<stem>.meta.json`` (each column's unit and meaning, the model, the options and any
@@ -496,12 +577,18 @@ def screen(items: Iterable[Item], model, out: Path, head: Optional[str] = None, 
     out = Path(out)
     errors_path = out.with_name(out.stem + ".errors.csv")
     ensemble = hasattr(model, "members")
-    columns = table_columns(ionic, relax, ensemble)
+    columns = table_columns(ionic, relax, ensemble, piezo)
     head = model.resolve_head(head, RESPONSE_QUANTITIES)  # a wrong head is the user's, not a structure's
+    warnings = []
+    if piezo:  # the field response and the forces (the relaxed-ion tensor's Hessian): refused up front
+        from mf_lightning.analysis.piezo import check_piezo_learned
+
+        warnings += check_piezo_learned(model, head, relaxed=True, allow_untrained=allow_untrained)
     what = "eps_ion (--ionic: the Hessian)" if ionic else "a relaxation (--relax)" if relax else "the response"
-    untrained = model.check_learned(needed_quantities(ionic, relax, relax_cell), what, head=head,
-                                    allow_untrained=allow_untrained)
-    if ionic:
+    warnings.append(model.check_learned(needed_quantities(ionic, relax, relax_cell), what, head=head,
+                                        allow_untrained=allow_untrained))
+    warnings = [w for w in dict.fromkeys(warnings) if w]
+    if ionic or piezo:
         max_structures = 1  # the Hessian dominates: write each row as soon as it is done
     check_table(out, columns)  # before anything is truncated or appended
     from mf_lightning.model.io import model_checksum
@@ -516,8 +603,8 @@ def screen(items: Iterable[Item], model, out: Path, head: Optional[str] = None, 
             "model_sha256": model_sha, "head": head,
             "options": {"field_V_per_A": [float(x) for x in field], "ionic": ionic, "relax": relax,
                         "relax_cell": relax_cell, "fmax_eV_per_A": fmax, "engine": engine,
-                        "allow_untrained": allow_untrained},
-            "warnings": [untrained] if untrained else []}
+                        "allow_untrained": allow_untrained, "piezo": piezo},
+            "warnings": warnings}
     if ensemble:  # what the _std columns mean, calibrated or not, and the high_uncertainty thresholds
         meta["uncertainty"] = model.uncertainty_metadata()
     with FileLock(Path(str(out) + ".lock"), f"{out}: another process is writing this table"):
@@ -525,8 +612,8 @@ def screen(items: Iterable[Item], model, out: Path, head: Optional[str] = None, 
 
         atomic_write_text(out.with_name(out.stem + ".meta.json"), dumps_json(meta))
         return _screen(items, model, out, errors_path, columns, model_sha, ionic, relax, runner,
-                       max_atoms, max_structures, progress, total, untrained=bool(untrained),
-                       max_memory=max_memory, relaxed_out=relaxed_out, summary_rows=summary_rows)
+                       max_atoms, max_structures, progress, total, untrained=bool(warnings),
+                       max_memory=max_memory, relaxed_out=relaxed_out, summary_rows=summary_rows, piezo=piezo)
 
 
 def _isolated(fn, items: List[Item], failures: List) -> List:
@@ -550,7 +637,7 @@ def _isolated(fn, items: List[Item], failures: List) -> List:
 def _screen(items, model, out, errors_path, columns, model_sha, ionic, relax, runner: Engine,
             max_atoms, max_structures, progress, total, untrained: bool = False,
             max_memory: Optional[float] = None, relaxed_out: Optional[Path] = None,
-            summary_rows: int = 30) -> Dict[str, Any]:
+            summary_rows: int = 30, piezo: bool = False) -> Dict[str, Any]:
     from mf_lightning.model.validity import join
 
     done = read_done_ids(out)
@@ -614,14 +701,13 @@ def _screen(items, model, out, errors_path, columns, model_sha, ionic, relax, ru
                     row["relaxed"] = converged[ident]
                     if not converged[ident]:
                         flags.append("relax_not_converged")
-                if ionic:
-                    try:
-                        ion = ionic_columns(runner.calc, atoms, max_memory=max_memory)
-                    except Exception as exc:  # noqa: BLE001
-                        failures.append((ident, exc))
-                        continue
-                    flags += ion.pop("flags")
-                    row.update(ion)
+                try:
+                    harmonic = harmonic_columns(runner, atoms, ionic, piezo, max_memory)
+                except Exception as exc:  # noqa: BLE001 - an error row, the others kept
+                    failures.append((ident, exc))
+                    continue
+                flags += [f for f in harmonic.pop("flags") if f not in flags]
+                row.update(harmonic)
                 if untrained:
                     flags.append("untrained")
                 row["flags"] = join(flags)

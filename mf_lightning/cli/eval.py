@@ -72,7 +72,9 @@ def _main(cfg: DictConfig):
                                   predictions=bool(cfg.predictions), plots=bool(cfg.plots),
                                   figure_format=str(cfg.get("figure_format", "png")),
                                   figure_dpi=float(cfg.get("figure_dpi", 300)),
-                                  allow_untrained=bool(cfg.get("allow_untrained", False)))
+                                  allow_untrained=bool(cfg.get("allow_untrained", False)),
+                                  piezo_key=str(cfg.get("piezo_key", "REF_piezoelectric")),
+                                  piezo_order=str(cfg.get("piezo_order", "vasp")))
     print(table(metrics))
     calibration = uncertainty_table(metrics)  # an ensemble: how well its sigma describes the errors
     if calibration:

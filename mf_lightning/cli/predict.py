@@ -32,6 +32,10 @@ def build_parser():
     parser.add_argument("--field", type=float, nargs=3, default=(0.0, 0.0, 0.0), metavar=("EX", "EY", "EZ"),
                         help="uniform field in V/A")
     parser.add_argument("--ionic", action="store_true", help="also eps_ion (model Hessian + Z*) and eps_0")
+    parser.add_argument("--piezo", action="store_true",
+                        help="also the proper clamped- and relaxed-ion piezoelectric stress tensors, C/m^2: columns "
+                             "e_clamped_{x,y,z}{1..6} and e_relaxed_..., Voigt 1..6 = xx yy zz yz xz xy (a head that "
+                             "learned Z* or P and energies and forces; with --ionic its Hessian is reused)")
     parser.add_argument("--relax", action="store_true",
                         help="relax ions first (ase: BFGS one by one; torchsim: batched FIRE); every column "
                              "then describes the relaxed structure")
@@ -42,9 +46,9 @@ def build_parser():
     parser.add_argument("--fmax", type=float, default=0.01, help="relaxation force threshold (eV/A)")
     parser.add_argument("--max-atoms", type=int, default=2000, help="atoms per batch")
     parser.add_argument("--max-memory", type=float, default=None, metavar="GIB",
-                        help="--ionic: memory budget of one Hessian in GiB (default: 1, or what one row per pass "
-                             "needs, up to half the available memory); its rows are computed in chunks that fit, a "
-                             "structure that cannot fit even one row at a time is an error row")
+                        help="--ionic/--piezo: memory budget of one Hessian in GiB (default: 1, or what one row per "
+                             "pass needs, up to half the available memory); its rows are computed in chunks that fit, "
+                             "a structure that cannot fit even one row at a time is an error row")
     parser.add_argument("--write-relaxed", default=None, metavar="FILE",
                         help="with --relax: also append the relaxed structures to this extxyz (id in each frame)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -69,7 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model = load_model_from(args)
     total = None if args.no_progress else count_structures(args.structures)
     counts = screen(iter_structures(args.structures), model, Path(args.out), head=args.head, field=args.field,
-                    ionic=args.ionic, relax=args.relax, fmax=args.fmax, relax_cell=args.relax_cell,
+                    ionic=args.ionic, piezo=args.piezo, relax=args.relax, fmax=args.fmax, relax_cell=args.relax_cell,
                     max_atoms=args.max_atoms, progress=not args.no_progress, engine=args.engine,
                     allow_untrained=args.allow_untrained, total=total,
                     max_memory=None if args.max_memory is None else args.max_memory * 2 ** 30,

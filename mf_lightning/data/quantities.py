@@ -102,7 +102,24 @@ def tasks() -> Tuple[str, ...]:
 
 
 # metrics derived from a label rather than labels themselves (evaluation only)
-DERIVED_METRIC_UNITS = {"n": "", "eps_ion_diag": "", "eps_ion_offdiag": ""}
+DERIVED_METRIC_UNITS = {"n": "", "eps_ion_diag": "", "eps_ion_offdiag": "", "piezo_relaxed": "C/m^2"}
+
+# The strain-component order of the columns of a file's 3 x 6 piezoelectric stress tensor (C/m^2,
+# rows the polarisation direction x y z; eval.py's ``piezo_order``). MP-Dielectric's
+# ``REF_piezoelectric`` (DFPT "total", relaxed-ion) is in VASP's OUTCAR order: read so, 209 of the
+# file's 211 tensors with a component above 0.02 C/m^2 are invariant (to 5 % of their largest
+# component) under their crystal's point group (spglib, symprec 1e-3 A); read in Voigt's order, 20.
+PIEZO_ORDERS = {"vasp": ("xx", "yy", "zz", "xy", "yz", "xz"),  # VASP's OUTCAR, Materials Project's files
+                "voigt": ("xx", "yy", "zz", "yz", "xz", "xy")}  # Voigt's: mf-predict's, pymatgen's Tensor.voigt
+
+
+def piezo_reference(values, order: str = "vasp") -> np.ndarray:
+    """A file's 18 numbers of a piezoelectric tensor (row-major 3 x 6, columns in ``order`` of
+    :data:`PIEZO_ORDERS`) as (3, 6) in Voigt order (xx yy zz yz xz xy)."""
+    if order not in PIEZO_ORDERS:
+        raise ValueError(f"unknown piezo_order {order!r}; choose from {', '.join(PIEZO_ORDERS)}")
+    e = np.asarray(values, dtype=float).reshape(3, 6)
+    return e[:, [PIEZO_ORDERS[order].index(c) for c in PIEZO_ORDERS["voigt"]]]
 
 
 def metric_units() -> Dict[str, str]:

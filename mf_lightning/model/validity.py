@@ -1,10 +1,12 @@
 """Physical validity flags: which predicted numbers a scientist must not act on, and why.
 
 Every tool that prints a response (``mf-predict`` with both engines, ``eval.py``'s predictions,
-:func:`mf_lightning.analysis.dielectric.dielectric_properties`) attaches the flags of
-:func:`response_flags` to each structure. A flag never changes a number silently: where a number
-cannot mean anything (eps_ion beside unstable modes, n of a non-positive eps_inf) it is reported
-as empty/NaN *and* flagged, never as 0. The flags (one string each, ``;``-separated in tables):
+``mf-phonons``, :func:`mf_lightning.analysis.dielectric.dielectric_properties`,
+:func:`mf_lightning.analysis.piezo.piezo_tensors`) attaches the flags of :func:`response_flags` to
+each structure. A flag never changes a number silently: where a number cannot mean anything
+(eps_ion or the relaxed-ion piezoelectric tensor beside unstable modes, n of a non-positive
+eps_inf) it is reported as empty/NaN *and* flagged, never as 0. The flags (one string each,
+``;``-separated in tables):
 
 ``eps_inf_below_1``
     an eigenvalue of eps_inf (its symmetric part) is below 1, i.e. alpha has a negative
@@ -26,16 +28,19 @@ as empty/NaN *and* flagged, never as 0. The flags (one string each, ``;``-separa
     +:data:`SIGN_TOL` for F, is flagged. Transition metals, p-block cations and mixed-valence
     elements are left out: their Z* can legitimately be anomalous.
 ``unstable_modes``
-    (``--ionic``) the model's Gamma-point Hessian has optic modes with omega^2 < 0: the structure
-    is not at a minimum of the model's F, so eps_ion and eps_0 are reported empty/NaN. Relax
-    first (``--relax``) or check the structure.
+    (``mf-predict --ionic`` / ``--piezo``, ``mf-phonons``) the model's Gamma-point Hessian has
+    optic modes with omega^2 < 0: the structure is not at a minimum of the model's F, so eps_ion,
+    eps_0 and the relaxed-ion piezoelectric tensor are reported empty/NaN (mf-phonons lists the
+    modes with negative wavenumbers). Relax first (``--relax``) or check the structure.
 ``soft_modes``
-    (``--ionic``) an optic mode softer than 5 cm^-1 (|omega^2| < 1e-4 eV/(A^2 amu)) carries
-    charge: its 1/omega^2 cannot be resolved, so eps_ion and eps_0 are empty/NaN (near a
-    ferroelectric instability eps_0 diverges; left out, it would be under-reported, even 0).
+    (``--ionic`` / ``--piezo``, ``mf-phonons``) an optic mode softer than 5 cm^-1 (|omega^2| <
+    1e-4 eV/(A^2 amu)) carries charge: its 1/omega^2 cannot be resolved, so eps_ion, eps_0 and
+    the relaxed-ion piezoelectric tensor are empty/NaN (near a ferroelectric instability eps_0
+    diverges; left out, it would be under-reported, even 0).
 ``not_at_minimum``
-    (``--ionic``) the largest force on an atom exceeds :data:`MINIMUM_FORCE_TOL` (eV/A): eps_ion
-    is the harmonic response of a minimum of F, and this structure is not at one of the model's
+    (``--ionic`` / ``--piezo``, ``mf-phonons``) the largest force on an atom exceeds
+    :data:`MINIMUM_FORCE_TOL` (eV/A): eps_ion, the modes and the relaxed-ion piezoelectric tensor
+    are the harmonic response of a minimum of F, and this structure is not at one of the model's
     (a DFT-relaxed structure is usually close enough; otherwise ``--relax`` first). The numbers
     are reported, flagged.
 ``relax_not_converged``

@@ -419,6 +419,10 @@ def check_eval_config(cfg: DictConfig) -> None:
         choice(p, "split", cfg.split, EVAL_SPLITS, "split")
     if "ionic_max_atoms" in cfg:
         positive_int(p, "ionic_max_atoms", _plain(cfg.ionic_max_atoms))
+    if "piezo_order" in cfg:
+        from mf_lightning.data.quantities import PIEZO_ORDERS
+
+        choice(p, "piezo_order", cfg.piezo_order, list(PIEZO_ORDERS), "strain order")
     if isinstance(cfg.get("data"), DictConfig):
         check_data(p, cfg.data, skip)
     check_figures(p, cfg)

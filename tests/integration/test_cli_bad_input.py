@@ -72,7 +72,7 @@ def case(tmp_path_factory):
 
 def tools(root, path, model):
     """(prog, main, argv, batch) for every module CLI, run on ``path`` with ``model``."""
-    from mf_lightning.cli import audit, distill, hysteresis, matbench, md, paths, predict, spectra, table
+    from mf_lightning.cli import audit, distill, hysteresis, matbench, md, paths, phonons, predict, spectra, table
 
     out = root / "out"
     return [
@@ -88,6 +88,7 @@ def tools(root, path, model):
         ("matbench", matbench.main, ["--file", str(path), "--model", str(model), "--out", str(out / "m"),
                                      "--no-progress"], False),
         ("table", table.main, [str(path)], False),
+        ("phonons", phonons.main, [str(path), "--model", str(model), "--out", str(out / "ph")], False),
     ]
 
 

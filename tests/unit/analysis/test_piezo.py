@@ -6,7 +6,11 @@
 * the proper tensor does not depend on the cell's origin or on where atoms are wrapped;
 * relaxed-ion: the finite difference of P after relaxing the ions in strained cells (shipped
   quartz model), NaN and flagged beside unstable modes;
-* refused on a head that never learned the field response (or, relaxed, the forces).
+* refused on a head that never learned the field response (or, relaxed, the forces);
+* ``mf-predict --piezo``: both engines write the API's tensors in 36 columns with their units,
+  the --ionic Hessian is reused, NaN is empty and flagged, a head without forces is refused, an
+  ensemble gives its mean F's tensors and the members' spread;
+* ``eval.py ionic=true`` scores the relaxed-ion tensor against ``REF_piezoelectric`` (VASP's order).
 """
 
 from __future__ import annotations
@@ -205,3 +209,188 @@ def test_a_head_that_never_learned_the_field_response_is_refused(quartz):
     assert piezo_tensors(model, quartz, relaxed=False)["warnings"] == []
     with pytest.raises(UntrainedQuantityError, match="energy, forces"):  # ... but not the relaxed one
         piezo_tensors(model, quartz, relaxed=True)
+
+
+# ---------------------------------------------------------------------- mf-predict --piezo and eval.py
+def rows_of(path):
+    import csv
+
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def e_columns(row, kind):
+    """A table row's ``e_<kind>_*`` columns as (3, 6), NaN where empty."""
+    return np.array([[float(row[f"e_{kind}_{i}{a}"] or "nan") for a in range(1, 7)] for i in "xyz"])
+
+
+@pytest.fixture(scope="module")
+def predict_case(tmp_path_factory, quartz):
+    from mf_lightning.model.io import save_model
+
+    root = tmp_path_factory.mktemp("predict_piezo")
+    model = tiny_model([8, 14])
+    save_model(model, root / "m.pt")
+    rattled = quartz.copy()
+    rattled.rattle(0.02, seed=3)
+    import ase.io
+
+    ase.io.write(root / "two.xyz", [quartz, rattled], format="extxyz")
+    return root, model, [quartz, rattled]
+
+
+@pytest.mark.parametrize("engine", ["ase", "torchsim"])
+def test_predict_piezo_columns_units_and_engines(predict_case, tmp_path, engine):
+    """Both engines write the API's tensors (C/m^2, Voigt xx yy zz yz xz xy) in 36 columns with
+    their units in meta.json; with --ionic the Hessian is shared and the numbers are the same."""
+    import json
+
+    from mf_lightning.cli.predict import main as predict
+
+    if engine == "torchsim":
+        pytest.importorskip("torch_sim")
+    root, model, frames = predict_case
+    out = tmp_path / "t.csv"
+    base = [str(root / "two.xyz"), "--model", str(root / "m.pt"), "--no-progress", "--engine", engine, "--piezo"]
+    assert predict(base + ["--out", str(out)]) == 0
+    rows = rows_of(out)
+    meta = json.loads(out.with_name("t.meta.json").read_text())
+    assert set(meta["columns"]) == set(rows[0]) and meta["options"]["piezo"] is True
+    piezo_columns = [c for c in rows[0] if c.startswith("e_")]
+    assert len(piezo_columns) == 36 and piezo_columns[0] == "e_clamped_x1" and piezo_columns[-1] == "e_relaxed_z6"
+    assert all(meta["columns"][c]["unit"] == "C/m^2" for c in piezo_columns)
+    assert "yz" in meta["columns"]["e_relaxed_x4"]["meaning"]
+    for row, atoms in zip(rows, frames):
+        ref = piezo_tensors(model, atoms)
+        for kind in ("clamped", "relaxed"):
+            scale = np.abs(ref[f"e_{kind}_voigt"]).max()
+            np.testing.assert_allclose(e_columns(row, kind), ref[f"e_{kind}_voigt"], rtol=1e-5, atol=1e-6 * scale)
+        assert ("not_at_minimum" in row["flags"]) == (ref["max_force"] > 0.05)
+    both = tmp_path / "both.csv"
+    assert predict(base + ["--ionic", "--out", str(both)]) == 0
+    for row, again in zip(rows, rows_of(both)):
+        assert again["eps_ion"] and all(again[c] == row[c] for c in piezo_columns)
+        assert again["flags"] == row["flags"]  # each flag once
+
+
+def test_predict_piezo_on_unstable_modes_is_empty_and_flagged(predict_case, quartz, tmp_path):
+    import ase.io
+
+    from mf_lightning.cli.predict import main as predict
+
+    root, _, _ = predict_case
+    ase.io.write(tmp_path / "squeezed.cif", strained(quartz, -0.12 * np.eye(3)))
+    out = tmp_path / "t.csv"
+    assert predict([str(tmp_path / "squeezed.cif"), "--model", str(root / "m.pt"), "--out", str(out),
+                    "--no-progress", "--piezo"]) == 0
+    row = rows_of(out)[0]
+    assert np.isnan(e_columns(row, "relaxed")).all() and np.isfinite(e_columns(row, "clamped")).all()
+    assert "unstable_modes" in row["flags"].split(";")
+
+
+def test_predict_piezo_refuses_a_head_without_forces_before_writing(quartz, tmp_path, capsys):
+    import ase.io
+
+    from mf_lightning.cli.predict import main as predict
+    from mf_lightning.errors import EXIT_INPUT, EXIT_OK
+    from mf_lightning.model.io import save_model
+
+    model = tiny_model([8, 14])
+    model.head_quantities = {model.heads[0]: ["becs", "polarisability"]}  # the response, no forces
+    save_model(model, tmp_path / "response_only.pt")
+    ase.io.write(tmp_path / "q.cif", quartz)
+    out = tmp_path / "t.csv"
+    base = [str(tmp_path / "q.cif"), "--model", str(tmp_path / "response_only.pt"), "--no-progress", "--piezo"]
+    assert predict(base + ["--out", str(out)]) == EXIT_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "relaxed-ion piezoelectric tensor" in err[0] and "never learned" in err[0]
+    assert "--allow-untrained" in err[0] and not out.exists()
+    assert predict(base + ["--out", str(out), "--allow-untrained"]) == EXIT_OK
+    assert "untrained" in rows_of(out)[0]["flags"].split(";")
+    import json
+
+    warnings = json.loads(out.with_name("t.meta.json").read_text())["warnings"]
+    assert any("piezoelectric" in w and "forces" in w for w in warnings)
+
+
+def test_predict_piezo_of_an_ensemble_gives_the_mean_F_tensor_and_the_members_spread(quartz, tmp_path):
+    """The tensors of the mean F (clamped: the members' mean, it is linear in F; relaxed: through
+    the ensemble's own forward and Hessian) and ``_std``, the spread of the members' own tensors,
+    empty where a member's relaxed tensor does not exist (never a partial spread)."""
+    import ase.io
+
+    from mf_lightning.analysis.dielectric import model_hessian
+    from mf_lightning.analysis.piezo import piezo_from_derivatives
+    from mf_lightning.cli.predict import main as predict
+    from mf_lightning.model.ensemble import FieldMACEEnsemble
+    from mf_lightning.model.io import save_model
+
+    perturbed = tiny_model([8, 14])  # a second member near the first: both stable at quartz
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for w in perturbed.parameters():
+            w.mul_(1 + 0.03 * torch.randn(w.shape, generator=g, dtype=w.dtype))
+    unstable = tiny_model([8, 14], seed=1)  # has unstable modes at quartz
+    ensembles = {"near": FieldMACEEnsemble([tiny_model([8, 14]), perturbed]),
+                 "unstable": FieldMACEEnsemble([tiny_model([8, 14]), unstable])}
+    ase.io.write(tmp_path / "q.cif", quartz)
+    rows = {}
+    for name, ensemble in ensembles.items():
+        save_model(ensemble, tmp_path / f"{name}.pt")
+        out = tmp_path / f"{name}.csv"
+        assert predict([str(tmp_path / "q.cif"), "--model", str(tmp_path / f"{name}.pt"), "--out", str(out),
+                        "--no-progress", "--piezo"]) == 0
+        rows[name] = rows_of(out)[0]
+        header = list(rows[name])
+        assert header[header.index("e_relaxed_x1") + 1] == "e_relaxed_x1_std"
+        assert np.isfinite(e_columns(rows[name], "relaxed")).all()  # the mean F is stable at quartz
+    own = [piezo_tensors(m, quartz) for m in ensembles["near"].members]
+    clamped = np.mean([p["e_clamped_voigt"] for p in own], axis=0)
+    np.testing.assert_allclose(e_columns(rows["near"], "clamped"), clamped, rtol=1e-5, atol=1e-6 * np.abs(clamped).max())
+    ensemble = ensembles["near"]
+    mean_f = piezo_from_derivatives(enthalpy_derivatives(ensemble, quartz), model_hessian(ensemble, quartz),
+                                    quartz.get_masses())["e_relaxed_voigt"]
+    np.testing.assert_allclose(e_columns(rows["near"], "relaxed"), mean_f, rtol=1e-5, atol=1e-6 * np.abs(mean_f).max())
+    spread = np.std([p["e_relaxed_voigt"] for p in own], axis=0, ddof=1)
+    got = np.array([[float(rows["near"][f"e_relaxed_{i}{a}_std"]) for a in range(1, 7)] for i in "xyz"])
+    np.testing.assert_allclose(got, spread, rtol=1e-5, atol=1e-6 * spread.max())
+    assert all(rows["unstable"][f"e_relaxed_{i}{a}_std"] == "" for i in "xyz" for a in range(1, 7))
+    assert rows["unstable"]["e_clamped_x1_std"] != ""
+
+
+def test_eval_compares_the_relaxed_ion_tensor_with_REF_piezoelectric_in_vasps_order(quartz, tmp_path, monkeypatch):
+    """``ionic=true`` on a file with ``REF_piezoelectric`` (VASP's strain order, as MP-Dielectric's):
+    RMSE and MAE of e_relaxed in C/m^2 by hand; a structure with unstable modes is counted as
+    invalid, not averaged in."""
+    import ase.io
+
+    from mf_lightning.analysis.evaluate import evaluate_datamodule
+    from mf_lightning.cli.ensemble import calibration_data
+    from mf_lightning.data.quantities import PIEZO_ORDERS, piezo_reference
+
+    monkeypatch.setenv("MF_CACHE_DIR", str(tmp_path / "cache"))
+    model = tiny_model([8, 14])
+    teacher = MACEFieldCalculator(tiny_model([8, 14], seed=7))
+    offset = 0.01 * np.arange(18.0).reshape(3, 6)
+    vasp = [PIEZO_ORDERS["voigt"].index(c) for c in PIEZO_ORDERS["vasp"]]
+    frames, predicted = [], []
+    for atoms in (quartz, strained(quartz, -0.12 * np.eye(3))):  # the second: unstable modes
+        a = atoms.copy()
+        a.arrays["REF_becs"] = teacher.get_becs(atoms).reshape(len(a), 9)
+        e = piezo_tensors(model, atoms)["e_relaxed_voigt"]
+        predicted.append(e)
+        ref = np.nan_to_num(e) + offset  # Voigt order ...
+        a.info["REF_piezoelectric"] = ref[:, vasp].ravel()  # ... written in VASP's
+        np.testing.assert_allclose(piezo_reference(a.info["REF_piezoelectric"], "vasp"), ref)
+        frames.append(a)
+    assert np.isfinite(predicted[0]).all() and np.isnan(predicted[1]).all()
+    ase.io.write(tmp_path / "labelled.xyz", frames, format="extxyz")
+    dm, split = calibration_data(str(tmp_path / "labelled.xyz"), model)
+    metrics = evaluate_datamodule(model, dm, split, tmp_path / "eval", plots=False, ionic=True)
+    data = metrics["datasets"]["labelled"]
+    assert data["ionic"]["piezo_evaluated"] == 2 and data["ionic"]["evaluated"] == 0
+    q = data["quantities"]["piezo_relaxed"]
+    assert q["unit"] == "C/m^2" and q["n_invalid"] == 1 and q["n_structures"] == 1
+    assert q["all"]["rmse"] == pytest.approx(np.sqrt(np.mean(offset ** 2)), rel=1e-5)
+    assert q["all"]["mae"] == pytest.approx(np.mean(offset), rel=1e-5)
+    assert "eps_ion_diag" not in data["quantities"]

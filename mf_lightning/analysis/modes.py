@@ -86,6 +86,8 @@ def irrep_labels(atoms, hessian: np.ndarray, wavenumbers_cm: np.ndarray, symprec
     to ours (frequencies within ``tolerance_cm``)."""
     wavenumbers_cm = np.asarray(wavenumbers_cm, dtype=float)
     empty = [""] * len(wavenumbers_cm)
+    if not len(wavenumbers_cm):  # one atom per cell: no optical mode to label
+        return empty
     try:
         from phonopy import Phonopy
         from phonopy.structure.atoms import PhonopyAtoms

@@ -88,7 +88,10 @@ COLUMN_UNITS.update({
     "polarisability_std": ("e/(V*A)", _SIGMA + "each component of alpha, 3x3 JSON"),
     "becs_std": ("e", _SIGMA + "each component of Z*, as becs"),
     "polarisation": ("e/A^2", "P, 3 values JSON, defined modulo the polarisation quantum (the members' P on one "
-                              "branch, the first member's); x 1602.18 = uC/cm^2"),
+                              "branch, the first member's); x 1602.18 = uC/cm^2. A model with "
+                              "per-element Born charges (cross-chemistry presets) adds (1/Omega) sum q'r, which "
+                              "moves by q a / Omega, not a quantum, if the file wraps an atom differently: compare "
+                              "P between structures only as written by one tool"),
     "polarisation_std": ("e/A^2", _SIGMA + "each component of P"),
     "eps_0_std": ("1", _SIGMA + "each component of eps_0 from each member's Hessian and Z*, uncalibrated; empty "
                        "where a member has unstable modes"),

@@ -35,8 +35,9 @@ def build_parser():
                         help="calibrate on a data config of conf/data (e.g. mp_dielectric) or a labelled extxyz file")
     parser.add_argument("--split", default="auto", choices=SPLITS,
                         help="--calibrate: the split; auto: val of a data config, every structure of a file")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="--calibrate: the split seed of a data config (the members' data.seed)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="--calibrate: the split seed of a data config (default: the members' data.seed, read from "
+                             "their run folders' .hydra/config.yaml; 0 where none is recorded)")
     parser.add_argument("--override", action="append", default=None, metavar="KEY=VALUE",
                         help="--calibrate: a key of eval.py's config, e.g. data.test_file=held.xyz (repeatable)")
     parser.add_argument("--percentile", type=float, default=95.0,
@@ -45,6 +46,31 @@ def build_parser():
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--batch-size", type=int, default=8, help="--calibrate: structures per forward pass")
     return parser
+
+
+def members_split_seed(members) -> int:
+    """The data split seed the members trained on (``data.seed`` of their runs' resolved configs,
+    searched below each given folder); 0 where no run records one. Members of different split
+    seeds are refused: no validation split is free of all their training structures."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from mf_lightning.errors import InputError
+
+    seeds = set()
+    for member in members:
+        root = Path(member)
+        configs = root.rglob(".hydra/config.yaml") if root.is_dir() else ()
+        for config in configs:
+            cfg = OmegaConf.load(config)  # data.seed is an interpolation of seed unless fixed
+            keys = ["data.seed"] + [f"data.sources.{k}.seed" for k in (OmegaConf.select(cfg, "data.sources") or {})]
+            values = [OmegaConf.select(cfg, k, default=None, throw_on_resolution_failure=False) for k in keys]
+            seeds |= {int(v) for v in values if isinstance(v, int)}
+    if len(seeds) > 1:
+        raise InputError(f"the members were trained on different data splits (data.seed {sorted(seeds)}): "
+                         "give --seed to choose the calibration split")
+    return seeds.pop() if seeds else 0
 
 
 def description() -> str:
@@ -101,6 +127,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mf_lightning.model.ensemble import combine, save_ensemble
 
     ensemble = combine(args.members, device=args.device)
+    if args.calibrate and args.seed is None:
+        args.seed = members_split_seed(args.members)
     if args.calibrate:
         from mf_lightning.analysis.uncertainty import calibrate, calibration_table
 
@@ -112,6 +140,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"calibrated on {args.calibrate} ({split} split, {sum(calibration['structures_used'].values())} "
               f"structures, {calibration['structures_left_out']} left out as a member's training data); units: "
               "high_uncertainty thresholds in eV/atom, eV/A, eV/A^3, e/A^2, e, e/(V*A)")
+    else:
+        print(f"{PROG}: not calibrated (no --calibrate): its sigma is the members' raw spread and it never raises "
+              "high_uncertainty; calibrate it on labelled data none of the members trained on")
     save_ensemble(ensemble, out)
     print(f"wrote {out}: an ensemble of {ensemble.n_members} members; sigma {ensemble.describe_sigma()}")
     return 0

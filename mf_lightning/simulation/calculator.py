@@ -68,6 +68,9 @@ class MACEFieldCalculator(Calculator):
         output metadata."""
         super().__init__(**kwargs)
         if isinstance(model, torch.nn.Module):  # a FieldMACE or an ensemble of them
+            if not hasattr(model, "resolve_head"):
+                raise TypeError(f"MACEFieldCalculator takes a FieldMACE, an ensemble of them or a model file, not a "
+                                f"{type(model).__name__}: upgrade a mace model with FieldMACE.from_mace first")
             device = device or str(next(model.parameters()).device)
             self.torch_dtype = resolve_dtype(dtype) if dtype is not None else model.dtype
             self.model = model.to(device=device, dtype=self.torch_dtype).eval()

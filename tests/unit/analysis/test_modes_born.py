@@ -234,3 +234,12 @@ def test_mf_phonons_bad_input_is_one_line_exit_2(bad, model_file, quartz_file, t
     assert code == EXIT_INPUT and len(err) == 1 and err[0].startswith("mf-phonons: error: "), (code, err)
     assert "Traceback" not in err[0]
 
+
+
+def test_a_one_atom_cell_has_no_optical_mode_to_label():
+    """An elemental primitive cell (Cu) has only acoustic modes: no labels, no phonopy call on nothing."""
+    from ase.build import bulk
+
+    from mf_lightning.analysis.modes import irrep_labels
+
+    assert irrep_labels(bulk("Cu", "fcc", a=3.6), np.zeros((3, 3)), np.zeros(0)) == []

@@ -56,10 +56,11 @@ def distorted():
 
 @pytest.fixture(scope="module")
 def charged_model():
-    """A random model with fitted-style per-element charges (O -1, Si +2): P's branch then
-    depends on where atoms are wrapped, as for the shipped MD-trained models that have them."""
+    """A random model with fractional per-element charges (O -1.3, Si +2.6): its absolute P then
+    moves by a non-quantum q a / Omega when an atom is re-wrapped (model.field_mace.charge_enthalpy),
+    which the proper piezoelectric tensor must not see."""
     model = tiny_model([8, 14])
-    model.atomic_charges = torch.tensor([-1.0, 2.0], dtype=model.atomic_charges.dtype)
+    model.atomic_charges = torch.tensor([-1.3, 2.6], dtype=model.atomic_charges.dtype)
     return model
 
 

@@ -3,9 +3,10 @@ ensemble=N``): the numbers are :mod:`mf_lightning.model.uncertainty`'s.
 
 A deep ensemble's raw spread is usually too small. :func:`calibrate` fits, for each metric
 quantity (energy, forces, stress, P, and Z* and alpha each diagonal and off-diagonal: their
-errors and spreads differ by orders of magnitude), one scalar ``s = sqrt(mean((error /
-sigma_raw)^2))`` over every labelled value of the calibration split, so that error / (s
-sigma_raw) has unit RMS there; values as the metrics measure them (energy per atom, P folded onto
+errors and spreads differ by orders of magnitude), one scalar ``s``, the 68.27 % quantile of
+|error| / sigma_raw over every labelled value of the calibration split, so that 68.27 % of its
+errors lie within one calibrated sigma as for a Gaussian (a quantile, because an RMS is set by a
+few values of tiny spread: :func:`~mf_lightning.model.uncertainty.calibration_factor`); values as the metrics measure them (energy per atom, P folded onto
 the reference's branch; :func:`mf_lightning.analysis.evaluate.collect_predictions`). Structures
 that any member trained on (its run folder's ``splits/``) are left out. The ``high_uncertainty``
 threshold of each output is the :data:`~mf_lightning.model.uncertainty.PERCENTILE` th percentile

@@ -8,7 +8,7 @@ calibrate its spread.
 Members are run folders (their model.pt; the ids of their training structures from splits/),
 sweep or ensemble-run folders (every run below), model files, or ensemble files (their members).
 They must share the element table, dtype, heads and cutoff. --calibrate fits one factor per
-quantity so that error/sigma has unit RMS on the data (read as eval.py reads it; structures any
+quantity so that 68.27 % of the errors lie within one sigma on the data (read as eval.py reads it; structures any
 member trained on are left out) and the high_uncertainty threshold (the --percentile of the
 calibrated per-structure sigma), and stores both in the file (mf_lightning.analysis.uncertainty).
 """

@@ -225,7 +225,7 @@ class FieldMACEEnsemble(torch.nn.Module):
         if self.calibrated:
             c = self.calibration
             return (f"calibrated: std over {self.n_members} members (ddof=1) x a factor per quantity fitted on "
-                    f"{c.get('data')} ({c.get('split')} split) so that error/sigma has unit RMS")
+                    f"{c.get('data')} ({c.get('split')} split) so that 68.27 % of its errors lie within one sigma")
         return (f"raw: std over {self.n_members} members (ddof=1), not calibrated (a deep ensemble's raw "
                 "spread is usually too small: mf-ensemble --calibrate)")
 

@@ -6,7 +6,8 @@ quantity (energy, forces, stress, P, and Z* and alpha each diagonal and off-diag
 errors and spreads differ by orders of magnitude), one scalar ``s``, the 68.27 % quantile of
 |error| / sigma_raw over every labelled value of the calibration split, so that 68.27 % of its
 errors lie within one calibrated sigma as for a Gaussian (a quantile, because an RMS is set by a
-few values of tiny spread: :func:`~mf_lightning.model.uncertainty.calibration_factor`); values as the metrics measure them (energy per atom, P folded onto
+few values of tiny spread: :func:`~mf_lightning.model.uncertainty.calibration_factor`); values
+as the metrics measure them (energy per atom, P folded onto
 the reference's branch; :func:`mf_lightning.analysis.evaluate.collect_predictions`). Structures
 that any member trained on (its run folder's ``splits/``) are left out. The ``high_uncertainty``
 threshold of each output is the :data:`~mf_lightning.model.uncertainty.PERCENTILE` th percentile

@@ -9,7 +9,8 @@
 * **coverage** (:func:`coverage`, in ``eval.py``'s metrics and table, and before/after in the
   calibration record): the fractions of errors within 1 and 2 sigma (68 % and 95 % for a
   calibrated Gaussian), the Spearman correlation of |error| with sigma (does a larger sigma mean
-  a larger error?) and RMS(error/sigma) (about 1 for Gaussian errors; larger where the tails are heavy). Values whose sigma is below
+  a larger error?) and RMS(error/sigma) (about 1 for Gaussian errors; larger where the tails are
+  heavy). Values whose sigma is below
   :data:`SIGMA_FLOOR` of the quantity's RMS sigma are fixed by symmetry in every member (an
   off-diagonal Z* of a symmetric site): left out of the calibration and the coverage, counted as
   ``n_fixed``.

@@ -6,7 +6,8 @@
 Each run directory is a train.py output (``metrics.csv`` or ``csv/**/metrics.csv``); the x axis
 is ``time/elapsed_s`` (logged at every validation), one panel per validated quantity, log scale.
 ``--baselines``: the JSON of ``mf-baselines --out`` (validation
-split): the zero and per-element-mean predictors are drawn as horizontal lines. Also writes
+split): the zero, per-element-mean and per-element (fitted charges, additive alpha: what an
+untrained model starts from) predictors are drawn as horizontal lines. Also writes
 the curve as a CSV beside the PNG.
 """
 
@@ -61,7 +62,7 @@ def main(argv=None):
             pts = [(p["minutes"], p[q]) for p in curve if q in p]
             if pts:
                 ax.plot(*zip(*pts), marker=".", label=label)
-        for kind, style in (("zero", ":"), ("mean", "--")):
+        for kind, style in (("zero", ":"), ("mean", "--"), ("per_element", "-.")):
             value = baselines.get(f"{q}_rmse", {}).get(kind)
             if value:
                 ax.axhline(value, color="grey", ls=style, lw=0.8, label=f"{kind} predictor")

@@ -381,3 +381,15 @@ def test_md_refuses_partial_occupancies(tmp_path):
     (tmp_path / "v.cif").write_text(PARTIAL_CIF.format(si="1.0", o="0.9"))
     with pytest.raises(InputError, match="partial occupancies"):
         load_structure(str(tmp_path / "v.cif"))
+
+
+@pytest.mark.parametrize("name,learned", [("mp_dielectric_cpu_ensemble", {"becs", "polarisability"}),
+                                          ("ferroelectric_cpu_ensemble", {"polarisation"})])
+def test_shipped_ensembles_are_calibrated_and_start_from_the_per_element_baseline(name, learned):
+    """The cross-chemistry ensembles (issue 28): three members on one split, a calibration
+    fitted on the validation split and stored, and (Z*/alpha model) per-element Born charges."""
+    model = load_model(REPO / "experiments" / "models" / f"{name}.pt")
+    assert len(model.members) == 3 and model.learned_quantities() == learned and model.calibrated
+    assert model.calibration["split"] == "val" and all(s > 1.0 for s in model.calibration["scale"].values())
+    has_charges = [bool((m.atomic_charges != 0).any()) for m in model.members]
+    assert has_charges == [name.startswith("mp_dielectric")] * 3  # never where absolute P is labelled

@@ -260,6 +260,16 @@ def calculator_from(args: argparse.Namespace):
                                allow_untrained=getattr(args, "allow_untrained", False))
 
 
+def finish(warnings: Sequence[str], paths) -> int:
+    """A tool's last lines: each warning on stderr, then the files it wrote; exit code 0."""
+    import sys
+
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print("written:", ", ".join(str(p) for p in (paths.values() if hasattr(paths, "values") else paths)))
+    return 0
+
+
 def writable_output(path, folder: bool = False, option: str = "--out") -> Path:
     """Refuse, before any work, an output that cannot be written: a file where a folder is
     expected (``folder``) or a folder where a file is, or a location where nothing can be

@@ -100,10 +100,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for i, row in enumerate(result["piezo"][name + "_voigt"]):
                 print(f"  {'xyz'[i]}: " + " ".join(f"{v:8.4f}" if math.isfinite(v) else "       -" for v in row))
     print("flags:", ";".join(result["flags"]) or "-")
-    for w in result["warnings"]:
-        print(f"warning: {w}", file=sys.stderr)
-    print("written:", ", ".join(str(p) for p in paths.values()))
-    return 0
+    return common.finish(result["warnings"], paths)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from mf_lightning.cli._common import cli_main, doc_summary, module_constant, writable_output
+from mf_lightning.cli._common import cli_main, doc_summary, finish, module_constant, writable_output
 from mf_lightning.cli._common import parser as cli_parser
 
 PROG = "mf-spectra"
@@ -56,10 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "eps_inf": result["eps_inf_par_perp"], "eps_0": result["eps_0_par_perp"],
                       "field": result.get("field_protocol", {}).get("label"),
                       "length": describe_length(result["duration_fs"]), "samples": result["n_samples"]}, indent=1))
-    for w in result["warnings"]:
-        print(f"warning: {w}", file=sys.stderr)
-    print("written:", ", ".join(str(p) for p in paths.values()))
-    return 0
+    return finish(result["warnings"], paths)
 
 
 if __name__ == "__main__":

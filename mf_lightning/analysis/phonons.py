@@ -12,7 +12,9 @@ alpha, the strain derivatives and d alpha / dR) and one Hessian (memory-bounded,
   (:mod:`~mf_lightning.analysis.modes`); ``modes.<format>``: the IR and Raman sticks broadened by
   Gaussians;
 * ``piezo.json`` / ``piezo.csv`` (``--piezo``): clamped- and relaxed-ion piezoelectric stress
-  tensors in C/m^2, full and Voigt (:mod:`~mf_lightning.analysis.piezo`);
+  tensors in C/m^2, full and Voigt (:mod:`~mf_lightning.analysis.piezo`); an ensemble adds the
+  members' spread of their own tensors (``e_*_voigt_std``, rows ``clamped_std``/``relaxed_std``;
+  uncalibrated, as ``mf-predict --piezo``'s);
 * ``BORN`` in the ``--born`` folder: eps_inf and the symmetry-independent Z* in phonopy's format
   (:mod:`~mf_lightning.analysis.born`);
 * ``summary.json``: eps_inf, eps_ion, eps_0, the strongest IR and Raman modes, the piezoelectric
@@ -97,7 +99,13 @@ def analyse(calc, atoms, relax: bool = False, relax_cell: bool = False, fmax: fl
                max_force=float(np.abs(d["forces"]).max()) if len(atoms) else 0.0, volume=d["volume"],
                unstable_modes_cm=modes["unstable_modes_cm"], soft_polar_modes_cm=modes["soft_polar_modes_cm"],
                atoms=atoms, warnings=warnings, field_V_per_A=field, symprec=symprec)
-    if piezo:
+    if piezo and len(getattr(calc.model, "members", None) or []) > 1:
+        # an ensemble: the same mean-F tensors, and the members' spread of their own (N more Hessians)
+        from mf_lightning.analysis.piezo import piezo_of
+
+        out["piezo"] = piezo_of(calc.model, atoms, field=field, head=calc.head, dtype=calc.torch_dtype,
+                                max_memory=max_memory, allow_untrained=calc.allow_untrained)
+    elif piezo:
         out["piezo"] = piezo_from_derivatives(d, H, masses)
     out["flags"] = response_flags(atoms.get_atomic_numbers(), becs=d["becs"], polarisability=d["polarisability"],
                                   training_elements=getattr(calc.model, "training_elements", None),
@@ -116,9 +124,10 @@ def _piezo_csv(piezo: Dict[str, Any], path: Path) -> Path:
     with atomic_open(path, "w") as fh:
         w = csv.writer(fh)
         w.writerow(["tensor", "i"] + [f"e_{v}_C_per_m2" for v in VOIGT_LABELS])
-        for name in ("e_clamped", "e_relaxed", "e_ion", "e_clamped_improper"):
-            if name + "_voigt" in piezo:
-                for i, row in enumerate(piezo[name + "_voigt"]):
+        for name in ("e_clamped", "e_relaxed", "e_ion", "e_clamped_improper", "e_clamped_std", "e_relaxed_std"):
+            key = name.replace("_std", "_voigt_std") if name.endswith("_std") else name + "_voigt"
+            if key in piezo:  # _std: an ensemble's spread over its members' own tensors (uncalibrated)
+                for i, row in enumerate(piezo[key]):
                     w.writerow([name[2:], "xyz"[i]] + ["" if not np.isfinite(v) else f"{v:.6g}" for v in row])
     return path
 

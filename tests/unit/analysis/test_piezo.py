@@ -395,3 +395,25 @@ def test_eval_compares_the_relaxed_ion_tensor_with_REF_piezoelectric_in_vasps_or
     assert q["all"]["rmse"] == pytest.approx(np.sqrt(np.mean(offset ** 2)), rel=1e-5)
     assert q["all"]["mae"] == pytest.approx(np.mean(offset), rel=1e-5)
     assert "eps_ion_diag" not in data["quantities"]
+
+
+def test_mf_phonons_of_an_ensemble_writes_the_mean_F_tensor_and_the_members_spread(quartz):
+    """mf-phonons' analyse on an ensemble: the tensors of the mean F (those of its own derivatives
+    and Hessian) and, as mf-predict --piezo gives them, the spread of the members' own tensors."""
+    from mf_lightning.analysis.phonons import analyse
+    from mf_lightning.model.ensemble import FieldMACEEnsemble
+    from mf_lightning.simulation.calculator import MACEFieldCalculator
+
+    perturbed = tiny_model([8, 14])
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for w in perturbed.parameters():
+            w.mul_(1 + 0.03 * torch.randn(w.shape, generator=g, dtype=w.dtype))
+    ensemble = FieldMACEEnsemble([tiny_model([8, 14]), perturbed])
+    result = analyse(MACEFieldCalculator(ensemble), quartz, piezo=True, raman=False)
+    own = [piezo_tensors(m, quartz) for m in ensemble.members]
+    for key in ("e_clamped_voigt", "e_relaxed_voigt"):
+        np.testing.assert_allclose(result["piezo"][key + "_std"], np.std([p[key] for p in own], axis=0, ddof=1),
+                                   rtol=1e-6, atol=1e-12)
+    single = analyse(MACEFieldCalculator(ensemble.members[0]), quartz, piezo=True, raman=False)
+    assert "e_relaxed_voigt_std" not in single["piezo"]

@@ -83,6 +83,12 @@ def _is_run_control(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in RUN_CONTROL_KEYS)
 
 
+# Config keys added after runs were written, with the value that reproduces those runs: a run
+# folder from before the key resumes with that value (e.g. ``model.atomic_charges=false``) and is
+# refused, naming the key, with any other (the default ``auto`` would add a term its checkpoint lacks)
+ADDED_KEYS = {"model.atomic_charges": False}
+
+
 def config_differences(saved: DictConfig, current: DictConfig) -> List[str]:
     """Dotted keys where two run configs differ (unresolved, as ``.hydra/config.yaml`` holds
     them), except :data:`RUN_CONTROL_KEYS`."""
@@ -90,6 +96,8 @@ def config_differences(saved: DictConfig, current: DictConfig) -> List[str]:
         return _flat(OmegaConf.to_container(OmegaConf.create(OmegaConf.to_yaml(cfg)), resolve=False))
 
     a, b = flat(saved), flat(current)
+    for key, before in ADDED_KEYS.items():  # a run written before the key existed behaved as this value
+        a.setdefault(key, before)
     return sorted(k for k in set(a) | set(b) if not _is_run_control(k) and a.get(k, _ABSENT) != b.get(k, _ABSENT))
 
 

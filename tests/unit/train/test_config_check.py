@@ -9,7 +9,7 @@ import json
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from mf_lightning.errors import InputError
 from mf_lightning.train.config_check import (
@@ -255,6 +255,16 @@ def test_saved_configs_compare_through_yaml(tmp_path):
     assert config_differences(OmegaConf.load(tmp_path / "config.yaml"), cfg) == []
     assert config_differences(cfg, composed("experiment=quickstart", "module.lr=0.002", "debug=true",
                                             "trainer.max_time=1")) == ["module.lr"]
+
+
+def test_a_run_from_before_the_charge_term_resumes_only_without_it():
+    """Runs written before model.atomic_charges existed had no charge term: the same command with
+    model.atomic_charges=false continues them; the default (auto) is refused, naming the key."""
+    old = composed("experiment=quickstart")
+    with open_dict(old):
+        del old.model["atomic_charges"]
+    assert config_differences(old, composed("experiment=quickstart")) == ["model.atomic_charges"]
+    assert config_differences(old, composed("experiment=quickstart", "model.atomic_charges=false")) == []
 
 
 def test_no_record_is_written_outside_hydra(tmp_path):

@@ -27,7 +27,7 @@ Writes a markdown table to stdout (and ``--out`` as JSON).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -93,8 +93,9 @@ def _predictions(kind: str, d: Dict[str, torch.Tensor], means: Dict[str, Any],
         if t == "energy":
             continue
         shape = d[ref_key(t)].shape
-        if kind == "per_element":
-            pred[t] = _per_element(t, d, means, onehot, counts, shape)
+        fitted = _per_element(t, d, means, onehot, counts, shape) if kind == "per_element" else None
+        if fitted is not None:
+            pred[t] = fitted
         elif kind == "zero" or t not in means:
             pred[t] = torch.zeros(shape, dtype=torch.float64)
         elif t in ("becs", "forces"):
@@ -104,9 +105,9 @@ def _predictions(kind: str, d: Dict[str, torch.Tensor], means: Dict[str, Any],
     return pred
 
 
-def _per_element(t: str, d, means, onehot, counts, shape) -> torch.Tensor:
-    """The fitted per-element Born charges (projected per structure) and additive alpha; the
-    per-element mean (``mean``) for every other quantity."""
+def _per_element(t: str, d, means, onehot, counts, shape) -> Optional[torch.Tensor]:
+    """The fitted per-element Born charges (projected per structure) and additive alpha; None for
+    every other quantity (the caller gives it the per-element mean, as ``mean`` does)."""
     eye = torch.eye(3, dtype=torch.float64)
     if t == "becs" and "charges" in means:
         q = onehot @ means["charges"]
@@ -115,11 +116,7 @@ def _per_element(t: str, d, means, onehot, counts, shape) -> torch.Tensor:
     if t == "polarisability" and "atomic_alpha" in means:
         volume = torch.linalg.det(d[keys.CELL].double().reshape(-1, 3, 3)).abs()
         return ((counts @ means["atomic_alpha"]) / volume)[:, None, None].mul(eye).reshape(shape)
-    if t not in means:
-        return torch.zeros(shape, dtype=torch.float64)
-    if t in ("becs", "forces"):
-        return (onehot @ means[t]).reshape(shape)
-    return means[t].expand(len(counts), -1).reshape(shape).clone()
+    return None
 
 
 def _accumulate(acc, name: str, d, pred, tasks) -> None:
